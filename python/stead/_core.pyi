@@ -1,0 +1,3 @@
+"""Type stubs for the Rust extension ``stead._core``."""
+
+__version__: str

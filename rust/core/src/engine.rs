@@ -1,0 +1,1 @@
+//! Log-structured storage engine (issue 2). Under construction.

@@ -1,0 +1,12 @@
+//! stead-core: the hot path of stead, in pure Rust (no Python).
+//!
+//! - [`engine`]: the log-structured storage engine shared by all objects of a data dir.
+//! - [`wheel`]: a hierarchical hashed timer wheel holding alarm deadlines.
+//! - [`mailbox`]: per-object FIFO queues that enforce one running event per object.
+
+pub mod engine;
+pub mod error;
+pub mod mailbox;
+pub mod wheel;
+
+pub use error::{Error, Result};

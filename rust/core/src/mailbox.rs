@@ -1,0 +1,1 @@
+//! Per-object mailbox (issue 3). Under construction.
