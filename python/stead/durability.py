@@ -1,0 +1,87 @@
+"""Waiting for commits to become durable, without a thread hop per commit.
+
+The engine's flusher thread makes one eventfd write per group commit; this
+module registers that fd with the event loop (``loop.add_reader``) and resolves
+every waiter whose sequence number the group covered. The loop is woken once
+per group, never once per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections import deque
+
+from stead._core import Engine
+from stead.errors import StorageError
+
+__all__ = ["CommitWaiter"]
+
+logger = logging.getLogger(__name__)
+
+
+class CommitWaiter:
+    """Resolves ``await wait(seq)`` once ``seq`` is durable in ``engine``.
+
+    Bound to the running event loop on construction; call :meth:`close` before
+    the engine closes.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        # (seq, future) in ascending seq order: commits are issued in order, so
+        # appends are almost always at the right end.
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._failure: StorageError | None = None
+        self._fd = engine.wakeup_fd()
+        self._loop.add_reader(self._fd, self._on_wakeup)
+
+    def is_durable(self, seq: int) -> bool:
+        """Whether ``seq`` is already durable (no waiting needed)."""
+        return self._engine.durable_seq() >= seq
+
+    async def wait(self, seq: int) -> None:
+        """Return once every batch up to ``seq`` is durable; ``StorageError`` if it never will be."""
+        if self._failure is not None:
+            raise self._failure
+        if self._engine.durable_seq() >= seq:
+            return
+        future: asyncio.Future[None] = self._loop.create_future()
+        if not self._waiting or self._waiting[-1][0] <= seq:
+            self._waiting.append((seq, future))
+        else:
+            entries = list(self._waiting)
+            bisect.insort(entries, (seq, future), key=lambda entry: entry[0])
+            self._waiting = deque(entries)
+        await future
+
+    def _on_wakeup(self) -> None:
+        try:
+            durable = self._engine.drain_wakeup()
+        except StorageError as error:
+            self._fail_all(error)
+            return
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= durable:
+            _, future = waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    def _fail_all(self, error: StorageError) -> None:
+        logger.error("storage engine failed; failing %d waiting commits: %s", len(self), error)
+        self._failure = error
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        """Stop watching the engine; pending waiters fail with ``StorageError``."""
+        self._loop.remove_reader(self._fd)
+        if self._waiting:
+            self._fail_all(StorageError("storage engine closed before the commit was durable"))
