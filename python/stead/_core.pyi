@@ -1,3 +1,203 @@
-"""Type stubs for the Rust extension ``stead._core``."""
+"""Type stubs for the Rust extension ``stead._core`` (checked by ``mypy.stubtest`` in CI).
+
+The extension is private: Python modules of ``stead`` wrap it. Errors raised
+here are the classes of :mod:`stead.errors`.
+"""
+
+from collections.abc import Sequence
 
 __version__: str
+
+# --------------------------------------------------------------------------
+# Storage engine (rust/core/src/engine, rust/bindings/src/engine.rs)
+# --------------------------------------------------------------------------
+
+class Engine:
+    """The log-structured storage engine of one data dir, or fully in memory.
+
+    Object ids and keys are opaque bytes ordered bytewise. All writes go
+    through :meth:`commit`, one atomic batch (one log record) per call.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None,
+        durability: str = "fsync",
+        *,
+        max_key_bytes: int = 2048,
+        max_value_bytes: int = 2097152,
+        cache_bytes: int = 67108864,
+        segment_bytes: int = 67108864,
+        compaction: bool = True,
+    ) -> None:
+        """Open (creating if needed) and recover ``data_dir``; ``None`` is in memory.
+
+        ``durability`` is ``"fsync"``, ``"os"`` or ``"none"``. Raises
+        ``DataDirLockedError`` if another process holds the dir,
+        ``CorruptionError`` for a damaged record before valid ones.
+        """
+
+    @property
+    def data_dir(self) -> str | None:
+        """The data dir, or ``None`` in memory."""
+
+    @property
+    def durability(self) -> str:
+        """The durability mode the engine was opened with."""
+
+    def commit(
+        self,
+        object_id: bytes,
+        puts: Sequence[tuple[bytes, bytes]] = (),
+        deletes: Sequence[bytes] = (),
+        *,
+        delete_all: bool = False,
+        alarm: int | None = None,
+        delete_alarm: bool = False,
+    ) -> int:
+        """Append one atomic batch for ``object_id`` and return its sequence number.
+
+        Applied in this order: ``delete_all`` (data and alarm), ``deletes``,
+        ``puts``, then ``alarm`` (epoch ms) or ``delete_alarm``. Reads see the
+        batch at once; it is durable once ``durable_seq() >= seq``. Raises
+        ``LimitError`` (nothing written) for an empty or oversized key or an
+        oversized value, ``StorageError`` if the engine is closed or poisoned.
+        """
+
+    def durable_seq(self) -> int:
+        """The highest sequence number known durable under the durability mode."""
+
+    def last_seq(self) -> int:
+        """The highest sequence number handed out so far."""
+
+    def wakeup_fd(self) -> int:
+        """A file descriptor that becomes readable when ``durable_seq`` advances."""
+
+    def drain_wakeup(self) -> int:
+        """Clear ``wakeup_fd``'s readiness and return ``durable_seq()``.
+
+        Raises ``StorageError`` if a flush failed (the engine is then poisoned).
+        """
+
+    def wait_durable(self, seq: int, timeout: float | None = None) -> bool:
+        """Block (GIL released) until ``seq`` is durable; ``False`` on timeout."""
+
+    def get(self, object_id: bytes, key: bytes) -> bytes | None:
+        """The value stored under ``key``, or ``None``."""
+
+    def get_many(self, object_id: bytes, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values for ``keys``, in order, ``None`` where absent."""
+
+    def list(
+        self,
+        object_id: bytes,
+        *,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        start_after: bytes | None = None,
+        end: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Entries ordered by key bytes: ``start`` inclusive, ``start_after`` and
+        ``end`` exclusive, ``prefix`` filtering, descending if ``reverse``, at
+        most ``limit`` (taken from the top when reversed)."""
+
+    def objects(
+        self,
+        *,
+        prefix: bytes | None = None,
+        after: bytes | None = None,
+        limit: int | None = None,
+    ) -> list[bytes]:
+        """Ids of objects that have at least one key, ascending."""
+
+    def get_alarm(self, object_id: bytes) -> int | None:
+        """The object's alarm time in epoch ms, or ``None``."""
+
+    def alarms(self) -> list[tuple[bytes, int]]:
+        """Every object with an alarm, and its time in epoch ms."""
+
+    def compact(self) -> None:
+        """Compact sealed segments now (blocking, GIL released)."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: objects, keys, segments, live_bytes, index_bytes, cache_bytes,
+        commits, syncs, last_seq, durable_seq."""
+
+    def take_sync_latencies(self) -> list[int]:
+        """Nanosecond durations of the syncs since the last call (bounded buffer)."""
+
+    def fail_next_commit(self) -> None:
+        """Test-only fault switch: the next ``commit`` raises ``StorageError``
+        and writes nothing."""
+
+    def close(self) -> None:
+        """Flush, sync, stop background threads and release the lock. Idempotent."""
+
+# --------------------------------------------------------------------------
+# Mailbox (rust/core/src/mailbox.rs, rust/bindings/src/mailbox.rs)
+# --------------------------------------------------------------------------
+
+class Mailbox:
+    """Per-object FIFO of event tokens enforcing one running event per object.
+
+    Sharded by object id hash; safe to share between threads.
+    """
+
+    def __init__(self, max_pending: int = 1000, shards: int = 64) -> None: ...
+    def push(self, object_id: bytes, token: int) -> bool:
+        """Offer an event. ``True``: the object was idle and is now running this
+        event. ``False``: queued behind the running one. Raises
+        ``OverloadedError`` if ``max_pending`` events are already queued."""
+
+    def finish(self, object_id: bytes) -> int | None:
+        """End the running event: the next queued token (the object stays
+        running it) or ``None`` (the object is now idle)."""
+
+    def cancel(self, object_id: bytes, token: int) -> bool:
+        """Remove a still-queued token; ``False`` if it was not queued."""
+
+    def depth(self, object_id: bytes) -> int:
+        """Events queued behind the running one."""
+
+    def state(self, object_id: bytes) -> str:
+        """``"idle"``, ``"queued"`` or ``"running"``."""
+
+    def total_depth(self) -> int:
+        """Queued events over all objects."""
+
+    def __len__(self) -> int:
+        """Objects that are running or have queued events."""
+
+# --------------------------------------------------------------------------
+# Timer wheel (rust/core/src/wheel.rs, rust/bindings/src/wheel.rs)
+# --------------------------------------------------------------------------
+
+class TimerWheel:
+    """Hierarchical hashed timer wheel of 1 ms resolution holding deadlines
+    (epoch ms) for integer tokens; one deadline per token."""
+
+    def __init__(self, now_ms: int) -> None: ...
+    def set(self, token: int, when_ms: int) -> None:
+        """Set or replace the deadline of ``token`` (O(1))."""
+
+    def set_many(self, entries: Sequence[tuple[int, int]]) -> None:
+        """``set`` for many ``(token, when_ms)`` pairs in one call."""
+
+    def cancel(self, token: int) -> bool:
+        """Remove ``token``'s deadline; ``False`` if it had none (O(1))."""
+
+    def get(self, token: int) -> int | None:
+        """The deadline of ``token``, or ``None``."""
+
+    def next_deadline(self) -> int | None:
+        """The earliest deadline, or ``None`` if empty."""
+
+    def advance(self, now_ms: int) -> list[int]:
+        """Remove and return every token due at or before ``now_ms``, earliest first."""
+
+    def memory_bytes(self) -> int:
+        """Heap bytes the wheel uses."""
+
+    def __len__(self) -> int: ...

@@ -1,0 +1,61 @@
+"""Encoding of stored values and RPC payloads with msgspec (MessagePack).
+
+One reused encoder, and one reused decoder per target type. Everything that
+crosses an object boundary (stored values, RPC arguments, results, errors) goes
+through here, so embedded and served modes see the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from stead.errors import SerializationError
+
+__all__ = ["copy", "decode", "encode"]
+
+_encoder = msgspec.msgpack.Encoder()
+_untyped_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
+_typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+# Values of these types decode back to an equal value of the same type without a type hint.
+_SELF_DESCRIBING = frozenset({int, float, str, bool, type(None), bytes, list, dict})
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value``; ``SerializationError`` if msgspec cannot."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as error:
+        raise SerializationError(f"cannot encode {type(value).__name__}: {error}") from None
+
+
+def decode(data: bytes, type: Any = None) -> Any:
+    """Decode ``data``, into ``type`` when given; ``SerializationError`` on mismatch."""
+    try:
+        if type is None:
+            return _untyped_decoder.decode(data)
+        return _decoder_for(type).decode(data)
+    except (msgspec.DecodeError, TypeError) as error:
+        raise SerializationError(f"cannot decode value: {error}") from None
+
+
+def _decoder_for(type: Any) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _typed_decoders.get(type)
+    if decoder is None:
+        decoder = _typed_decoders[type] = msgspec.msgpack.Decoder(type)
+    return decoder
+
+
+def copy(value: Any) -> Any:
+    """A deep copy of ``value`` made through the codec, as if sent over the wire.
+
+    The top-level type is kept (a ``Struct`` or dataclass comes back as itself;
+    tuples come back as lists, as they would from a remote peer).
+    """
+    value_type = type(value)
+    data = encode(value)
+    if value_type in _SELF_DESCRIBING or value_type is tuple:
+        return _untyped_decoder.decode(data)
+    return decode(data, value_type)

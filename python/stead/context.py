@@ -1,0 +1,56 @@
+"""``ObjectContext`` (``self.ctx``): an object's id, storage and lifecycle controls."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from stead.ids import ObjectId
+from stead.storage import Storage
+
+if TYPE_CHECKING:
+    from stead.dispatch import ObjectHost
+
+__all__ = ["ObjectAborted", "ObjectContext"]
+
+T = TypeVar("T")
+
+
+class ObjectAborted(BaseException):
+    """Raised inside an object by ``ctx.abort``; callers see ``RemoteError("Aborted", reason)``.
+
+    A ``BaseException`` so that a handler's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ObjectContext:
+    """The context of one object instance."""
+
+    __slots__ = ("_host", "id", "storage")
+
+    def __init__(self, object_id: ObjectId, storage: Storage, host: ObjectHost) -> None:
+        self.id = object_id
+        self.storage = storage
+        self._host = host
+
+    async def block_concurrency_while(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` with no other event of this object delivered until it ends.
+
+        Turn-based objects already hold their input during a turn; for
+        ``reentrant`` objects this closes the input gate.
+        """
+        return await self._host.block_concurrency_while(fn)
+
+    def wait_until(self, awaitable: Awaitable[Any]) -> None:
+        """Keep ``awaitable`` running after the current event returns (the runtime
+        awaits it before closing)."""
+        self._host.wait_until(awaitable)
+
+    def abort(self, reason: str = "aborted") -> NoReturn:
+        """Reset the object now: this event's uncommitted writes are dropped, the
+        instance is discarded, and the caller gets ``RemoteError("Aborted", reason)``."""
+        raise ObjectAborted(reason)

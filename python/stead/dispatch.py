@@ -1,0 +1,442 @@
+"""Turns, the mailbox, and the input and output gates.
+
+Every event (RPC call, fetch, alarm) reaches an object through
+:meth:`Dispatcher.deliver`. For a turn-based object the Rust ``Mailbox`` lets
+one event run at a time: the caller whose push finds the object idle runs the
+turn inline in its own task (no task per call); later callers queue and are
+handed the object in FIFO order when the running turn ends.
+
+When a turn ends, its pending writes are committed as one batch and the
+object is handed on at once (pipelining); the caller's result is released
+only once that batch is durable (the output gate). Calls a turn makes to other
+objects are released only after the writes it made so far are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stead import codec
+from stead._core import Engine, Mailbox
+from stead.context import ObjectAborted, ObjectContext
+from stead.durability import CommitWaiter
+from stead.errors import (
+    DeadlockError,
+    OverloadedError,
+    RemoteError,
+    SteadError,
+    StorageError,
+)
+from stead.ids import ObjectId
+from stead.storage import NAME_KEY, Storage
+
+if TYPE_CHECKING:
+    from stead.objects import DurableObject
+    from stead.runtime import Env
+
+__all__ = ["Dispatcher", "ObjectHost"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Engine keys of the objects whose turns are on the current call chain, innermost last.
+_call_chain: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
+    "stead_call_chain", default=()
+)
+
+Invoke = Callable[["ObjectHost"], Awaitable[T]]
+AlarmListener = Callable[[bytes, "int | None"], None]
+
+
+class ObjectHost:
+    """A resident object: its instance, storage and gate state."""
+
+    __slots__ = (
+        "_dispatcher",
+        "background",
+        "broken",
+        "ctx",
+        "gate",
+        "id",
+        "inflight",
+        "instance",
+        "key",
+        "last_used",
+        "reentrant",
+        "started",
+        "storage",
+    )
+
+    def __init__(self, dispatcher: Dispatcher, object_id: ObjectId, cls: type[DurableObject]):
+        self._dispatcher = dispatcher
+        self.id = object_id
+        self.key = object_id.storage_key
+        self.reentrant = cls.reentrant
+        self.storage = Storage(
+            dispatcher.engine,
+            self.key,
+            name=object_id.name,
+            max_value_bytes=dispatcher.max_value_bytes,
+            syncer=self._sync,
+        )
+        self.ctx = ObjectContext(object_id, self.storage, self)
+        self.started: asyncio.Future[None] | None = None
+        self.gate: asyncio.Event | None = None
+        self.inflight = 0
+        self.broken = False
+        self.background: set[asyncio.Future[Any]] = set()
+        self.last_used = time.monotonic()
+        self.instance = cls(self.ctx, dispatcher.env)
+
+    async def _sync(self, storage: Storage) -> None:
+        await self._dispatcher.flush(self)
+
+    async def block_concurrency_while(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if not self.reentrant:
+            return await fn()
+        gate = self.gate = self.gate or asyncio.Event()
+        gate.clear()
+        try:
+            return await fn()
+        finally:
+            gate.set()
+
+    def wait_until(self, awaitable: Awaitable[Any]) -> None:
+        future = asyncio.ensure_future(awaitable)
+        self.background.add(future)
+        self._dispatcher.background.add(future)
+        future.add_done_callback(self._background_done)
+
+    def _background_done(self, future: asyncio.Future[Any]) -> None:
+        self.background.discard(future)
+        self._dispatcher.background.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("wait_until task of %r failed", self.id, exc_info=future.exception())
+
+
+def rebuild_exception(error: BaseException) -> BaseException:
+    """The exception a caller sees: the same class with copied args, else ``RemoteError``."""
+    if isinstance(error, ObjectAborted):
+        return RemoteError("Aborted", error.reason)
+    if not isinstance(error, Exception):
+        return error
+    try:
+        rebuilt = type(error)(*codec.copy(list(error.args)))
+    except Exception:
+        return RemoteError(type(error).__name__, str(error))
+    if isinstance(error, RemoteError):
+        return RemoteError(error.type_name, error.message)
+    return rebuilt
+
+
+class Dispatcher:
+    """Delivers events to objects: mailbox, turns, gates, eviction."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        waiter: CommitWaiter,
+        classes: dict[str, type[DurableObject]],
+        env: Env,
+        max_pending: int,
+        max_resident: int | None,
+        idle_timeout: float,
+        max_value_bytes: int,
+        on_alarm_change: AlarmListener,
+    ) -> None:
+        self.engine = engine
+        self.waiter = waiter
+        self.classes = classes
+        self.env = env
+        self.max_pending = max_pending
+        self.max_resident = max_resident
+        self.idle_timeout = idle_timeout
+        self.max_value_bytes = max_value_bytes
+        self._on_alarm_change = on_alarm_change
+        self.mailbox = Mailbox(max_pending)
+        self.hosts: OrderedDict[bytes, ObjectHost] = OrderedDict()
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._waits_for: dict[bytes, list[bytes]] = {}
+        self._tokens = itertools.count(1)
+        self.background: set[asyncio.Future[Any]] = set()
+        self.commits = 0
+
+    # -- hosts ---------------------------------------------------------------
+
+    def host(self, object_id: ObjectId) -> ObjectHost:
+        """The resident host of ``object_id``, creating the instance if needed."""
+        host = self.hosts.get(object_id.storage_key)
+        if host is not None:
+            self.hosts.move_to_end(host.key)
+            return host
+        if object_id.name is None:
+            object_id = self._with_stored_name(object_id)
+        host = ObjectHost(self, object_id, self.classes[object_id.binding])
+        self.hosts[host.key] = host
+        if self.max_resident is not None and len(self.hosts) > self.max_resident:
+            self._evict_over_bound()
+        return host
+
+    def _with_stored_name(self, object_id: ObjectId) -> ObjectId:
+        raw = self.engine.get(object_id.storage_key, NAME_KEY)
+        if raw is None:
+            return object_id
+        name = codec.decode(raw)
+        return ObjectId(object_id.raw, object_id.binding, name, object_id.storage_key)
+
+    def is_idle(self, host: ObjectHost) -> bool:
+        """No event running or queued, nothing uncommitted."""
+        if host.inflight or host.storage.has_pending or host.background:
+            return False
+        return self.mailbox.state(host.key) == "idle"
+
+    def evict(self, host: ObjectHost) -> None:
+        """Drop the instance and its cache; storage stays in the engine."""
+        if self.hosts.get(host.key) is host:
+            del self.hosts[host.key]
+
+    def _evict_over_bound(self) -> None:
+        assert self.max_resident is not None
+        excess = len(self.hosts) - self.max_resident
+        for host in list(self.hosts.values()):
+            if excess <= 0:
+                break
+            if self.is_idle(host):
+                self.evict(host)
+                excess -= 1
+
+    def evict_idle(self, now: float) -> int:
+        """Evict every host idle for ``idle_timeout``; how many were evicted."""
+        horizon = now - self.idle_timeout
+        stale = [h for h in self.hosts.values() if h.last_used <= horizon and self.is_idle(h)]
+        for host in stale:
+            self.evict(host)
+        return len(stale)
+
+    def reset(self, host: ObjectHost) -> None:
+        """Discard the instance after a failed commit or an abort."""
+        host.broken = True
+        self.evict(host)
+
+    # -- commits -------------------------------------------------------------
+
+    def commit(self, host: ObjectHost) -> int:
+        """Hand the host's pending writes to the engine as one batch; its seq (0: nothing)."""
+        batch = host.storage.take_pending()
+        if batch is None:
+            return 0
+        alarm = batch.alarm
+        try:
+            seq = self.engine.commit(
+                host.key,
+                batch.puts,
+                batch.deletes,
+                delete_all=batch.delete_all,
+                alarm=None if alarm is None else alarm.when_ms,
+                delete_alarm=alarm is not None and alarm.when_ms is None,
+            )
+        except StorageError:
+            self.reset(host)
+            raise
+        self.commits += 1
+        host.storage.committed()
+        if alarm is not None:
+            self._on_alarm_change(host.key, alarm.when_ms)
+        return seq
+
+    async def flush(self, host: ObjectHost) -> None:
+        """Commit the host's pending writes now and wait until they are durable."""
+        seq = self.commit(host)
+        if seq:
+            await self._await_durable(host, seq)
+
+    async def _await_durable(self, host: ObjectHost, seq: int) -> None:
+        try:
+            await self.waiter.wait(seq)
+        except StorageError:
+            self.reset(host)
+            raise
+
+    # -- delivery ------------------------------------------------------------
+
+    async def deliver(self, object_id: ObjectId, invoke: Invoke[T]) -> T:
+        """Run ``invoke`` as an event of ``object_id`` and return its (gated) result."""
+        key = object_id.storage_key
+        chain = _call_chain.get()
+        if chain:
+            if key in chain:
+                return await self._reenter(key, chain, invoke)
+            await self._release_outbound(chain[-1])
+        host = self.host(object_id)
+        if host.reentrant:
+            return await self._deliver_interleaved(host, chain, invoke)
+        caller = chain[-1] if chain else None
+        if caller is not None:
+            self._waits_for.setdefault(caller, []).append(key)
+        try:
+            token = next(self._tokens)
+            if not self.mailbox.push(key, token):
+                await self._wait_turn(key, token, caller)
+                host = self.host(object_id)
+            return await self._run_turn(host, chain, invoke)
+        finally:
+            if caller is not None:
+                self._forget_wait(caller, key)
+
+    async def _release_outbound(self, caller_key: bytes) -> None:
+        # Output gate: a turn's calls leave only after its writes so far are durable.
+        caller = self.hosts.get(caller_key)
+        if caller is not None and caller.storage.has_pending:
+            await self.flush(caller)
+
+    async def _wait_turn(self, key: bytes, token: int, caller: bytes | None) -> None:
+        if caller is not None and self._would_deadlock(caller, key):
+            self.mailbox.cancel(key, token)
+            raise DeadlockError(
+                "call cycle: the target is waiting (directly or through other objects) "
+                "on the caller's running turn"
+            )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[token] = future
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._waiters.pop(token, None)
+            if future.done() and not future.cancelled():
+                self._hand_off(key)  # we were handed the object: pass it on
+            else:
+                self.mailbox.cancel(key, token)
+            raise
+
+    def _hand_off(self, key: bytes) -> None:
+        mailbox, waiters = self.mailbox, self._waiters
+        while (token := mailbox.finish(key)) is not None:
+            future = waiters.pop(token, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+                return
+
+    def _would_deadlock(self, caller: bytes, target: bytes) -> bool:
+        seen: set[bytes] = set()
+        stack = [target]
+        while stack:
+            node = stack.pop()
+            if node == caller:
+                return True
+            if node not in seen:
+                seen.add(node)
+                stack.extend(self._waits_for.get(node, ()))
+        return False
+
+    def _forget_wait(self, caller: bytes, key: bytes) -> None:
+        targets = self._waits_for.get(caller)
+        if targets is not None:
+            targets.remove(key)
+            if not targets:
+                del self._waits_for[caller]
+
+    async def _run_turn(self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T]) -> T:
+        """We hold the object: run the event, commit, hand on, then release the result."""
+        context_token = _call_chain.set((*chain, host.key))
+        seq = 0
+        try:
+            outcome, failed = await self._invoke(host, invoke)
+            seq = self._end_turn(host, failed)
+        finally:
+            _call_chain.reset(context_token)
+            host.last_used = time.monotonic()
+            self._hand_off(host.key)
+        if seq:
+            await self._await_durable(host, seq)
+        if failed:
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    async def _invoke(self, host: ObjectHost, invoke: Invoke[Any]) -> tuple[Any, bool]:
+        try:
+            if host.started is None or not host.started.done():
+                await self._start(host)
+            return await invoke(host), False
+        except ObjectAborted as aborted:
+            self.reset(host)
+            return rebuild_exception(aborted), True
+        except asyncio.CancelledError:
+            raise
+        except SteadError as error:
+            return error, True
+        except Exception as error:
+            logger.info("%r raised in a handler", host.id, exc_info=True)
+            return rebuild_exception(error), True
+
+    def _end_turn(self, host: ObjectHost, failed: bool) -> int:
+        if host.broken:
+            if failed:  # aborted, or the failure that broke it is already the outcome
+                return 0
+            raise StorageError("the object was reset by a failed commit; its turn was dropped")
+        return self.commit(host)
+
+    async def _start(self, host: ObjectHost) -> None:
+        if host.started is not None:
+            await host.started  # another event of a reentrant object is starting it
+            return
+        host.started = asyncio.get_running_loop().create_future()
+        try:
+            await host.block_concurrency_while(host.instance.on_start)
+        except BaseException as error:
+            self.reset(host)
+            host.started.set_exception(StorageError(f"on_start failed: {error!r}"))
+            host.started.exception()  # mark retrieved; later waiters re-raise it
+            raise
+        host.started.set_result(None)
+
+    async def _reenter(self, key: bytes, chain: tuple[bytes, ...], invoke: Invoke[T]) -> T:
+        """A call back into an object whose turn is on this call chain runs nested in it."""
+        host = self.hosts[key]
+        outcome, failed = await self._invoke(host, invoke)
+        seq = self._end_turn(host, failed)
+        if seq:
+            await self._await_durable(host, seq)
+        if failed:
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    async def _deliver_interleaved(
+        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T]
+    ) -> T:
+        """Reentrant objects: events interleave at awaits, bounded by ``max_pending``."""
+        if host.inflight >= self.max_pending:
+            raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
+        host.inflight += 1
+        context_token = _call_chain.set((*chain, host.key))
+        try:
+            while host.gate is not None and not host.gate.is_set():
+                await host.gate.wait()
+            outcome, failed = await self._invoke(host, invoke)
+            seq = self._end_turn(host, failed)
+        finally:
+            _call_chain.reset(context_token)
+            host.inflight -= 1
+            host.last_used = time.monotonic()
+        if seq:
+            await self._await_durable(host, seq)
+        if failed:
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    # -- shutdown ------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait for background work, then commit whatever is still pending."""
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)
+        for host in list(self.hosts.values()):
+            if host.storage.has_pending and not host.broken:
+                await self.flush(host)

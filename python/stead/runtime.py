@@ -1,0 +1,280 @@
+"""``Runtime``: owns the engine, the dispatcher, alarms and the bindings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from stead._core import Engine
+from stead.alarms import AlarmScheduler
+from stead.dispatch import Dispatcher
+from stead.durability import CommitWaiter
+from stead.errors import UnknownBindingError
+from stead.ids import IdFactory, load_or_create_secret
+from stead.namespace import Namespace
+from stead.objects import DurableObject
+
+if TYPE_CHECKING:
+    from stead.plugins import Plugins
+
+__all__ = ["Env", "Runtime"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+_DURABILITY_MODES = ("fsync", "os", "none")
+MAX_VALUE_BYTES = 2 * 1024 * 1024
+
+
+class Env:
+    """``rt.env`` and ``self.env``: bindings (``Namespace``) and vars (``str``) as attributes."""
+
+    def __init__(self, vars: Mapping[str, str]) -> None:
+        self._namespaces: dict[str, Namespace] = {}
+        self._vars = dict(vars)
+        self.__dict__.update(self._vars)
+
+    def _bind(self, namespace: Namespace) -> None:
+        self._namespaces[namespace.binding] = namespace
+        self.__dict__[namespace.binding] = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are neither a binding nor a var.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise UnknownBindingError(f"no binding or var named {name!r}")
+
+    def __repr__(self) -> str:
+        return f"Env(bindings={sorted(self._namespaces)}, vars={sorted(self._vars)})"
+
+
+class Runtime:
+    """Runs durable objects in this process; an async context manager.
+
+    ``objects`` maps binding names to ``DurableObject`` classes. See
+    docs/objects.md for every option.
+    """
+
+    def __init__(
+        self,
+        objects: Mapping[str, type[DurableObject]] | None = None,
+        *,
+        data_dir: str | None = None,
+        durability: str = "fsync",
+        vars: Mapping[str, str] | None = None,
+        plugins: bool = False,
+        idle_timeout: float = 10.0,
+        max_resident: int | None = None,
+        max_pending: int = 1000,
+        alarm_retry_limit: int = 6,
+        alarm_retry_base: float = 2.0,
+        max_value_bytes: int = MAX_VALUE_BYTES,
+    ) -> None:
+        _check_options(durability, idle_timeout, max_resident, max_pending, alarm_retry_limit)
+        self._classes = _check_bindings(objects or {})
+        self.data_dir = None if data_dir is None else str(data_dir)
+        self.durability = durability
+        self.vars = dict(vars or {})
+        self.use_plugins = plugins
+        self.idle_timeout = idle_timeout
+        self.max_resident = max_resident
+        self.max_pending = max_pending
+        self.alarm_retry_limit = alarm_retry_limit
+        self.alarm_retry_base = alarm_retry_base
+        self.max_value_bytes = max_value_bytes
+        self._plugins: Plugins | None = None
+        self._engine: Engine | None = None
+        self._env: Env | None = None
+        self._waiter: CommitWaiter | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._alarms: AlarmScheduler | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> Runtime:
+        """Open the data dir, recover, load alarms and plugins."""
+        if self._engine is not None:
+            raise RuntimeError("runtime already started")
+        if self.use_plugins:
+            self._load_plugins()
+        engine = await asyncio.to_thread(
+            Engine, self.data_dir, self.durability, max_value_bytes=self.max_value_bytes
+        )
+        try:
+            self._wire(engine)
+        except BaseException:
+            engine.close()
+            raise
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+        if self._plugins is not None:
+            self._plugins.startup(self)
+        return self
+
+    def _load_plugins(self) -> None:
+        from stead.plugins import Plugins
+
+        self._plugins = Plugins.load()
+        for binding, cls in self._plugins.bindings().items():
+            self._classes.setdefault(binding, cls)
+        _check_bindings(self._classes)
+
+    def _wire(self, engine: Engine) -> None:
+        ids = IdFactory(load_or_create_secret(self.data_dir))
+        env = Env(self.vars)
+        waiter = CommitWaiter(engine)
+        dispatcher = Dispatcher(
+            engine=engine,
+            waiter=waiter,
+            classes=self._classes,
+            env=env,
+            max_pending=self.max_pending,
+            max_resident=self.max_resident,
+            idle_timeout=self.idle_timeout,
+            max_value_bytes=self.max_value_bytes,
+            on_alarm_change=self._alarm_changed,
+        )
+        for binding in self._classes:
+            env._bind(Namespace(binding, ids, dispatcher, engine))
+        alarms = AlarmScheduler(
+            engine=engine,
+            ids=ids,
+            dispatcher=dispatcher,
+            retry_limit=self.alarm_retry_limit,
+            retry_base=self.alarm_retry_base,
+        )
+        self._engine, self._env, self._waiter = engine, env, waiter
+        self._dispatcher, self._alarms = dispatcher, alarms
+        alarms.load()
+
+    def _alarm_changed(self, key: bytes, when_ms: int | None) -> None:
+        if self._alarms is not None:
+            self._alarms.changed(key, when_ms)
+
+    async def _sweep_idle(self) -> None:
+        interval = min(max(self.idle_timeout / 4, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            if self._dispatcher is not None:
+                self._dispatcher.evict_idle(time.monotonic())
+
+    async def close(self) -> None:
+        """Finish background work, commit what is pending, release the data dir."""
+        if self._engine is None:
+            return
+        if self._plugins is not None:
+            self._plugins.shutdown(self)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        assert self._alarms is not None and self._dispatcher is not None
+        assert self._waiter is not None
+        await self._alarms.close()
+        try:
+            await self._dispatcher.drain()
+        finally:
+            self._waiter.close()
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.close)
+
+    async def __aenter__(self) -> Runtime:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- access --------------------------------------------------------------
+
+    @property
+    def env(self) -> Env:
+        """Bindings and vars as attributes (``rt.env.COUNTER``)."""
+        if self._env is None:
+            raise RuntimeError("the runtime is not started: use `async with Runtime(...)`")
+        return self._env
+
+    @property
+    def bindings(self) -> Mapping[str, type[DurableObject]]:
+        """Binding name -> object class."""
+        return dict(self._classes)
+
+    @property
+    def engine(self) -> Engine:
+        """The storage engine (for tools and tests)."""
+        if self._engine is None:
+            raise RuntimeError("the runtime is not started")
+        return self._engine
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The event dispatcher (for tools and tests)."""
+        if self._dispatcher is None:
+            raise RuntimeError("the runtime is not started")
+        return self._dispatcher
+
+    def namespace(self, binding: str) -> Namespace:
+        """The namespace of ``binding``; ``UnknownBindingError`` if there is none."""
+        namespace = self.env._namespaces.get(binding)
+        if namespace is None:
+            raise UnknownBindingError(f"no binding named {binding!r}")
+        return namespace
+
+    def stats(self) -> dict[str, float]:
+        """Gauges and counters for metrics."""
+        dispatcher, engine = self.dispatcher, self.engine
+        stored = engine.stats()
+        return {
+            "resident_objects": len(dispatcher.hosts),
+            "mailbox_depth": dispatcher.mailbox.total_depth(),
+            "commits": dispatcher.commits,
+            "syncs": stored.get("syncs", 0),
+            "keys": stored.get("keys", 0),
+            "objects": stored.get("objects", 0),
+            "pending_alarms": self._alarms.pending if self._alarms else 0,
+        }
+
+    def take_sync_latencies(self) -> list[int]:
+        """Nanosecond fsync durations since the last call."""
+        return self.engine.take_sync_latencies()
+
+
+def _check_options(
+    durability: str,
+    idle_timeout: float,
+    max_resident: int | None,
+    max_pending: int,
+    alarm_retry_limit: int,
+) -> None:
+    if durability not in _DURABILITY_MODES:
+        raise ValueError(f"durability must be one of {_DURABILITY_MODES}, not {durability!r}")
+    if idle_timeout <= 0:
+        raise ValueError("idle_timeout must be > 0")
+    if max_resident is not None and max_resident < 1:
+        raise ValueError("max_resident must be >= 1 or None")
+    if max_pending < 1:
+        raise ValueError("max_pending must be >= 1")
+    if alarm_retry_limit < 0:
+        raise ValueError("alarm_retry_limit must be >= 0")
+
+
+def _check_bindings(
+    objects: Mapping[str, type[DurableObject]],
+) -> dict[str, type[DurableObject]]:
+    classes: dict[str, type[DurableObject]] = {}
+    for binding, cls in objects.items():
+        if not isinstance(binding, str) or not binding or "/" in binding:
+            raise ValueError(f"binding names are non-empty strings without '/', not {binding!r}")
+        if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
+            raise TypeError(f"binding {binding!r} must be a DurableObject subclass, not {cls!r}")
+        classes[binding] = cls
+    return classes

@@ -1,0 +1,359 @@
+"""``Storage``: an object's synchronous, transactional key-value store.
+
+Reads are served from memory (a per-object cache in front of the engine).
+Writes land in the cache at once and are collected as *pending*; the runtime
+commits all pending writes of a turn as one atomic batch when the turn ends
+(write coalescing). ``transaction()`` rolls its own writes back on exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from stead import codec
+from stead._core import Engine
+from stead.errors import LimitError
+
+__all__ = ["MAX_KEY_BYTES", "INTERNAL_PREFIX", "AlarmChange", "Storage"]
+
+MAX_KEY_BYTES = 2048
+# UTF-8 never contains 0xFF, so internal keys can never collide with user keys
+# and sort after all of them: user listings stop at this byte.
+INTERNAL_PREFIX = b"\xff"
+NAME_KEY = b"\xffname"
+# The per-object cache is dropped when it grows past this many bytes of values.
+_CACHE_BUDGET = 1 << 20
+
+
+class AlarmChange(NamedTuple):
+    """A committed change to the object's alarm: a time in epoch ms, or ``None`` (deleted)."""
+
+    when_ms: int | None
+
+
+class PendingBatch(NamedTuple):
+    """The writes a turn hands to the engine."""
+
+    puts: list[tuple[bytes, bytes]]
+    deletes: list[bytes]
+    delete_all: bool
+    alarm: AlarmChange | None
+
+
+def _check_key(key: str) -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"storage keys are str, not {type(key).__name__}")
+    encoded = key.encode()
+    if not encoded or len(encoded) > MAX_KEY_BYTES:
+        raise LimitError(f"storage keys are 1 to {MAX_KEY_BYTES} UTF-8 bytes, got {len(encoded)}")
+    return encoded
+
+
+def _alarm_ms(when: float | datetime) -> int:
+    if isinstance(when, datetime):
+        return round(when.timestamp() * 1000)
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        raise TypeError(f"alarm times are epoch seconds or datetime, not {type(when).__name__}")
+    return round(when * 1000)
+
+
+class Storage:
+    """The storage of one object (``ctx.storage``). Synchronous unless marked async."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        object_key: bytes,
+        *,
+        name: str | None,
+        max_value_bytes: int,
+        syncer: Callable[[Storage], Awaitable[None]] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._object_key = object_key
+        self._name = name
+        self._max_value_bytes = max_value_bytes
+        self._syncer = syncer
+        # key bytes -> encoded value, None = known absent.
+        self._cache: dict[bytes, bytes | None] = {}
+        self._cache_bytes = 0
+        # key bytes -> encoded value or None (delete), in write order.
+        self._pending: dict[bytes, bytes | None] = {}
+        self._delete_all = False
+        # After delete_all nothing in the engine counts until it is committed.
+        self._cleared = False
+        self._alarm: AlarmChange | None = None
+        self._name_recorded: bool | None = None
+
+    # -- reads ---------------------------------------------------------------
+
+    def _raw(self, key: bytes) -> bytes | None:
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        value = None if self._cleared else self._engine.get(self._object_key, key)
+        self._remember(key, value)
+        return value
+
+    def _remember(self, key: bytes, value: bytes | None) -> None:
+        if self._cache_bytes > _CACHE_BUDGET:
+            self._cache = {k: self._cache[k] for k in self._pending if k in self._cache}
+            self._cache_bytes = 0
+        self._cache[key] = value
+        if value is not None:
+            self._cache_bytes += len(value)
+
+    def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The value of ``key`` (decoded into ``type`` if given), or ``default``."""
+        raw = self._raw(_check_key(key))
+        if raw is None:
+            return default
+        return codec.decode(raw, type)
+
+    def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
+        """``{key: value}`` for the keys that exist, in the order given."""
+        wanted = [(key, _check_key(key)) for key in keys]
+        missing = [encoded for _, encoded in wanted if encoded not in self._cache]
+        if missing and not self._cleared:
+            for encoded, value in zip(
+                missing, self._engine.get_many(self._object_key, missing), strict=True
+            ):
+                self._remember(encoded, value)
+        result: dict[str, Any] = {}
+        for key, encoded in wanted:
+            raw = self._cache.get(encoded)
+            if raw is not None:
+                result[key] = codec.decode(raw, type)
+        return result
+
+    def list(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        start_after: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        type: Any = None,
+    ) -> dict[str, Any]:
+        """Entries ordered by UTF-8 key bytes; ``start`` inclusive, ``end`` exclusive."""
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be >= 0")
+        bounds = _Bounds(prefix, start, start_after, end)
+        entries = self._merged_entries(bounds, reverse, limit)
+        return {key.decode(): codec.decode(raw, type) for key, raw in entries}
+
+    def _merged_entries(
+        self, bounds: _Bounds, reverse: bool, limit: int | None
+    ) -> list[tuple[bytes, bytes]]:
+        overlay = {k: v for k, v in self._pending.items() if bounds.contains(k)}
+        stored: list[tuple[bytes, bytes]] = []
+        if not self._cleared:
+            # Deleted keys may hide stored ones: ask for enough to fill the limit.
+            fetch = None if limit is None else limit + len(overlay)
+            stored = self._engine.list(
+                self._object_key,
+                prefix=bounds.prefix,
+                start=bounds.start,
+                start_after=bounds.start_after,
+                end=bounds.end,
+                reverse=reverse,
+                limit=fetch,
+            )
+        if not overlay:
+            return stored if limit is None else stored[:limit]
+        merged = dict(stored)
+        for key, value in overlay.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        ordered = sorted(merged.items(), reverse=reverse)
+        return ordered if limit is None else ordered[:limit]
+
+    # -- writes --------------------------------------------------------------
+
+    def _encode_value(self, value: Any) -> bytes:
+        raw = codec.encode(value)
+        if len(raw) > self._max_value_bytes:
+            raise LimitError(
+                f"value of {len(raw)} bytes is over the {self._max_value_bytes}-byte limit"
+            )
+        return raw
+
+    def _write(self, key: bytes, raw: bytes | None) -> None:
+        self._pending[key] = raw
+        self._remember(key, raw)
+
+    def put(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` (committed when the turn ends)."""
+        encoded = _check_key(key)
+        self._write(encoded, self._encode_value(value))
+
+    def put_many(self, entries: Mapping[str, Any]) -> None:
+        """Store every entry, or none if any key or value is invalid."""
+        checked = [(_check_key(key), self._encode_value(value)) for key, value in entries.items()]
+        for encoded, raw in checked:
+            self._write(encoded, raw)
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; whether it existed."""
+        encoded = _check_key(key)
+        existed = self._raw(encoded) is not None
+        self._write(encoded, None)
+        return existed
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys``; how many existed."""
+        encoded = [_check_key(key) for key in keys]
+        existing = self._existing(encoded)
+        for key in encoded:
+            self._write(key, None)
+        return existing
+
+    def _existing(self, keys: list[bytes]) -> int:
+        return sum(1 for key in dict.fromkeys(keys) if self._raw(key) is not None)
+
+    def delete_all(self) -> None:
+        """Delete every key of the object and its alarm."""
+        self._pending.clear()
+        self._cache.clear()
+        self._cache_bytes = 0
+        self._delete_all = True
+        self._cleared = True
+        self._alarm = AlarmChange(None)
+        self._name_recorded = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[Storage]:
+        """Writes inside the block are rolled back if it raises."""
+        saved = (
+            dict(self._pending),
+            dict(self._cache),
+            self._cache_bytes,
+            self._delete_all,
+            self._cleared,
+            self._alarm,
+        )
+        try:
+            yield self
+        except BaseException:
+            (
+                self._pending,
+                self._cache,
+                self._cache_bytes,
+                self._delete_all,
+                self._cleared,
+                self._alarm,
+            ) = saved
+            raise
+
+    # -- alarms --------------------------------------------------------------
+
+    def get_alarm(self) -> float | None:
+        """The alarm time in epoch seconds, or ``None``."""
+        if self._alarm is not None:
+            when = self._alarm.when_ms
+        else:
+            when = self._engine.get_alarm(self._object_key)
+        return None if when is None else when / 1000
+
+    def set_alarm(self, when: float | datetime) -> None:
+        """Run ``alarm()`` at (or after) ``when``: epoch seconds or a ``datetime``."""
+        self._alarm = AlarmChange(_alarm_ms(when))
+
+    def delete_alarm(self) -> None:
+        """Cancel the alarm, if any."""
+        self._alarm = AlarmChange(None)
+
+    @property
+    def alarm_changed(self) -> bool:
+        """Whether this turn set or deleted the alarm (not yet committed)."""
+        return self._alarm is not None
+
+    # -- internal keys (used by stead itself, never listed) ------------------
+
+    def get_internal(self, key: bytes, default: Any = None, *, type: Any = None) -> Any:
+        raw = self._raw(INTERNAL_PREFIX + key)
+        return default if raw is None else codec.decode(raw, type)
+
+    def put_internal(self, key: bytes, value: Any) -> None:
+        self._write(INTERNAL_PREFIX + key, self._encode_value(value))
+
+    def delete_internal(self, key: bytes) -> None:
+        self._write(INTERNAL_PREFIX + key, None)
+
+    def list_internal(self, prefix: bytes, *, type: Any = None) -> list[Any]:
+        bounds = _Bounds.raw(INTERNAL_PREFIX + prefix)
+        return [codec.decode(raw, type) for _, raw in self._merged_entries(bounds, False, None)]
+
+    # -- commit --------------------------------------------------------------
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether there are writes not yet handed to the engine."""
+        return bool(self._pending) or self._delete_all or self._alarm is not None
+
+    def take_pending(self) -> PendingBatch | None:
+        """Hand over the pending writes (and forget them); ``None`` if there are none."""
+        if not self.has_pending:
+            return None
+        puts = [(key, raw) for key, raw in self._pending.items() if raw is not None]
+        deletes = [key for key, raw in self._pending.items() if raw is None]
+        if puts and self._name is not None and not self._name_is_recorded():
+            puts.append((NAME_KEY, codec.encode(self._name)))
+            self._name_recorded = True
+        batch = PendingBatch(puts, deletes, self._delete_all, self._alarm)
+        self._pending = {}
+        self._delete_all = False
+        self._alarm = None
+        return batch
+
+    def _name_is_recorded(self) -> bool:
+        if self._name_recorded is None:
+            self._name_recorded = self._engine.get(self._object_key, NAME_KEY) is not None
+        return self._name_recorded
+
+    def committed(self) -> None:
+        """The engine accepted the handed-over batch: reads may use it from now on."""
+        self._cleared = False
+
+    async def sync(self) -> None:
+        """Wait until every write made so far (this turn's too) is durable."""
+        if self._syncer is not None:
+            await self._syncer(self)
+
+
+class _Bounds:
+    """A key range in engine terms (bytes), user keys only unless built with ``raw``."""
+
+    __slots__ = ("end", "prefix", "start", "start_after")
+
+    def __init__(
+        self, prefix: str | None, start: str | None, start_after: str | None, end: str | None
+    ) -> None:
+        self.prefix = None if prefix is None else prefix.encode()
+        self.start = None if start is None else start.encode()
+        self.start_after = None if start_after is None else start_after.encode()
+        # User listings never reach the internal keys.
+        self.end = INTERNAL_PREFIX if end is None else min(end.encode(), INTERNAL_PREFIX)
+
+    @classmethod
+    def raw(cls, prefix: bytes) -> _Bounds:
+        bounds = cls(None, None, None, None)
+        bounds.prefix = prefix
+        bounds.end = None
+        return bounds
+
+    def contains(self, key: bytes) -> bool:
+        if self.prefix is not None and not key.startswith(self.prefix):
+            return False
+        if self.start is not None and key < self.start:
+            return False
+        if self.start_after is not None and key <= self.start_after:
+            return False
+        return self.end is None or key < self.end

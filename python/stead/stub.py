@@ -1,0 +1,135 @@
+"""``Stub``: a client-side handle that sends RPC calls and fetches to one object."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from stead import codec
+from stead.errors import UnknownMethodError
+from stead.ids import ObjectId
+from stead.messages import Request, Response
+from stead.objects import RpcMethod, rpc_methods
+
+if TYPE_CHECKING:
+    from stead.dispatch import Dispatcher, ObjectHost
+
+__all__ = ["Stub", "invoke"]
+
+_json_encoder = msgspec.json.Encoder()
+
+
+class Stub:
+    """Calls to one object: ``await stub.method(*args, **kwargs)`` and ``await stub.fetch(...)``.
+
+    Arguments and results are copied through the codec, as they would be
+    between processes.
+    """
+
+    __slots__ = ("_dispatcher", "_methods", "_rpc", "id")
+
+    def __init__(self, dispatcher: Dispatcher, object_id: ObjectId) -> None:
+        self._dispatcher = dispatcher
+        self._rpc = rpc_methods(dispatcher.classes[object_id.binding])
+        self._methods: dict[str, _BoundCall] = {}
+        self.id = object_id
+
+    def __getattr__(self, name: str) -> _BoundCall:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        call = self._methods.get(name)
+        if call is None:
+            method = self._rpc.get(name)
+            if method is None:
+                binding = self.id.binding
+                raise UnknownMethodError(f"{binding} has no RPC method {name!r}")
+            call = self._methods[name] = _BoundCall(self, method)
+        return call
+
+    def __repr__(self) -> str:
+        return f"Stub({self.id!r})"
+
+    async def fetch(
+        self,
+        request_or_path: Request | str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        body: bytes | str | None = None,
+        json: Any = None,
+    ) -> Response:
+        """Send an HTTP-like request to the object's ``fetch`` handler."""
+        request = _build_request(request_or_path, method, headers, body, json)
+
+        async def run(host: ObjectHost) -> Response:
+            response = await host.instance.fetch(request)
+            if not isinstance(response, Response):
+                raise TypeError(f"fetch must return a stead.Response, not {type(response).__name__}")
+            return Response(response.body, response.status, response.headers)
+
+        return await self._dispatcher.deliver(self.id, run)
+
+
+def _build_request(
+    request_or_path: Request | str,
+    method: str,
+    headers: Mapping[str, str] | None,
+    body: bytes | str | None,
+    json: Any,
+) -> Request:
+    if isinstance(request_or_path, Request):
+        # A copy, so the caller and the object never share a mutable request.
+        original = request_or_path
+        return Request(original.method, original.url, original.headers, original.body)
+    merged = dict(headers or {})
+    payload = b"" if body is None else (body.encode() if isinstance(body, str) else body)
+    if json is not None:
+        payload = _json_encoder.encode(json)
+        merged.setdefault("content-type", "application/json")
+    return Request(method, request_or_path, merged, payload)
+
+
+class _BoundCall:
+    """``stub.method``: calling it sends one RPC."""
+
+    __slots__ = ("_method", "_stub")
+
+    def __init__(self, stub: Stub, method: RpcMethod) -> None:
+        self._stub = stub
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        stub = self._stub
+        return _send(stub._dispatcher, stub.id, self._method, args, kwargs)
+
+
+async def _send(
+    dispatcher: Dispatcher,
+    object_id: ObjectId,
+    method: RpcMethod,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> Any:
+    # Each value is copied on its own so its top-level type (a Struct, say) survives.
+    if args:
+        args = [codec.copy(value) for value in args]
+    if kwargs:
+        kwargs = {name: codec.copy(value) for name, value in kwargs.items()}
+    name, is_async = method.name, method.is_async
+
+    async def run(host: ObjectHost) -> Any:
+        bound = getattr(host.instance, name)
+        result = await bound(*args, **kwargs) if is_async else bound(*args, **kwargs)
+        return codec.copy(result)
+
+    return await dispatcher.deliver(object_id, run)
+
+
+def invoke(stub: Stub, method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Awaitable[Any]:
+    """Call the RPC method named ``method`` (``UnknownMethodError`` if there is none)."""
+    rpc = stub._rpc.get(method)
+    if rpc is None:
+        raise UnknownMethodError(f"{stub.id.binding} has no RPC method {method!r}")
+    return _send(stub._dispatcher, stub.id, rpc, args, kwargs)
