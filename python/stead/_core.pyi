@@ -4,6 +4,7 @@ The extension is private: Python modules of ``stead`` wrap it. Errors raised
 here are the classes of :mod:`stead.errors`.
 """
 
+import builtins
 from collections.abc import Sequence
 
 __version__: str
@@ -85,7 +86,7 @@ class Engine:
     def get(self, object_id: bytes, key: bytes) -> bytes | None:
         """The value stored under ``key``, or ``None``."""
 
-    def get_many(self, object_id: bytes, keys: Sequence[bytes]) -> list[bytes | None]:
+    def get_many(self, object_id: bytes, keys: Sequence[bytes]) -> builtins.list[bytes | None]:
         """Values for ``keys``, in order, ``None`` where absent."""
 
     def list(
@@ -98,7 +99,7 @@ class Engine:
         end: bytes | None = None,
         reverse: bool = False,
         limit: int | None = None,
-    ) -> list[tuple[bytes, bytes]]:
+    ) -> builtins.list[tuple[bytes, bytes]]:
         """Entries ordered by key bytes: ``start`` inclusive, ``start_after`` and
         ``end`` exclusive, ``prefix`` filtering, descending if ``reverse``, at
         most ``limit`` (taken from the top when reversed)."""
@@ -109,13 +110,13 @@ class Engine:
         prefix: bytes | None = None,
         after: bytes | None = None,
         limit: int | None = None,
-    ) -> list[bytes]:
+    ) -> builtins.list[bytes]:
         """Ids of objects that have at least one key, ascending."""
 
     def get_alarm(self, object_id: bytes) -> int | None:
         """The object's alarm time in epoch ms, or ``None``."""
 
-    def alarms(self) -> list[tuple[bytes, int]]:
+    def alarms(self) -> builtins.list[tuple[bytes, int]]:
         """Every object with an alarm, and its time in epoch ms."""
 
     def compact(self) -> None:
@@ -125,7 +126,7 @@ class Engine:
         """Counters: objects, keys, segments, live_bytes, index_bytes, cache_bytes,
         commits, syncs, last_seq, durable_seq."""
 
-    def take_sync_latencies(self) -> list[int]:
+    def take_sync_latencies(self) -> builtins.list[int]:
         """Nanosecond durations of the syncs since the last call (bounded buffer)."""
 
     def fail_next_commit(self) -> None:

@@ -8,6 +8,7 @@ commits all pending writes of a turn as one atomic batch when the turn ends
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,7 +18,7 @@ from stead import codec
 from stead._core import Engine
 from stead.errors import LimitError
 
-__all__ = ["MAX_KEY_BYTES", "INTERNAL_PREFIX", "AlarmChange", "Storage"]
+__all__ = ["INTERNAL_PREFIX", "MAX_KEY_BYTES", "AlarmChange", "Storage"]
 
 MAX_KEY_BYTES = 2048
 # UTF-8 never contains 0xFF, so internal keys can never collide with user keys
@@ -149,9 +150,9 @@ class Storage:
 
     def _merged_entries(
         self, bounds: _Bounds, reverse: bool, limit: int | None
-    ) -> list[tuple[bytes, bytes]]:
+    ) -> builtins.list[tuple[bytes, bytes]]:
         overlay = {k: v for k, v in self._pending.items() if bounds.contains(k)}
-        stored: list[tuple[bytes, bytes]] = []
+        stored: builtins.list[tuple[bytes, bytes]] = []
         if not self._cleared:
             # Deleted keys may hide stored ones: ask for enough to fill the limit.
             fetch = None if limit is None else limit + len(overlay)
@@ -215,7 +216,7 @@ class Storage:
             self._write(key, None)
         return existing
 
-    def _existing(self, keys: list[bytes]) -> int:
+    def _existing(self, keys: builtins.list[bytes]) -> int:
         return sum(1 for key in dict.fromkeys(keys) if self._raw(key) is not None)
 
     def delete_all(self) -> None:
@@ -287,7 +288,7 @@ class Storage:
     def delete_internal(self, key: bytes) -> None:
         self._write(INTERNAL_PREFIX + key, None)
 
-    def list_internal(self, prefix: bytes, *, type: Any = None) -> list[Any]:
+    def list_internal(self, prefix: bytes, *, type: Any = None) -> builtins.list[Any]:
         bounds = _Bounds.raw(INTERNAL_PREFIX + prefix)
         return [codec.decode(raw, type) for _, raw in self._merged_entries(bounds, False, None)]
 
@@ -348,6 +349,8 @@ class _Bounds:
         bounds.prefix = prefix
         bounds.end = None
         return bounds
+
+    end: bytes | None
 
     def contains(self, key: bytes) -> bool:
         if self.prefix is not None and not key.startswith(self.prefix):

@@ -66,7 +66,8 @@ class Stub:
         async def run(host: ObjectHost) -> Response:
             response = await host.instance.fetch(request)
             if not isinstance(response, Response):
-                raise TypeError(f"fetch must return a stead.Response, not {type(response).__name__}")
+                kind = type(response).__name__
+                raise TypeError(f"fetch must return a stead.Response, not {kind}")
             return Response(response.body, response.status, response.headers)
 
         return await self._dispatcher.deliver(self.id, run)
@@ -127,7 +128,9 @@ async def _send(
     return await dispatcher.deliver(object_id, run)
 
 
-def invoke(stub: Stub, method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Awaitable[Any]:
+def invoke(
+    stub: Stub, method: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> Awaitable[Any]:
     """Call the RPC method named ``method`` (``UnknownMethodError`` if there is none)."""
     rpc = stub._rpc.get(method)
     if rpc is None:
