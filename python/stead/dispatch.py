@@ -95,6 +95,11 @@ class ObjectHost:
         self.last_used = time.monotonic()
         self.instance = cls(self.ctx, dispatcher.env)
 
+    def learn_name(self, object_id: ObjectId) -> None:
+        """A name-derived id reached an instance first addressed by its hex id."""
+        self.id = self.ctx.id = object_id
+        self.storage.learn_name(object_id.name)
+
     async def _sync(self, storage: Storage) -> None:
         await self._dispatcher.flush(self)
 
@@ -176,6 +181,8 @@ class Dispatcher:
         host = self.hosts.get(object_id.storage_key)
         if host is not None:
             self.hosts.move_to_end(host.key)
+            if host.id.name is None and object_id.name is not None:
+                host.learn_name(object_id)
             return host
         if object_id.name is None:
             object_id = self._with_stored_name(object_id)

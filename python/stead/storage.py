@@ -319,6 +319,10 @@ class Storage:
             self._name_recorded = self._engine.get(self._object_key, NAME_KEY) is not None
         return self._name_recorded
 
+    def learn_name(self, name: str | None) -> None:
+        """Record ``name`` with the next write (the object was first reached by hex id)."""
+        self._name = name
+
     def committed(self) -> None:
         """The engine accepted the handed-over batch: reads may use it from now on."""
         self._cleared = False

@@ -1,0 +1,204 @@
+"""Turns, the mailbox, call cycles, overload and the output gate (DESIGN §2)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import stead
+
+pytestmark = pytest.mark.anyio
+
+
+class SlowCounter(stead.DurableObject):
+    """Awaits between its read and its write: only single-writer turns keep it exact."""
+
+    async def increment(self) -> int:
+        count = self.ctx.storage.get("count", 0)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        self.ctx.storage.put("count", count + 1)
+        return count + 1
+
+    def count(self) -> int:
+        return int(self.ctx.storage.get("count", 0))
+
+
+class ReentrantSlowCounter(SlowCounter):
+    reentrant = True
+
+
+async def test_single_writer_gives_exact_count_under_1000_concurrent_calls(data_dir: str) -> None:
+    async with stead.Runtime({"C": SlowCounter}, data_dir=data_dir) as rt:
+        counter = rt.env.C.get_by_name("one")
+        results = await asyncio.gather(*(counter.increment() for _ in range(1000)))
+        assert sorted(results) == list(range(1, 1001))
+        assert await counter.count() == 1000
+
+
+async def test_reentrant_objects_interleave_at_awaits(data_dir: str) -> None:
+    # The documented trade-off: with reentrant = True the read-await-write race is observable.
+    async with stead.Runtime({"C": ReentrantSlowCounter}, data_dir=data_dir) as rt:
+        counter = rt.env.C.get_by_name("one")
+        await asyncio.gather(*(counter.increment() for _ in range(100)))
+        assert await counter.count() < 100
+
+
+async def test_events_run_in_fifo_order(data_dir: str) -> None:
+    class Log(stead.DurableObject):
+        async def append(self, item: int) -> None:
+            items = self.ctx.storage.get("items", [])
+            await asyncio.sleep(0)
+            self.ctx.storage.put("items", [*items, item])
+
+        def items(self) -> list[int]:
+            return list(self.ctx.storage.get("items", []))
+
+    async with stead.Runtime({"L": Log}, durability="none", data_dir=data_dir) as rt:
+        log = rt.env.L.get_by_name("x")
+        await asyncio.gather(*(log.append(i) for i in range(50)))
+        assert await log.items() == list(range(50))
+
+
+class Gate(stead.DurableObject):
+    """Blocks its turn until released, to fill its mailbox."""
+
+    release: asyncio.Event | None = None
+
+    async def hold(self) -> str:
+        assert Gate.release is not None
+        await Gate.release.wait()
+        return "done"
+
+
+async def test_overloaded_beyond_max_pending(data_dir: str) -> None:
+    Gate.release = asyncio.Event()
+    async with stead.Runtime({"G": Gate}, data_dir=data_dir, max_pending=5) as rt:
+        gate = rt.env.G.get_by_name("g")
+        running = [asyncio.ensure_future(gate.hold()) for _ in range(6)]  # 1 running + 5 queued
+        for _ in range(5):
+            await asyncio.sleep(0)
+        with pytest.raises(stead.OverloadedError):
+            await gate.hold()
+        Gate.release.set()
+        assert await asyncio.gather(*running) == ["done"] * 6
+
+
+class Ping(stead.DurableObject):
+    async def ping(self, depth: int) -> list[str]:
+        trail = [f"A{depth}"]
+        if depth > 0:
+            trail += await self.env.PONG.get_by_name("b").pong(depth)
+        return trail
+
+
+class Pong(stead.DurableObject):
+    async def pong(self, depth: int) -> list[str]:
+        return [f"B{depth}", *await self.env.PING.get_by_name("a").ping(depth - 1)]
+
+
+async def test_call_cycle_on_one_chain_reenters_instead_of_hanging(data_dir: str) -> None:
+    async with stead.Runtime({"PING": Ping, "PONG": Pong}, data_dir=data_dir) as rt:
+        result = await asyncio.wait_for(rt.env.PING.get_by_name("a").ping(2), timeout=5)
+        assert result == ["A2", "B2", "A1", "B1", "A0"]
+
+
+class Waiter(stead.DurableObject):
+    """Two objects that each hold their turn and call the other: a cross-chain cycle."""
+
+    started: asyncio.Event | None = None
+    both: asyncio.Barrier | None = None
+
+    async def call_other(self, other: str) -> str:
+        assert Waiter.both is not None
+        await Waiter.both.wait()  # both turns are running now
+        return str(await self.env.W.get_by_name(other).hello())
+
+    def hello(self) -> str:
+        return "hello"
+
+
+async def test_cross_chain_cycle_raises_deadlock_error_at_once(data_dir: str) -> None:
+    Waiter.both = asyncio.Barrier(2)
+    async with stead.Runtime({"W": Waiter}, data_dir=data_dir) as rt:
+        a, b = rt.env.W.get_by_name("a"), rt.env.W.get_by_name("b")
+        results = await asyncio.wait_for(
+            asyncio.gather(a.call_other("b"), b.call_other("a"), return_exceptions=True),
+            timeout=5,
+        )
+        # One of the two calls closes the cycle and is refused; the other then completes.
+        assert sum(isinstance(r, stead.DeadlockError) for r in results) == 1
+        assert "hello" in results
+
+
+class Sender(stead.DurableObject):
+    async def write_then_call(self, value: int) -> int:
+        self.ctx.storage.put("value", value)
+        # The output gate: B sees A's write already durable when the call arrives.
+        return int(await self.env.PROBE.get_by_name("p").durable_seq_seen())
+
+
+class Probe(stead.DurableObject):
+    runtime: stead.Runtime | None = None
+
+    def durable_seq_seen(self) -> int:
+        assert Probe.runtime is not None
+        return Probe.runtime.engine.durable_seq()
+
+
+async def test_outbound_calls_wait_for_the_writes_made_before_them(data_dir: str) -> None:
+    async with stead.Runtime({"A": Sender, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        before = rt.engine.last_seq()
+        seen = await rt.env.A.get_by_name("a").write_then_call(7)
+        assert seen >= before + 1  # A's batch was durable before B ran
+
+
+class Failing(stead.DurableObject):
+    instances = 0
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        Failing.instances += 1
+        self.memory: list[int] = []
+
+    def put(self, key: str, value: int) -> int:
+        self.memory.append(value)
+        self.ctx.storage.put(key, value)
+        return value
+
+    async def put_and_call(self, value: int) -> str:
+        self.ctx.storage.put("before-call", value)
+        return str(await self.env.F.get_by_name("other").put("x", value))
+
+    def get(self, key: str) -> Any:
+        return self.ctx.storage.get(key)
+
+    def remembered(self) -> list[int]:
+        return self.memory
+
+
+async def test_failed_commit_gives_storage_error_and_resets_the_object(data_dir: str) -> None:
+    Failing.instances = 0
+    async with stead.Runtime({"F": Failing}, data_dir=data_dir) as rt:
+        stub = rt.env.F.get_by_name("f")
+        assert await stub.put("a", 1) == 1  # acknowledged
+        rt.engine.fail_next_commit()
+        with pytest.raises(stead.StorageError):
+            await stub.put("b", 2)  # the reply is dropped
+        assert Failing.instances == 1
+        assert await stub.get("a") == 1  # earlier acknowledged write kept
+        assert await stub.get("b") is None  # the failed turn's write is gone
+        assert Failing.instances == 2  # the instance was reset
+        assert await stub.remembered() == []  # ... with its memory
+
+
+async def test_failed_commit_drops_the_turns_outbound_call(data_dir: str) -> None:
+    async with stead.Runtime({"F": Failing}, data_dir=data_dir) as rt:
+        rt.engine.fail_next_commit()
+        with pytest.raises(stead.StorageError):
+            await rt.env.F.get_by_name("f").put_and_call(5)
+        assert await rt.env.F.get_by_name("other").get("x") is None
+        assert await rt.env.F.get_by_name("f").get("before-call") is None

@@ -1,0 +1,78 @@
+"""Ids and namespaces: derivation, validation, listing (DESIGN §2 Addressing)."""
+
+from __future__ import annotations
+
+import pytest
+
+import stead
+
+pytestmark = pytest.mark.anyio
+
+
+class Thing(stead.DurableObject):
+    def touch(self) -> str | None:
+        self.ctx.storage.put("touched", True)
+        return self.ctx.id.name
+
+
+class Other(Thing):
+    pass
+
+
+async def test_names_map_to_stable_ids_across_restarts(data_dir: str) -> None:
+    async with stead.Runtime({"T": Thing}, data_dir=data_dir) as rt:
+        first = rt.env.T.id_from_name("alice")
+        assert first == rt.env.T.id_from_name("alice")
+        assert first != rt.env.T.id_from_name("bob")
+        assert len(str(first)) == 64 and first.name == "alice" and first.binding == "T"
+    async with stead.Runtime({"T": Thing}, data_dir=data_dir) as rt:
+        assert str(rt.env.T.id_from_name("alice")) == str(first)
+
+
+async def test_id_from_string_round_trips_and_rejects_bad_ids(data_dir: str) -> None:
+    async with stead.Runtime({"T": Thing, "O": Other}, data_dir=data_dir) as rt:
+        unique = rt.env.T.new_unique_id()
+        assert unique.name is None
+        assert rt.env.T.id_from_string(str(unique)) == unique
+        for bad in ["", "zz", "00" * 32, str(unique)[:-2] + "00", str(unique) + "00"]:
+            with pytest.raises(stead.InvalidIdError):
+                rt.env.T.id_from_string(bad)
+        with pytest.raises(stead.InvalidIdError):
+            rt.env.O.id_from_string(str(unique))  # another binding's id
+        with pytest.raises(stead.InvalidIdError):
+            rt.env.O.get(unique)
+        with pytest.raises(ValueError):  # InvalidIdError is a ValueError
+            rt.env.T.id_from_name("")
+        with pytest.raises(stead.InvalidIdError):
+            rt.env.T.id_from_name("x" * 2049)
+
+
+async def test_ids_from_another_data_dir_are_foreign(tmp_path: object) -> None:
+    async with stead.Runtime({"T": Thing}, data_dir=f"{tmp_path}/one") as rt:
+        foreign = str(rt.env.T.new_unique_id())
+    async with stead.Runtime({"T": Thing}, data_dir=f"{tmp_path}/two") as rt:
+        with pytest.raises(stead.InvalidIdError):
+            rt.env.T.id_from_string(foreign)
+
+
+async def test_list_ids_returns_objects_with_storage_and_their_names(data_dir: str) -> None:
+    async with stead.Runtime({"T": Thing, "O": Other}, data_dir=data_dir) as rt:
+        for name in ["a", "b", "c"]:
+            assert await rt.env.T.get_by_name(name).touch() == name
+        await rt.env.O.get_by_name("elsewhere").touch()
+        unique = rt.env.T.new_unique_id()
+        await rt.env.T.get(unique).touch()
+        rt.env.T.get_by_name("never-written")
+        ids = await rt.env.T.list_ids()
+        assert sorted(i.name or "?" for i in ids) == ["?", "a", "b", "c"]
+        page = await rt.env.T.list_ids(limit=2)
+        rest = await rt.env.T.list_ids(after=page[-1])
+        assert [str(i) for i in page + rest] == [str(i) for i in ids]
+        assert await rt.env.T.list_ids(after=str(page[-1])) == rest
+
+
+async def test_unique_id_objects_learn_nothing_of_a_name(data_dir: str) -> None:
+    async with stead.Runtime({"T": Thing}, data_dir=data_dir) as rt:
+        stub = rt.env.T.get(rt.env.T.id_from_string(str(rt.env.T.id_from_name("zed"))))
+        assert await stub.touch() is None  # parsed ids carry no name until one is stored
+        assert await rt.env.T.get_by_name("zed").touch() == "zed"

@@ -1,0 +1,155 @@
+"""Runtime lifecycle: start/close, env, eviction, residency bounds, the data dir lock."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import pytest
+
+import stead
+
+pytestmark = pytest.mark.anyio
+
+
+class Tracked(stead.DurableObject):
+    constructed = 0
+    started = 0
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        Tracked.constructed += 1
+
+    async def on_start(self) -> None:
+        Tracked.started += 1
+        self.greeting = self.ctx.storage.get("greeting", "hello")
+
+    def set_greeting(self, greeting: str) -> None:
+        self.ctx.storage.put("greeting", greeting)
+        self.greeting = greeting
+
+    def greet(self) -> str:
+        return self.greeting
+
+    def var(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+
+@pytest.fixture(autouse=True)
+def _reset_counts() -> None:
+    Tracked.constructed = Tracked.started = 0
+
+
+async def test_idle_objects_are_evicted_and_come_back_with_their_state(data_dir: str) -> None:
+    async with stead.Runtime({"T": Tracked}, data_dir=data_dir, idle_timeout=0.05) as rt:
+        stub = rt.env.T.get_by_name("t")
+        await stub.set_greeting("bonjour")
+        assert (Tracked.constructed, Tracked.started) == (1, 1)
+        for _ in range(200):
+            if not rt.dispatcher.hosts:
+                break
+            await asyncio.sleep(0.01)
+        assert not rt.dispatcher.hosts  # evicted
+        assert await stub.greet() == "bonjour"  # state intact
+        assert (Tracked.constructed, Tracked.started) == (2, 2)  # constructor and on_start ran again
+
+
+async def test_max_resident_bounds_live_instances(data_dir: str) -> None:
+    async with stead.Runtime({"T": Tracked}, data_dir=data_dir, max_resident=10) as rt:
+        for i in range(50):
+            await rt.env.T.get_by_name(f"o{i}").set_greeting(f"g{i}")
+            assert len(rt.dispatcher.hosts) <= 10
+        assert await rt.env.T.get_by_name("o0").greet() == "g0"
+        gc.collect()
+        live = sum(isinstance(o, Tracked) for o in gc.get_objects())
+        assert live <= 10
+
+
+async def test_second_runtime_on_a_locked_data_dir_fails_at_once(data_dir: str) -> None:
+    async with stead.Runtime({"T": Tracked}, data_dir=data_dir):
+        with pytest.raises(stead.DataDirLockedError):
+            await asyncio.wait_for(stead.Runtime({"T": Tracked}, data_dir=data_dir).start(), 5)
+    async with stead.Runtime({"T": Tracked}, data_dir=data_dir):
+        pass  # released on close
+
+
+async def test_env_exposes_bindings_and_vars(data_dir: str) -> None:
+    async with stead.Runtime({"T": Tracked}, data_dir=data_dir, vars={"REGION": "eu"}) as rt:
+        assert isinstance(rt.env.T, stead.Namespace)
+        assert rt.env.REGION == "eu"
+        assert rt.namespace("T") is rt.env.T
+        assert await rt.env.T.get_by_name("x").var("REGION") == "eu"
+        with pytest.raises(stead.UnknownBindingError):
+            rt.namespace("NOPE")
+        with pytest.raises(stead.UnknownBindingError):
+            _ = rt.env.NOPE
+
+
+async def test_in_memory_runtime_needs_no_data_dir() -> None:
+    async with stead.Runtime({"T": Tracked}) as rt:
+        await rt.env.T.get_by_name("m").set_greeting("hi")
+        assert await rt.env.T.get_by_name("m").greet() == "hi"
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError):
+        stead.Runtime({"T": Tracked}, durability="sometimes")
+    with pytest.raises(TypeError):
+        stead.Runtime({"T": object})  # type: ignore[dict-item]
+    with pytest.raises(ValueError):
+        stead.Runtime({"T": Tracked}, max_pending=0)
+
+
+class Lifecycle(stead.DurableObject):
+    reentrant = True
+    log: list[str] = []
+
+    async def on_start(self) -> None:
+        await self.ctx.block_concurrency_while(self._load)
+
+    async def _load(self) -> None:
+        Lifecycle.log.append("start-begin")
+        await asyncio.sleep(0.02)
+        Lifecycle.log.append("start-end")
+
+    async def hello(self) -> str:
+        Lifecycle.log.append("hello")
+        return "hi"
+
+    def later(self) -> None:
+        async def note() -> None:
+            await asyncio.sleep(0.01)
+            Lifecycle.log.append("background")
+
+        self.ctx.wait_until(note())
+
+    def explode(self) -> None:
+        self.ctx.storage.put("dropped", True)
+        self.ctx.abort("bad state")
+
+    def dropped(self) -> Any:
+        return self.ctx.storage.get("dropped")
+
+
+async def test_on_start_runs_first_with_input_closed(data_dir: str) -> None:
+    Lifecycle.log = []
+    async with stead.Runtime({"L": Lifecycle}, data_dir=data_dir) as rt:
+        stub = rt.env.L.get_by_name("l")
+        assert await asyncio.gather(stub.hello(), stub.hello()) == ["hi", "hi"]
+        assert Lifecycle.log == ["start-begin", "start-end", "hello", "hello"]
+
+
+async def test_wait_until_work_finishes_before_close(data_dir: str) -> None:
+    Lifecycle.log = []
+    async with stead.Runtime({"L": Lifecycle}, data_dir=data_dir) as rt:
+        await rt.env.L.get_by_name("l").later()
+    assert Lifecycle.log[-1] == "background"
+
+
+async def test_abort_resets_the_object_and_drops_its_writes(data_dir: str) -> None:
+    async with stead.Runtime({"L": Lifecycle}, data_dir=data_dir) as rt:
+        stub = rt.env.L.get_by_name("l")
+        with pytest.raises(stead.RemoteError, match="bad state"):
+            await stub.explode()
+        assert await stub.dropped() is None

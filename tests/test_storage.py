@@ -1,0 +1,207 @@
+"""The Storage facade: coalescing, transactions, listing, limits (DESIGN §2-3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+import pytest
+
+import stead
+
+pytestmark = pytest.mark.anyio
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Note:
+    text: str
+    at: datetime
+
+
+class Box(stead.DurableObject):
+    def put_many_keys(self, count: int) -> None:
+        for i in range(count):
+            self.ctx.storage.put(f"k{i:03}", i)
+
+    def write_then_raise(self) -> None:
+        self.ctx.storage.put("kept", True)
+        raise ValueError("after the write")
+
+    def transaction_that_raises(self) -> None:
+        self.ctx.storage.put("outside", 1)
+        with self.ctx.storage.transaction():
+            self.ctx.storage.put("inside", 1)
+            self.ctx.storage.delete("outside")
+            raise RuntimeError("roll back")
+
+    def get(self, key: str) -> Any:
+        return self.ctx.storage.get(key)
+
+    def get_point(self) -> Point:
+        value: Point = self.ctx.storage.get("point", type=Point)
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        self.ctx.storage.put(key, value)
+
+    def store_values(self) -> None:
+        s = self.ctx.storage
+        s.put("point", Point(1, 2))
+        s.put("note", Note("hi", datetime(2026, 1, 2, tzinfo=timezone.utc)))
+        s.put("bytes", b"\x00\x01")
+
+    def read_note(self) -> str:
+        note: Note = self.ctx.storage.get("note", type=Note)
+        return f"{note.text}@{note.at.year}"
+
+    def listing(self, options: dict[str, Any]) -> list[str]:
+        return list(self.ctx.storage.list(**options))
+
+    def write_and_list(self) -> list[str]:
+        s = self.ctx.storage
+        s.put("b", 1)
+        s.delete("a")
+        s.put("d", 1)
+        return list(s.list())
+
+    def delete_all_then_put(self) -> list[str]:
+        self.ctx.storage.delete_all()
+        self.ctx.storage.put("fresh", 1)
+        return list(self.ctx.storage.list())
+
+    def many(self) -> dict[str, Any]:
+        s = self.ctx.storage
+        s.put_many({"m1": 1, "m2": 2})
+        deleted = s.delete_many(["m1", "nope"])
+        return {"deleted": deleted, "left": s.get_many(["m1", "m2", "nope"])}
+
+    def bad_put(self, key: Any, size: int) -> None:
+        self.ctx.storage.put(key, b"x" * size)
+
+
+async def test_all_writes_of_a_turn_are_one_batch(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        await box.put("warm", 0)
+        before = rt.engine.last_seq()
+        await box.put_many_keys(100)
+        assert rt.engine.last_seq() == before + 1
+        assert await box.listing({"prefix": "k", "limit": 3}) == ["k000", "k001", "k002"]
+
+
+async def test_a_raising_handler_keeps_its_earlier_writes(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        with pytest.raises(ValueError, match="after the write"):
+            await box.write_then_raise()
+        assert await box.get("kept") is True
+
+
+async def test_a_raising_transaction_rolls_back_its_writes(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        with pytest.raises(RuntimeError):
+            await box.transaction_that_raises()
+        assert await box.get("outside") == 1
+        assert await box.get("inside") is None
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        assert await box.get("outside") == 1
+        assert await box.get("inside") is None
+
+
+async def test_values_round_trip_with_their_types(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        await rt.env.B.get_by_name("b").store_values()
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        assert await box.get_point() == Point(1, 2)
+        assert await box.get("point") == {"x": 1, "y": 2}
+        assert await box.read_note() == "hi@2026"
+        assert await box.get("bytes") == b"\x00\x01"
+
+
+async def test_list_sees_this_turns_writes_in_key_order(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        await box.put("a", 1)
+        await box.put("c", 1)
+        assert await box.write_and_list() == ["b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, ["a", "ab", "b", "é", "日本"]),
+        ({"prefix": "a"}, ["a", "ab"]),
+        ({"start": "ab"}, ["ab", "b", "é", "日本"]),
+        ({"start_after": "ab"}, ["b", "é", "日本"]),
+        ({"end": "b"}, ["a", "ab"]),
+        ({"reverse": True, "limit": 2}, ["日本", "é"]),
+        ({"start": "a", "end": "é", "reverse": True}, ["b", "ab", "a"]),
+        ({"limit": 0}, []),
+    ],
+)
+async def test_list_options(data_dir: str, options: dict[str, Any], expected: list[str]) -> None:
+    async with stead.Runtime({"B": Box}, durability="none", data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        for key in ["b", "日本", "a", "é", "ab"]:
+            await box.put(key, 0)
+        assert await box.listing(options) == expected
+
+
+async def test_delete_all_clears_stored_keys(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        await box.put("old", 1)
+        assert await box.delete_all_then_put() == ["fresh"]
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        assert await rt.env.B.get_by_name("b").listing({}) == ["fresh"]
+
+
+async def test_put_many_delete_many_get_many(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        result = await rt.env.B.get_by_name("b").many()
+        assert result == {"deleted": 1, "left": {"m2": 2}}
+
+
+@pytest.mark.parametrize(
+    ("key", "size", "error"),
+    [
+        ("", 1, stead.LimitError),
+        ("k" * 2049, 1, stead.LimitError),
+        ("é" * 1025, 1, stead.LimitError),  # 2050 UTF-8 bytes
+        ("big", 2 * 1024 * 1024 + 1, stead.LimitError),
+    ],
+)
+async def test_limits_raise_before_anything_is_written(
+    data_dir: str, key: str, size: int, error: type[Exception]
+) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        before = rt.engine.last_seq()
+        with pytest.raises(error):
+            await box.bad_put(key, size)
+        assert rt.engine.last_seq() == before
+
+
+async def test_max_length_key_is_accepted(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("b")
+        await box.put("k" * 2048, 1)
+        assert await box.get("k" * 2048) == 1
+
+
+async def test_internal_keys_never_appear_in_list(data_dir: str) -> None:
+    async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
+        box = rt.env.B.get_by_name("named")  # the name is stored internally
+        await box.put("user", 1)
+        assert await box.listing({}) == ["user"]
+        assert await box.listing({"reverse": True}) == ["user"]
