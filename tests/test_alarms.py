@@ -1,0 +1,192 @@
+"""Durable alarms: timing, retries with backoff, persistence (DESIGN §2 Alarms)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+import stead
+from tests.crashing import kill_after, start_child, wait_for_line
+
+pytestmark = pytest.mark.anyio
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> None:
+    """Poll an async predicate until it holds (alarms are wall-clock events)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+class Clock(stead.DurableObject):
+    fired: list[tuple[str, float, stead.AlarmInfo]] = []
+
+    def set(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    def get(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    def cancel(self) -> None:
+        self.ctx.storage.delete_alarm()
+
+    def wipe(self) -> None:
+        self.ctx.storage.delete_all()
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Clock.fired.append((self.ctx.id.name or "", time.time(), info))
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    Clock.fired = []
+
+
+async def test_alarm_fires_at_or_after_its_time_never_early(data_dir: str) -> None:
+    async with stead.Runtime({"C": Clock}, data_dir=data_dir) as rt:
+        due = {}
+        for i in range(50):
+            due[f"c{i}"] = time.time() + 0.05 + i * 0.004
+            await rt.env.C.get_by_name(f"c{i}").set(due[f"c{i}"])
+        assert await rt.env.C.get_by_name("c0").get() == pytest.approx(due["c0"], abs=0.001)
+
+        async def all_fired() -> bool:
+            return len(Clock.fired) == 50
+
+        await eventually(all_fired)
+        for name, fired_at, info in Clock.fired:
+            assert fired_at >= due[name] - 0.001  # ms resolution
+            assert info.retry_count == 0 and not info.is_retry
+        assert await rt.env.C.get_by_name("c0").get() is None  # cleared after success
+
+
+async def test_deleted_and_replaced_alarms(data_dir: str) -> None:
+    async with stead.Runtime({"C": Clock}, data_dir=data_dir) as rt:
+        a, b, c = (rt.env.C.get_by_name(n) for n in "abc")
+        await a.set(time.time() + 0.05)
+        await a.cancel()
+        await b.set(time.time() + 10)
+        await b.set(time.time() + 0.05)  # replaced by an earlier time
+        await c.set(time.time() + 0.05)
+        await c.wipe()  # delete_all clears the alarm
+
+        async def b_fired() -> bool:
+            return [n for n, _, _ in Clock.fired] == ["b"]
+
+        await eventually(b_fired)
+        await asyncio.sleep(0.1)
+        assert [n for n, _, _ in Clock.fired] == ["b"]
+
+
+class Flaky(stead.DurableObject):
+    runs: list[tuple[int, bool, float, float]] = []
+    failures = 2
+
+    def arm(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Flaky.runs.append((info.retry_count, info.is_retry, info.scheduled_time, time.time()))
+        if len(Flaky.runs) <= Flaky.failures:
+            raise RuntimeError("flaky")
+
+
+async def test_raising_alarm_is_retried_with_backoff(data_dir: str) -> None:
+    Flaky.runs, Flaky.failures = [], 2
+    base = 0.1
+    async with stead.Runtime({"F": Flaky}, data_dir=data_dir, alarm_retry_base=base) as rt:
+        scheduled = time.time() + 0.02
+        await rt.env.F.get_by_name("f").arm(scheduled)
+
+        async def three_runs() -> bool:
+            return len(Flaky.runs) == 3
+
+        await eventually(three_runs)
+        assert [(r[0], r[1]) for r in Flaky.runs] == [(0, False), (1, True), (2, True)]
+        assert all(r[2] == pytest.approx(scheduled, abs=0.001) for r in Flaky.runs)
+        gaps = [Flaky.runs[i + 1][3] - Flaky.runs[i][3] for i in range(2)]
+        assert gaps[0] >= base * 0.75 and gaps[1] >= 2 * base * 0.75
+        await asyncio.sleep(0.3)
+        assert len(Flaky.runs) == 3  # cleared after the success
+
+
+async def test_alarm_is_dropped_after_the_retry_limit(data_dir: str) -> None:
+    Flaky.runs, Flaky.failures = [], 100
+    async with stead.Runtime(
+        {"F": Flaky}, data_dir=data_dir, alarm_retry_base=0.01, alarm_retry_limit=3
+    ) as rt:
+        await rt.env.F.get_by_name("f").arm(time.time())
+
+        async def four_runs() -> bool:
+            return len(Flaky.runs) == 4
+
+        await eventually(four_runs)
+        await asyncio.sleep(0.3)
+        assert [r[0] for r in Flaky.runs] == [0, 1, 2, 3]
+        assert rt.engine.get_alarm(rt.env.F.id_from_name("f").storage_key) is None
+
+
+async def test_pending_retries_survive_a_restart(data_dir: str) -> None:
+    Flaky.runs, Flaky.failures = [], 1
+    options: dict[str, Any] = {"data_dir": data_dir, "alarm_retry_base": 0.5}
+    async with stead.Runtime({"F": Flaky}, **options) as rt:
+        await rt.env.F.get_by_name("f").arm(time.time())
+
+        async def first_run() -> bool:
+            return len(Flaky.runs) == 1
+
+        await eventually(first_run)
+    # Closed with the retry pending; it must run after the restart.
+    async with stead.Runtime({"F": Flaky}, **options):
+
+        async def retried() -> bool:
+            return len(Flaky.runs) == 2
+
+        await eventually(retried)
+        assert Flaky.runs[1][:2] == (1, True)
+
+
+async def test_overdue_alarms_fire_once_at_startup(data_dir: str) -> None:
+    async with stead.Runtime({"C": Clock}, data_dir=data_dir) as rt:
+        await rt.env.C.get_by_name("late").set(time.time() + 3600)
+        # Rewrite the stored alarm to long ago, as if the process had been down since.
+        rt.engine.commit(rt.env.C.id_from_name("late").storage_key, alarm=1000)
+    Clock.fired = []
+    async with stead.Runtime({"C": Clock}, data_dir=data_dir):
+
+        async def fired() -> bool:
+            return len(Clock.fired) == 1
+
+        await eventually(fired)
+        await asyncio.sleep(0.1)
+        assert len(Clock.fired) == 1
+
+
+@pytest.mark.crash
+@pytest.mark.slow
+async def test_acknowledged_alarms_fire_after_sigkill(data_dir: str) -> None:
+    from tests._children.alarm_setter import Reminder
+
+    child = start_child("tests._children.alarm_setter", data_dir)
+    wait_for_line(child, "ready")
+    lines = kill_after(child, 0.6)
+    acknowledged = dict(line.split() for line in lines)
+    assert len(acknowledged) > 10
+    async with stead.Runtime({"R": Reminder}, data_dir=data_dir) as rt:
+
+        async def all_fired() -> bool:
+            for name in acknowledged:
+                status = await rt.env.R.get_by_name(name).status()
+                if status["fired_at"] is None:
+                    return False
+            return True
+
+        await eventually(all_fired, timeout=20)
+        for name, when in acknowledged.items():
+            status = await rt.env.R.get_by_name(name).status()
+            assert status["fired_at"] >= float(when) - 0.001
