@@ -1,0 +1,157 @@
+"""Issue 3 benchmarks: durable increment() throughput, sequential latency, memory.
+
+Run: pytest benches/bench_runtime.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from conftest import Report
+from disk import fdatasync_p50_us
+
+import stead
+
+CALLS = 200_000
+OBJECTS = 1_000
+CALLERS = 1_000
+
+
+class Counter(stead.DurableObject):
+    def increment(self) -> int:
+        count: int = self.ctx.storage.get("count", 0) + 1
+        self.ctx.storage.put("count", count)
+        return count
+
+
+def _plan(seed: int = 7) -> list[list[int]]:
+    """Which object each call of each caller goes to (the same for both sides)."""
+    rng = random.Random(seed)
+    per_caller = CALLS // CALLERS
+    return [[rng.randrange(OBJECTS) for _ in range(per_caller)] for _ in range(CALLERS)]
+
+
+async def _baseline(plan: list[list[int]]) -> float:
+    """In-memory pure asyncio: a dict, one asyncio.Lock per object, one awaited future per call."""
+    loop = asyncio.get_running_loop()
+    counts = dict.fromkeys(range(OBJECTS), 0)
+    locks = {i: asyncio.Lock() for i in range(OBJECTS)}
+
+    async def increment(obj: int) -> int:
+        async with locks[obj]:
+            counts[obj] += 1
+            done: asyncio.Future[int] = loop.create_future()
+            loop.call_soon(done.set_result, counts[obj])
+            return await done
+
+    async def caller(targets: list[int]) -> None:
+        for obj in targets:
+            await increment(obj)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(t) for t in plan))
+    elapsed = time.perf_counter() - start
+    assert sum(counts.values()) == CALLS
+    return CALLS / elapsed
+
+
+async def _stead(plan: list[list[int]], data_dir: str) -> float:
+    async with stead.Runtime({"C": Counter}, data_dir=data_dir, durability="fsync") as rt:
+        stubs = [rt.env.C.get_by_name(f"c{i}") for i in range(OBJECTS)]
+
+        async def caller(targets: list[int]) -> None:
+            for obj in targets:
+                await stubs[obj].increment()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller(t) for t in plan))
+        elapsed = time.perf_counter() - start
+        total = sum([await s.increment() for s in stubs]) - OBJECTS
+        assert total == CALLS
+    return CALLS / elapsed
+
+
+def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report: Report) -> None:
+    plan = _plan()
+    baseline = asyncio.run(_baseline(plan))
+    durable = asyncio.run(_stead(plan, str(tmp_path / "data")))
+    ratio = durable / baseline
+    report(
+        f"\n[runtime] {CALLS:,} durable increment() over {OBJECTS:,} objects, "
+        f"{CALLERS:,} callers, fsync: {durable:,.0f} calls/s (target >= 100,000)\n"
+        f"[runtime] in-memory asyncio baseline: {baseline:,.0f} calls/s; "
+        f"ratio {ratio:.2f} (target >= 0.40)"
+    )
+    benchmark.extra_info.update(  # type: ignore[attr-defined]
+        {"durable_calls_per_s": durable, "baseline_calls_per_s": baseline, "ratio": ratio}
+    )
+    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+
+
+async def _sequential_p50_us(data_dir: str, calls: int = 2000) -> float:
+    async with stead.Runtime({"C": Counter}, data_dir=data_dir, durability="fsync") as rt:
+        stub = rt.env.C.get_by_name("solo")
+        await stub.increment()
+        timings = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            await stub.increment()
+            timings.append(time.perf_counter() - start)
+    return statistics.median(timings) * 1e6
+
+
+def test_sequential_call_latency(benchmark: object, tmp_path: Path, report: Report) -> None:
+    raw = fdatasync_p50_us(tmp_path)
+    p50 = asyncio.run(_sequential_p50_us(str(tmp_path / "data")))
+    ratio = p50 / raw
+    report(
+        f"\n[runtime] single-object sequential increment() p50: {p50:.0f} us; "
+        f"raw fdatasync p50 {raw:.0f} us; ratio {ratio:.2f} (target <= 1.5)"
+    )
+    benchmark.extra_info.update({"p50_us": p50, "fdatasync_p50_us": raw, "ratio": ratio})  # type: ignore[attr-defined]
+    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+
+
+async def _memory_per_object(data_dir: str, count: int = 20_000) -> tuple[float, float]:
+    async with stead.Runtime(
+        {"C": Counter}, data_dir=data_dir, durability="none", idle_timeout=3600
+    ) as rt:
+        gc.collect()
+        tracemalloc.start()
+        python_before = tracemalloc.get_traced_memory()[0]
+        index_before = rt.engine.stats().get("index_bytes", 0)
+        for i in range(count):
+            await rt.env.C.get_by_name(f"m{i}").increment()
+        rt.env.C._by_name.clear()  # the name->id cache is bounded; not per-object state
+        gc.collect()
+        resident = tracemalloc.get_traced_memory()[0] - python_before
+        index_after = rt.engine.stats().get("index_bytes", 0)
+        rt.dispatcher.evict_idle(time.monotonic() + 7200)
+        assert not rt.dispatcher.hosts
+        gc.collect()
+        evicted_python = tracemalloc.get_traced_memory()[0] - python_before
+        tracemalloc.stop()
+        evicted = evicted_python + (index_after - index_before)
+        return (resident + index_after - index_before) / count, evicted / count
+
+
+def test_memory_per_object(benchmark: object, tmp_path: Path, report: Report) -> None:
+    resident, evicted = asyncio.run(_memory_per_object(str(tmp_path / "data")))
+    report(
+        f"\n[runtime] memory per evicted object with storage: {evicted:.0f} B "
+        f"(Python heap + engine index; target <= 1024 B)\n"
+        f"[runtime] memory per resident object: {resident:.0f} B"
+    )
+    benchmark.extra_info.update({"evicted_bytes": evicted, "resident_bytes": resident})  # type: ignore[attr-defined]
+    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-q"])
