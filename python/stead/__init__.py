@@ -25,7 +25,7 @@ from stead.errors import (
     UnknownBindingError,
     UnknownMethodError,
 )
-from stead.hookspecs import hookimpl  # noqa: F401  (defined by the plugin system)
+from stead.hookspecs import hookimpl
 from stead.ids import ObjectId
 from stead.messages import Request, Response
 from stead.namespace import Namespace
