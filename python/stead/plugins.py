@@ -1,0 +1,189 @@
+"""Loading plugins and calling their hooks through one small typed facade.
+
+Built-in plugins are registered first, then the entry points of group
+``"stead"`` (unless autoload is off), then ``check_pending()`` refuses hook
+implementations that match no hookspec. Everything else in stead talks to
+plugins through :class:`Plugins`, never through ``pm.hook`` directly.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from stead import hookspecs
+from stead._core import __version__
+from stead.config import Config
+from stead.errors import SteadError
+
+if TYPE_CHECKING:
+    import click
+    from starlette.routing import BaseRoute
+
+    from stead.objects import DurableObject
+    from stead.runtime import Runtime
+
+__all__ = ["BUILTIN_PLUGINS", "PluginError", "PluginInfo", "Plugins"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+
+class PluginError(SteadError):
+    """A plugin failed to load, or two plugins register the same binding."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin, as ``stead plugins`` shows it."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    bindings: tuple[str, ...]
+
+
+class _CorePlugin:
+    """The built-in plugin: stead itself. It registers no bindings; it exists so
+    that ``stead plugins`` shows the core and hooks always have one implementation."""
+
+    @hookspecs.hookimpl
+    def stead_bindings(self) -> dict[str, type[DurableObject]]:
+        return {}
+
+
+#: Built-in plugins, registered before entry points, by plugin name.
+BUILTIN_PLUGINS: dict[str, object] = {"stead": _CorePlugin()}
+
+
+@dataclass(frozen=True)
+class _Origin:
+    distribution: str | None
+    version: str | None
+
+
+class Plugins:
+    """The loaded plugins of one process (or one runtime), with typed hook calls."""
+
+    def __init__(self, manager: pluggy.PluginManager, origins: dict[str, _Origin]) -> None:
+        self._pm = manager
+        self._origins = origins
+        self._bindings: dict[str, dict[str, type[DurableObject]]] | None = None
+
+    @classmethod
+    def load(cls, *, autoload: bool | None = None, extra: Iterable[object] = ()) -> Plugins:
+        """Register the built-ins, ``extra`` plugin objects, then entry points.
+
+        :param autoload: load entry points of group ``"stead"``; ``None`` means
+            yes unless ``STEAD_DISABLE_PLUGIN_AUTOLOAD`` is set.
+        :param extra: more plugin objects (modules, instances) to register
+            after the built-ins, e.g. from tests.
+        """
+        if autoload is None:
+            autoload = not Config.from_env().disable_plugin_autoload
+        manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        manager.add_hookspecs(hookspecs)
+        origins: dict[str, _Origin] = {}
+        for name, plugin in BUILTIN_PLUGINS.items():
+            manager.register(plugin, name=name)
+            origins[name] = _Origin("stead", __version__)
+        for plugin in extra:
+            name = manager.register(plugin)
+            if name is not None:
+                origins[name] = _Origin(None, None)
+        if autoload:
+            _load_entry_points(manager, origins)
+        manager.check_pending()
+        return cls(manager, origins)
+
+    @property
+    def manager(self) -> pluggy.PluginManager:
+        """The underlying pluggy manager (for tools; prefer the typed methods)."""
+        return self._pm
+
+    def bindings(self) -> dict[str, type[DurableObject]]:
+        """Every binding that plugins register; ``PluginError`` on a duplicate name."""
+        merged: dict[str, type[DurableObject]] = {}
+        owner: dict[str, str] = {}
+        for plugin_name, bindings in self._bindings_by_plugin().items():
+            for binding, object_class in bindings.items():
+                if binding in merged:
+                    raise PluginError(
+                        f"binding {binding!r} is registered by both plugin "
+                        f"{owner[binding]!r} and plugin {plugin_name!r}"
+                    )
+                merged[binding], owner[binding] = object_class, plugin_name
+        return merged
+
+    def routes(self, runtime: Runtime) -> list[BaseRoute]:
+        """Extra HTTP routes from ``stead_routes``, in plugin registration order."""
+        results: list[list[BaseRoute]] = self._pm.hook.stead_routes(runtime=runtime)
+        # pluggy calls the last registered plugin first; serve in registration order.
+        return [route for routes in reversed(results) for route in routes]
+
+    def extend_cli(self, cli: click.Group) -> None:
+        """Let plugins add commands to the ``stead`` click group."""
+        self._pm.hook.stead_cli(cli=cli)
+
+    def startup(self, runtime: Runtime) -> None:
+        """Run every ``stead_startup`` hook."""
+        self._pm.hook.stead_startup(runtime=runtime)
+
+    def shutdown(self, runtime: Runtime) -> None:
+        """Run every ``stead_shutdown`` hook."""
+        self._pm.hook.stead_shutdown(runtime=runtime)
+
+    def describe(self) -> list[PluginInfo]:
+        """Each registered plugin with its distribution, version and bindings."""
+        by_plugin = self._bindings_by_plugin()
+        infos = []
+        for name, _plugin in self._pm.list_name_plugin():
+            origin = self._origins.get(name, _Origin(None, None))
+            bindings = tuple(sorted(by_plugin.get(name, {})))
+            infos.append(PluginInfo(name, origin.distribution, origin.version, bindings))
+        return infos
+
+    def _bindings_by_plugin(self) -> dict[str, dict[str, type[DurableObject]]]:
+        if self._bindings is None:
+            self._bindings = _collect_bindings(self._pm)
+        return self._bindings
+
+
+def _collect_bindings(
+    manager: pluggy.PluginManager,
+) -> dict[str, dict[str, type[DurableObject]]]:
+    # Call each implementation on its own so a binding can be traced to its plugin.
+    collected: dict[str, dict[str, type[DurableObject]]] = {}
+    for impl in reversed(manager.hook.stead_bindings.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        result: Any = impl.function()
+        if not isinstance(result, dict):
+            kind = type(result).__name__
+            raise PluginError(f"plugin {impl.plugin_name!r}: stead_bindings returned {kind}")
+        collected[impl.plugin_name] = dict(result)
+    return collected
+
+
+def _load_entry_points(manager: pluggy.PluginManager, origins: dict[str, _Origin]) -> None:
+    for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME):
+        name = entry_point.name
+        if manager.get_plugin(name) is not None or manager.is_blocked(name):
+            continue  # the same distribution seen twice on sys.path, or blocked
+        dist = entry_point.dist
+        distribution = None if dist is None else dist.metadata["Name"]
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {name!r} (from {distribution or 'an unknown distribution'}) "
+                f"failed to import {entry_point.value!r}: {exc}"
+            ) from exc
+        manager.register(plugin, name=name)
+        origins[name] = _Origin(distribution, None if dist is None else dist.version)
+        logger.debug("loaded plugin %s from %s", name, distribution)
