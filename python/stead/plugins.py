@@ -93,9 +93,9 @@ class Plugins:
             manager.register(plugin, name=name)
             origins[name] = _Origin("stead", __version__)
         for plugin in extra:
-            name = manager.register(plugin)
-            if name is not None:
-                origins[name] = _Origin(None, None)
+            registered = manager.register(plugin)
+            if registered is not None:
+                origins[registered] = _Origin(None, None)
         if autoload:
             _load_entry_points(manager, origins)
         manager.check_pending()

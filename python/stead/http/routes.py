@@ -1,0 +1,252 @@
+"""The object routes: RPC, fetch and listing, on top of a started ``Runtime``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from stead import codec
+from stead.errors import InvalidIdError, SerializationError, UnknownBindingError
+from stead.http.errors import HttpError, handler_error
+from stead.http.signatures import ArgumentError, Signature
+from stead.messages import Request as ObjectRequest
+from stead.objects import rpc_methods
+from stead.stub import Stub, invoke
+
+if TYPE_CHECKING:
+    from stead.http.metrics import HttpMetrics
+    from stead.namespace import Namespace
+    from stead.runtime import Runtime
+
+__all__ = ["MAX_LIST_LIMIT", "MAX_NAME_BYTES", "ObjectRoutes"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+#: Object names are 1 to this many UTF-8 bytes (the key limit of DESIGN §2).
+MAX_NAME_BYTES = 2048
+#: ``GET /objects/{binding}`` returns at most this many ids per page.
+MAX_LIST_LIMIT = 1000
+
+_JSON = "application/json"
+# Characters kept as they are when a decoded fetch path is re-encoded for the object.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class RpcBody(msgspec.Struct, forbid_unknown_fields=True):
+    """``{"args": [...], "kwargs": {...}}``; both optional."""
+
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_body_decoder = msgspec.json.Decoder(RpcBody)
+_result_encoder = msgspec.json.Encoder()
+
+
+class ObjectRoutes:
+    """Endpoints for ``/objects/...``; one instance per app."""
+
+    def __init__(self, runtime: Runtime, metrics: HttpMetrics, *, hide_header: str | None) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self._hide_header = hide_header  # the bearer token header, not forwarded to objects
+        self._signatures: dict[tuple[str, str], Signature] = {}
+
+    # -- RPC -----------------------------------------------------------------
+
+    async def rpc(self, request: Request) -> Response:
+        """``POST /objects/{binding}/{name}/rpc/{method}``."""
+        started = time.perf_counter()
+        params = request.path_params
+        binding, method = params["binding"], params["method"]
+        try:
+            response = await self._rpc(request, binding, params["name"], method)
+        except HttpError as error:
+            response = error.response()
+        if not self._signature_known(binding, method):
+            binding = method = ""  # unknown names would give metrics unbounded cardinality
+        self.metrics.observe(
+            "rpc", binding, method, response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    async def _rpc(self, request: Request, binding: str, name: str, method: str) -> Response:
+        stub = self._stub(binding, name)
+        signature = self._signature(stub, method)
+        body = _decode_body(await request.body())
+        args, kwargs = _bind(signature, body)
+        try:
+            result = await invoke(stub, method, args, kwargs)
+        except Exception as exc:
+            _log_handler_error(binding, method, exc)
+            raise handler_error(exc) from None
+        return _result_response(result)
+
+    def _signature(self, stub: Stub, method: str) -> Signature:
+        key = (stub.id.binding, method)
+        signature = self._signatures.get(key)
+        if signature is None:
+            rpc = rpc_methods(self.runtime.bindings[stub.id.binding]).get(method)
+            if rpc is None:
+                message = f"{stub.id.binding} has no RPC method {method!r}"
+                raise HttpError(404, "UnknownMethodError", message)
+            signature = self._signatures[key] = Signature(rpc)
+        return signature
+
+    def _signature_known(self, binding: str, method: str) -> bool:
+        return (binding, method) in self._signatures
+
+    def signatures(self) -> dict[str, dict[str, Signature]]:
+        """Every binding's RPC signatures (for the OpenAPI document)."""
+        table: dict[str, dict[str, Signature]] = {}
+        for binding, cls in self.runtime.bindings.items():
+            table[binding] = {name: Signature(rpc) for name, rpc in rpc_methods(cls).items()}
+        return table
+
+    # -- fetch ---------------------------------------------------------------
+
+    async def fetch(self, request: Request) -> Response:
+        """``{any} /objects/{binding}/{name}/fetch/{path}``: the object's own response."""
+        started = time.perf_counter()
+        params = request.path_params
+        binding = params["binding"]
+        try:
+            response = await self._fetch(request, binding, params["name"], params.get("path", ""))
+        except HttpError as error:
+            response = error.response()
+        label = binding if binding in self.runtime.bindings else ""
+        self.metrics.observe(
+            "fetch", label, "", response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    async def _fetch(self, request: Request, binding: str, name: str, path: str) -> Response:
+        stub = self._stub(binding, name)
+        url = "/" + quote(path, safe=_PATH_SAFE)
+        if request.url.query:
+            url = f"{url}?{request.url.query}"
+        headers = {k: v for k, v in request.headers.items() if k != self._hide_header}
+        forwarded = ObjectRequest(request.method, url, headers, await request.body())
+        try:
+            answer = await stub.fetch(forwarded)
+        except Exception as exc:
+            _log_handler_error(binding, "fetch", exc)
+            raise handler_error(exc) from None
+        return Response(answer.body, answer.status, headers=answer.headers)
+
+    # -- listing -------------------------------------------------------------
+
+    async def list_ids(self, request: Request) -> Response:
+        """``GET /objects/{binding}?limit=&after=``."""
+        started = time.perf_counter()
+        binding = request.path_params["binding"]
+        try:
+            response = await self._list_ids(request, self._namespace(binding))
+        except HttpError as error:
+            response = error.response()
+        label = binding if binding in self.runtime.bindings else ""
+        self.metrics.observe("list", label, "", response.status_code, time.perf_counter() - started)
+        return response
+
+    async def _list_ids(self, request: Request, namespace: Namespace) -> Response:
+        limit = _limit(request.query_params.get("limit"))
+        after = request.query_params.get("after") or None
+        try:
+            ids = await namespace.list_ids(limit=limit, after=after)
+        except InvalidIdError as exc:
+            raise HttpError(400, "InvalidIdError", f"after: {exc}") from None
+        entries = [{"id": str(object_id), "name": object_id.name} for object_id in ids]
+        cursor = entries[-1]["id"] if entries and len(entries) == limit else None
+        body = _result_encoder.encode({"ids": entries, "next": cursor})
+        return Response(body, media_type=_JSON)
+
+    # -- everything else under /objects ---------------------------------------
+
+    async def not_found(self, request: Request) -> Response:
+        """Paths under ``/objects/`` no route matched: an empty name, a wrong method, ..."""
+        return self._misrouted(request.method, request.path_params["rest"]).response()
+
+    def _misrouted(self, http_method: str, rest: str) -> HttpError:
+        parts = rest.split("/")
+        kind = parts[2] if len(parts) >= 3 else ""
+        if kind not in ("rpc", "fetch") or (kind == "rpc" and len(parts) != 4):
+            return HttpError(404, "NotFound", "no such route")
+        try:
+            self._namespace(parts[0])
+            if not parts[1]:
+                self._stub(parts[0], parts[1])
+        except HttpError as error:
+            return error
+        if kind == "rpc" and not parts[3]:
+            return HttpError(404, "UnknownMethodError", "no method named ''")
+        return HttpError(405, "MethodNotAllowed", f"{http_method} is not allowed here; use POST")
+
+    # -- shared --------------------------------------------------------------
+
+    def _namespace(self, binding: str) -> Namespace:
+        try:
+            return self.runtime.namespace(binding)
+        except UnknownBindingError:
+            raise HttpError(404, "UnknownBindingError", f"no binding named {binding!r}") from None
+        except RuntimeError:
+            raise HttpError(503, "NotStarted", "the runtime is not running") from None
+
+    def _stub(self, binding: str, name: str) -> Stub:
+        namespace = self._namespace(binding)
+        if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise HttpError(400, "InvalidName", f"names are 1 to {MAX_NAME_BYTES} UTF-8 bytes")
+        return namespace.get_by_name(name)
+
+
+def _decode_body(raw: bytes) -> RpcBody:
+    if not raw.strip():
+        return RpcBody()
+    try:
+        return _body_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise HttpError(400, "InvalidArguments", f"body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise HttpError(400, "MalformedJSON", str(exc)) from None
+
+
+def _bind(signature: Signature, body: RpcBody) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        args, kwargs = signature.bind(body.args, body.kwargs)
+        if args or kwargs:
+            codec.encode((args, kwargs))  # values the codec cannot carry (huge ints) are a 400
+    except (ArgumentError, SerializationError) as exc:
+        raise HttpError(400, "InvalidArguments", str(exc)) from None
+    return args, kwargs
+
+
+def _result_response(result: Any) -> Response:
+    try:
+        body = _result_encoder.encode({"result": result})
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise HttpError(500, "SerializationError", f"the result is not JSON: {exc}") from None
+    return Response(body, media_type=_JSON)
+
+
+def _limit(text: str | None) -> int:
+    if text is None or text == "":
+        return MAX_LIST_LIMIT
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if not 0 <= limit <= MAX_LIST_LIMIT:
+        message = f"limit must be an integer from 0 to {MAX_LIST_LIMIT}"
+        raise HttpError(400, "InvalidQuery", message)
+    return limit
+
+
+def _log_handler_error(binding: str, method: str, exc: Exception) -> None:
+    # The traceback stays here (and in the object's log); the client gets type and message.
+    logger.debug("%s.%s raised %s", binding, method, type(exc).__name__, exc_info=exc)
