@@ -1,0 +1,108 @@
+"""``SESSION_MANAGER``: per-user session state with automatic expiry.
+
+Routes (``/objects/SESSION_MANAGER/{session}/fetch/...``): ``/create``
+(body ``{"userId", "ttlMs"?, "data"?}``), ``/get`` (touches: extends expiry),
+``/set`` (body: keys merged into ``data``; touches), ``/destroy``. The alarm
+is always one TTL after the last touch; when it fires the session and all of
+the object's storage are deleted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+import stead
+from stead import AlarmInfo, Request, Response
+from stead_patterns._http import BadRequest, decode_body, error, now_ms, route
+
+__all__ = ["SessionData", "SessionManager", "stead_bindings"]
+
+DEFAULT_TTL_MS = 3_600_000  # one hour, as in the catalog
+
+
+class SessionData(msgspec.Struct, rename="camel"):
+    """The stored session (and the JSON ``/get`` answers)."""
+
+    user_id: str
+    created_at: int
+    last_accessed_at: int
+    data: dict[str, Any]
+    ttl_ms: int
+
+
+class _CreateBody(msgspec.Struct, rename="camel"):
+    user_id: str
+    ttl_ms: int | None = None
+    data: dict[str, Any] | None = None
+
+
+class SessionManager(stead.DurableObject):
+    """One session per object; expiry by alarm, every access extends it."""
+
+    session: SessionData | None = None
+
+    async def on_start(self) -> None:
+        self.session = self.ctx.storage.get("session", type=SessionData)
+
+    async def fetch(self, request: Request) -> Response:
+        routes = {
+            "/create": self._create,
+            "/get": self._get,
+            "/set": self._set,
+            "/destroy": self._destroy,
+        }
+        return await route(request, routes)
+
+    async def _create(self, request: Request) -> Response:
+        body = decode_body(request, _CreateBody)
+        ttl_ms = body.ttl_ms or DEFAULT_TTL_MS  # 0 means the default, as `||` does
+        if ttl_ms < 0:
+            raise BadRequest("ttlMs must be positive")
+        now = now_ms()
+        self.session = SessionData(body.user_id, now, now, body.data or {}, ttl_ms)
+        self._save()
+        return Response.json({"created": True, "expiresAt": now + ttl_ms})
+
+    async def _get(self, request: Request) -> Response:
+        if self.session is None:
+            return error("No session", 404)
+        self._touch(self.session)
+        return Response.json(self.session)
+
+    async def _set(self, request: Request) -> Response:
+        if self.session is None:
+            return error("No session", 404)
+        updates = decode_body(request, dict[str, Any])
+        self.session.data = {**self.session.data, **updates}
+        self._touch(self.session)
+        return Response.json({"updated": True})
+
+    async def _destroy(self, request: Request) -> Response:
+        self.session = None
+        self.ctx.storage.delete_all()  # the data and the expiry alarm
+        return Response.json({"destroyed": True})
+
+    def _touch(self, session: SessionData) -> None:
+        session.last_accessed_at = now_ms()
+        self._save()
+
+    def _save(self) -> None:
+        # Stored together with its expiry alarm: one atomic batch per turn.
+        if self.session is not None:
+            self.ctx.storage.put("session", self.session)
+            self.ctx.storage.set_alarm((self.session.last_accessed_at + self.session.ttl_ms) / 1000)
+
+    async def alarm(self, info: AlarmInfo) -> None:
+        session = self.session
+        if session is not None and now_ms() < session.last_accessed_at + session.ttl_ms:
+            self._save()  # touched since this alarm was set: wait for the new expiry
+            return
+        self.session = None
+        self.ctx.storage.delete_all()
+
+
+@stead.hookimpl
+def stead_bindings() -> dict[str, type[stead.DurableObject]]:
+    return {"SESSION_MANAGER": SessionManager}
