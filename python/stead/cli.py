@@ -1,0 +1,521 @@
+"""The ``stead`` command line: serve, plugins, inspect, bench (see docs/cli.md).
+
+Options read ``STEAD_*`` environment variables through ``envvar=``; plugins
+can add commands through the ``stead_cli`` hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from stead import config as cfg
+from stead.errors import DataDirLockedError, SteadError
+
+if TYPE_CHECKING:
+    from stead.runtime import Runtime
+
+__all__ = ["cli", "main"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+T = TypeVar("T")
+
+_DURABILITY = click.Choice(["fsync", "os", "none"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="stead", prog_name="stead")
+def cli() -> None:
+    """stead: Durable Objects for Python.
+
+    Serve durable objects over HTTP, list installed plugins, look into a data
+    dir, or measure this machine. Every option can also be set with the
+    STEAD_* environment variable shown in its help.
+    """
+
+
+# -- serve -------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option(
+    "--host",
+    default=cfg.DEFAULT_HOST,
+    show_default=True,
+    envvar=cfg.ENV_HOST,
+    show_envvar=True,
+    help="Interface to bind.",
+)
+@click.option(
+    "--port",
+    default=cfg.DEFAULT_PORT,
+    show_default=True,
+    envvar=cfg.ENV_PORT,
+    show_envvar=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port (0: any free port).",
+)
+@click.option(
+    "--data-dir",
+    default=cfg.DEFAULT_DATA_DIR,
+    show_default=True,
+    envvar=cfg.ENV_DATA_DIR,
+    show_envvar=True,
+    type=click.Path(file_okay=False),
+    help="Where objects are stored (ignored with TARGET: the runtime has its own).",
+)
+@click.option(
+    "--durability",
+    default="fsync",
+    show_default=True,
+    envvar=cfg.ENV_DURABILITY,
+    show_envvar=True,
+    type=_DURABILITY,
+    help="fsync: survives power loss; os: survives a crash; none: tests only.",
+)
+@click.option(
+    "--token",
+    envvar=cfg.ENV_TOKEN,
+    show_envvar=True,
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' on every route but /healthz.",
+)
+@click.option(
+    "--max-body-bytes",
+    envvar=cfg.ENV_MAX_BODY_BYTES,
+    show_envvar=True,
+    default=cfg.DEFAULT_MAX_BODY_BYTES,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Largest request body accepted (413 above).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="Log every request (costs throughput).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+def serve(
+    target: str | None,
+    host: str,
+    port: int,
+    data_dir: str,
+    durability: str,
+    token: str | None,
+    max_body_bytes: int,
+    access_log: bool,
+    log_level: str,
+) -> None:
+    """Serve objects over HTTP until interrupted.
+
+    TARGET is module:attribute naming a stead.Runtime (or a function returning
+    one), e.g. myapp.objects:runtime. Without it, stead serves every binding
+    that installed plugins register, with data in --data-dir.
+
+    \b
+    Example:
+      stead serve --port 8787
+      curl -X POST localhost:8787/objects/COUNTER/a/rpc/increment
+    """
+    import uvicorn
+
+    from stead.http import create_app
+
+    runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
+    if not runtime.bindings and not runtime.use_plugins:
+        raise click.UsageError(f"{target} has no bindings to serve")
+    app = create_app(runtime, max_body_bytes=max_body_bytes, token=token or "")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    _run(_serve(runtime, server), server.config.get_loop_factory())
+
+
+def _plugin_runtime(data_dir: str, durability: str) -> Runtime:
+    from stead.runtime import Runtime
+
+    return Runtime(data_dir=data_dir, durability=durability, plugins=True)
+
+
+def _load_target(target: str) -> Runtime:
+    from stead.runtime import Runtime
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter("expected module:attribute", param_hint="TARGET")
+    sys.path.insert(0, os.getcwd())  # as uvicorn does: TARGET modules live in the project
+    try:
+        value: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as exc:
+        raise click.BadParameter(f"cannot load {target}: {exc}", param_hint="TARGET") from exc
+    if callable(value) and not isinstance(value, Runtime):
+        value = value()
+    if not isinstance(value, Runtime):
+        kind = type(value).__name__
+        raise click.BadParameter(f"{target} is a {kind}, not a stead.Runtime", param_hint="TARGET")
+    return value
+
+
+async def _serve(runtime: Runtime, server: Any) -> None:
+    try:
+        await runtime.start()
+    except DataDirLockedError as exc:
+        raise click.ClickException(f"{exc} (is another `stead serve` using it?)") from None
+    try:
+        names = ", ".join(sorted(runtime.bindings)) or "none"
+        click.echo(f"stead: serving bindings {names}", err=True)
+        await server.serve()
+    finally:
+        await runtime.close()
+
+
+def _run(coroutine: Coroutine[Any, Any, T], loop_factory: Callable[[], Any] | None = None) -> T:
+    # asyncio.run(loop_factory=) is Python 3.12+; this works on 3.10 too.
+    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+# -- plugins -----------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins and the bindings they register.
+
+    Set STEAD_DISABLE_PLUGIN_AUTOLOAD=1 to skip plugins installed as packages.
+    """
+    from stead.plugins import PluginError, Plugins
+
+    try:
+        infos = Plugins.load().describe()
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(
+            json.dumps([info.__dict__ | {"bindings": list(info.bindings)} for info in infos])
+        )
+        return
+    rows = [
+        (info.name, info.distribution or "-", info.version or "-", ", ".join(info.bindings) or "-")
+        for info in infos
+    ]
+    _table(("plugin", "distribution", "version", "bindings"), rows)
+
+
+# -- inspect -----------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--binding", "-b", help="Only objects of this binding.")
+@click.option("--name", "-n", help="Only objects of this name.")
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Show at most this many objects.",
+)
+@click.option(
+    "--max-keys",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Show at most this many keys per object.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+def inspect(
+    data_dir: str, binding: str | None, name: str | None, limit: int, max_keys: int, as_json: bool
+) -> None:
+    """Show the objects, keys, values and alarms stored in DATA_DIR, read-only.
+
+    Binding names come from installed plugins and --binding; objects of other
+    bindings are shown with their binding's 8-byte prefix. A running server
+    holds the data dir: stop it first, or query it over HTTP.
+    """
+    if not (Path(data_dir) / "secret").exists():
+        raise click.ClickException(f"{data_dir} is not a stead data dir (it has no secret file)")
+    bindings = _known_bindings() | ({binding} if binding else set())
+    try:
+        engine = _open_read_only(data_dir)
+    except DataDirLockedError:
+        raise click.ClickException(
+            f"{data_dir} is in use by a running stead process (one process per data dir): "
+            "stop it, or query the server over HTTP instead"
+        ) from None
+    try:
+        views = _object_views(engine, bindings, binding, name, max_keys)
+        for view in _take(views, limit):
+            click.echo(json.dumps(view, default=repr) if as_json else _render_object(view))
+    finally:
+        engine.close()
+
+
+def _known_bindings() -> set[str]:
+    from stead.plugins import PluginError, Plugins
+
+    try:
+        return set(Plugins.load().bindings())
+    except PluginError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        return set()
+
+
+def _open_read_only(data_dir: str) -> Any:
+    from stead._core import Engine
+
+    # No commits are made and compaction is off, so nothing in the dir is rewritten.
+    return Engine(data_dir, "none", compaction=False)
+
+
+def _object_views(
+    engine: Any, bindings: set[str], binding: str | None, name: str | None, max_keys: int
+) -> Iterator[dict[str, Any]]:
+    from stead.ids import binding_prefix
+
+    names = {binding_prefix(b): b for b in bindings}
+    prefix = binding_prefix(binding) if binding else None
+    after = None
+    while batch := engine.objects(prefix=prefix, after=after, limit=500):
+        for key in batch:
+            view = _object_view(engine, key, names, max_keys)
+            if name is None or view["name"] == name:
+                yield view
+        after = batch[-1]
+
+
+def _object_view(engine: Any, key: bytes, names: dict[bytes, str], max_keys: int) -> dict[str, Any]:
+    from stead.storage import INTERNAL_PREFIX, NAME_KEY
+
+    raw_name = engine.get(key, NAME_KEY)
+    alarm = engine.get_alarm(key)
+    entries = [(k, v) for k, v in engine.list(key, end=INTERNAL_PREFIX, limit=max_keys + 1)]
+    return {
+        "binding": names.get(key[:8], f"<prefix {key[:8].hex()}>"),
+        "id": key[8:].hex(),
+        "name": None if raw_name is None else _decode(raw_name),
+        "alarm": None if alarm is None else _iso(alarm / 1000),
+        "values": {k.decode("utf-8", "replace"): _decode(v) for k, v in entries[:max_keys]},
+        "truncated": len(entries) > max_keys,
+    }
+
+
+def _decode(raw: bytes) -> Any:
+    from stead import codec
+
+    try:
+        return codec.decode(raw)
+    except SteadError:
+        return f"<{len(raw)} undecodable bytes>"
+
+
+def _render_object(view: dict[str, Any]) -> str:
+    alarm = f"  alarm={view['alarm']}" if view["alarm"] else ""
+    lines = [f"{view['binding']}  name={view['name']!r}  id={view['id']}{alarm}"]
+    for key, value in view["values"].items():
+        text = repr(value)
+        lines.append(f"    {key!r}: {text if len(text) <= 200 else text[:197] + '...'}")
+    if view["truncated"]:
+        lines.append("    ... (more keys; raise --max-keys)")
+    return "\n".join(lines)
+
+
+def _iso(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _take(items: Iterator[T], limit: int) -> Iterator[T]:
+    for index, item in enumerate(items):
+        if index >= limit:
+            return
+        yield item
+
+
+# -- bench -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--objects",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Distinct counter objects.",
+)
+@click.option(
+    "--requests",
+    "total",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Increments to send.",
+)
+@click.option(
+    "--concurrency",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Increments in flight at once.",
+)
+@click.option("--durability", default="fsync", show_default=True, type=_DURABILITY)
+@click.option(
+    "--data-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where to store the counters (default: a temporary dir, removed after).",
+)
+def bench(
+    objects: int, total: int, concurrency: int, durability: str, data_dir: str | None
+) -> None:
+    """Measure durable increments on this machine, in process (no HTTP).
+
+    Each request is one RPC that reads, increments and writes a counter; it
+    returns once the write is durable under --durability.
+    """
+    with tempfile.TemporaryDirectory(prefix="stead-bench-") as scratch:
+        directory = data_dir or os.path.join(scratch, "data")
+        with click.progressbar(length=total, label="increments", file=sys.stderr) as bar:
+            result = _run(_bench(directory, durability, objects, total, concurrency, bar.update))
+    _table(("measure", "value"), result)
+
+
+def _counter_class() -> type[Any]:
+    from stead.objects import DurableObject
+
+    class BenchCounter(DurableObject):
+        async def increment(self) -> int:
+            count: int = self.ctx.storage.get("count", 0) + 1
+            self.ctx.storage.put("count", count)
+            return count
+
+    return BenchCounter
+
+
+async def _bench(
+    data_dir: str,
+    durability: str,
+    objects: int,
+    total: int,
+    concurrency: int,
+    progress: Callable[[int], None],
+) -> list[tuple[str, str]]:
+    from stead.runtime import Runtime
+
+    async with Runtime({"BENCH": _counter_class()}, data_dir=data_dir, durability=durability) as rt:
+        stubs = [rt.env.BENCH.get_by_name(f"counter-{i}") for i in range(objects)]
+        before = rt.stats()
+        started = time.perf_counter()
+        latencies = await _drive(stubs, total, concurrency, progress)
+        elapsed = time.perf_counter() - started
+        after = rt.stats()
+    return _bench_rows(objects, total, concurrency, durability, elapsed, latencies, before, after)
+
+
+async def _drive(
+    stubs: Sequence[Any], total: int, concurrency: int, progress: Callable[[int], None]
+) -> list[float]:
+    latencies: list[float] = []
+    step = max(total // 100, 1)
+    issued = iter(range(total))
+
+    async def worker() -> None:
+        for index in issued:
+            started = time.perf_counter()
+            await stubs[index % len(stubs)].increment()
+            latencies.append(time.perf_counter() - started)
+            if len(latencies) % step == 0:
+                progress(step)
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, total))))
+    progress(total % step)
+    return latencies
+
+
+def _bench_rows(
+    objects: int,
+    total: int,
+    concurrency: int,
+    durability: str,
+    elapsed: float,
+    latencies: list[float],
+    before: dict[str, float],
+    after: dict[str, float],
+) -> list[tuple[str, str]]:
+    latencies.sort()
+    syncs = after.get("syncs", 0) - before.get("syncs", 0)
+    return [
+        ("requests", f"{total:,}"),
+        ("objects / concurrency", f"{objects:,} / {concurrency}"),
+        ("durability", durability),
+        ("elapsed", f"{elapsed:.2f} s"),
+        ("throughput", f"{total / elapsed:,.0f} req/s"),
+        ("latency p50", f"{_percentile(latencies, 0.50) * 1e3:.2f} ms"),
+        ("latency p99", f"{_percentile(latencies, 0.99) * 1e3:.2f} ms"),
+        ("syncs", f"{syncs:,.0f} ({total / syncs:.1f} increments per sync)" if syncs else "0"),
+    ]
+
+
+def _percentile(ordered: Sequence[float], fraction: float) -> float:
+    return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)] if ordered else 0.0
+
+
+# -- shared ------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
+    for line in (headers, ["-" * width for width in widths], *rows):
+        click.echo(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)
+            ).rstrip()
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``stead`` console script: plugins may add commands, then click runs."""
+    from stead.plugins import PluginError, Plugins
+
+    try:
+        Plugins.load().extend_cli(cli)
+    except PluginError as exc:
+        click.echo(f"warning: plugins not loaded: {exc}", err=True)
+    cli.main(args=list(argv) if argv is not None else None, prog_name="stead")
