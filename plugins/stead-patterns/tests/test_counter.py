@@ -1,0 +1,96 @@
+"""COUNTER: the buffered aggregator: buffer, merge on read, flush by alarm and /flush."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+import pytest
+from patterns_harness import MakePatterns, Patterns
+
+import stead
+from stead_patterns import AggregatorCounter
+
+pytestmark = pytest.mark.anyio
+
+B = "COUNTER"
+
+
+async def increment(patterns: Patterns, key: str, amount: int | None = None) -> None:
+    body = {"key": key} if amount is None else {"key": key, "amount": amount}
+    reply = await patterns.post(B, "page-views", "/increment", body)
+    assert reply.json() == {"buffered": True}
+
+
+async def count(patterns: Patterns, key: str) -> int:
+    reply = await patterns.fetch(B, "page-views", f"/get?key={key}")
+    assert reply.json()["key"] == key
+    value: int = reply.json()["count"]
+    return value
+
+
+async def test_reads_merge_buffered_and_stored_counts(patterns: Patterns) -> None:
+    await increment(patterns, "home")
+    await increment(patterns, "home", 5)
+    await increment(patterns, "about")
+    assert await count(patterns, "home") == 6
+    assert await count(patterns, "never") == 0
+    assert (await patterns.post(B, "page-views", "/flush")).json() == {"flushed": True}
+    await increment(patterns, "home", 2)
+    assert await count(patterns, "home") == 8
+    assert (await patterns.fetch(B, "page-views", "/get")).json() == {"home": 8, "about": 1}
+
+
+async def test_amount_zero_counts_as_one_as_in_the_catalog(patterns: Patterns) -> None:
+    await increment(patterns, "k", 0)
+    assert await count(patterns, "k") == 1
+
+
+async def test_flushed_counts_are_durable(patterns: Patterns) -> None:
+    await increment(patterns, "home", 3)
+    await patterns.post(B, "page-views", "/flush")
+    await patterns.restart()
+    assert await count(patterns, "home") == 3
+
+
+async def test_buffered_increments_are_not_durable(patterns: Patterns) -> None:
+    # The documented trade-off: an increment that was never flushed is lost on restart.
+    await increment(patterns, "home", 3)
+    await patterns.post(B, "page-views", "/flush")
+    await increment(patterns, "home", 4)
+    await patterns.restart()
+    assert await count(patterns, "home") == 3
+
+
+class _FastCounter(AggregatorCounter):
+    """The catalog's counter with a 0.3 s flush interval, reporting each alarm."""
+
+    flush_interval_ms: ClassVar[int] = 300
+    flushed: ClassVar[asyncio.Event]
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        await super().alarm(info)
+        type(self).flushed.set()
+
+
+async def test_the_alarm_flushes_the_buffer(make_patterns: MakePatterns) -> None:
+    _FastCounter.flushed = asyncio.Event()
+    patterns = await make_patterns({B: _FastCounter})
+    await increment(patterns, "home", 2)
+    await increment(patterns, "home", 3)
+    with pytest.raises(asyncio.TimeoutError):  # not before the interval
+        await asyncio.wait_for(_FastCounter.flushed.wait(), 0.1)
+    await asyncio.wait_for(_FastCounter.flushed.wait(), 10)
+    await patterns.restart()
+    assert await count(patterns, "home") == 5
+
+
+@pytest.mark.parametrize("body", [{}, {"key": 1}, {"key": "k", "amount": "x"}])
+async def test_bad_increment_is_400(patterns: Patterns, body: object) -> None:
+    reply = await patterns.post(B, "page-views", "/increment", body)
+    assert reply.status == 400
+    assert (await patterns.fetch(B, "page-views", "/get")).json() == {}
+
+
+async def test_unknown_path_is_404(patterns: Patterns) -> None:
+    assert (await patterns.fetch(B, "page-views", "/nope")).status == 404
