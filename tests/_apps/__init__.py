@@ -1,0 +1,1 @@
+"""Runtimes served by the HTTP and CLI tests (``stead serve tests._apps.counter:runtime``)."""

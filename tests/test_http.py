@@ -1,0 +1,430 @@
+"""The HTTP frontend against the real runtime: every route, status code and error shape."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+import stead
+from stead.http import create_app
+from stead.plugins import Plugins
+from tests._apps.counter import Counter, Plain
+
+pytestmark = pytest.mark.anyio
+
+BASE = "http://test"
+
+
+@pytest.fixture
+def stead_runtime_options(data_dir: str) -> dict[str, Any]:
+    return {
+        "objects": {"COUNTER": Counter, "PLAIN": Plain},
+        "data_dir": data_dir,
+        "durability": "os",
+    }
+
+
+@pytest.fixture
+def client(stead_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return stead_client
+
+
+def client_for(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)
+
+
+def error_of(response: httpx.Response) -> tuple[int, str]:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "message"}
+    assert "Traceback" not in response.text
+    return response.status_code, body["error"]["type"]
+
+
+async def rpc(client: httpx.AsyncClient, method: str, name: str = "a", **body: Any) -> Any:
+    response = await client.post(f"/objects/COUNTER/{name}/rpc/{method}", json=body or None)
+    assert response.status_code == 200, response.text
+    return response.json()["result"]
+
+
+# -- RPC ---------------------------------------------------------------------
+
+
+async def test_rpc_calls_a_method_and_persists(client: httpx.AsyncClient) -> None:
+    assert await rpc(client, "increment") == 1
+    assert await rpc(client, "increment", args=[5]) == 6
+    assert await rpc(client, "increment", kwargs={"by": 10}) == 16
+    assert await rpc(client, "get") == 16
+    assert await rpc(client, "get", name="other") == 0
+
+
+async def test_rpc_accepts_an_empty_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/objects/COUNTER/a/rpc/increment", content=b"")
+    assert response.status_code == 200
+    assert response.json() == {"result": 1}
+    assert response.headers["content-type"] == "application/json"
+
+
+async def test_rpc_converts_arguments_by_type_hint(client: httpx.AsyncClient) -> None:
+    assert await rpc(client, "weekday", args=["2024-01-01T12:00:00Z"]) == "Monday"
+    assert await rpc(client, "shift", args=[{"x": 1, "y": 2}], kwargs={"dx": 3}) == {"x": 4, "y": 2}
+    assert await rpc(client, "label", args=["hi"], kwargs={"upper": True}) == "HI"
+    result = await rpc(client, "pick", args=["a", 1, 2], kwargs={"z": 1})
+    assert result == {"mode": "a", "rest": [1, 2], "extra": {"z": 1.0}}
+    assert await rpc(client, "echo", args=[{"nested": [1, "x", None]}]) == {
+        "nested": [1, "x", None]
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("increment", {"args": ["one"]}),
+        ("increment", {"args": [True]}),
+        ("increment", {"kwargs": {"by": 1.5}}),
+        ("increment", {"args": [1, 2]}),
+        ("increment", {"kwargs": {"nope": 1}}),
+        ("increment", {"args": [1], "kwargs": {"by": 1}}),
+        ("label", {}),
+        ("label", {"args": ["x", True]}),
+        ("weekday", {"args": ["not a date"]}),
+        ("shift", {"args": [{"x": 1}]}),
+        ("shift", {"args": [{"x": 1, "y": 2}, -1]}),
+        ("pick", {"args": ["c"]}),
+        ("pick", {"args": ["a", "x"]}),
+        ("echo", {"args": [2**70]}),
+        ("increment", {"args": {"by": 1}}),
+        ("increment", {"kwargs": [1]}),
+        ("increment", {"extra": 1}),
+        ("increment", [1]),
+    ],
+)
+async def test_bad_arguments_are_400(
+    client: httpx.AsyncClient, method: str, body: dict[str, Any]
+) -> None:
+    response = await client.post(f"/objects/COUNTER/a/rpc/{method}", json=body)
+    assert error_of(response) == (400, "InvalidArguments")
+
+
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe", b'{"args": [1,]}', b"null"])
+async def test_malformed_json_is_400(client: httpx.AsyncClient, raw: bytes) -> None:
+    response = await client.post("/objects/COUNTER/a/rpc/increment", content=raw)
+    assert response.status_code == 400
+    assert error_of(response)[1] in {"MalformedJSON", "InvalidArguments"}
+
+
+async def test_unknown_binding_and_method_are_404(client: httpx.AsyncClient) -> None:
+    cases = {
+        "/objects/NOPE/a/rpc/increment": "UnknownBindingError",
+        "/objects/COUNTER/a/rpc/nope": "UnknownMethodError",
+        "/objects/COUNTER/a/rpc/_private": "UnknownMethodError",
+        "/objects/COUNTER/a/rpc/fetch": "UnknownMethodError",
+        "/objects/COUNTER/a/rpc/alarm": "UnknownMethodError",
+        "/objects/COUNTER/a/rpc/on_start": "UnknownMethodError",
+        "/objects/COUNTER/a/nope/x": "NotFound",
+        "/nowhere": "NotFound",
+    }
+    for path, type_name in cases.items():
+        assert error_of(await client.post(path)) == (404, type_name), path
+
+
+async def test_invalid_names_are_400(client: httpx.AsyncClient) -> None:
+    too_long = "x" * 2049
+    for path in ("/objects/COUNTER//rpc/increment", f"/objects/COUNTER/{too_long}/rpc/increment"):
+        assert error_of(await client.post(path)) == (400, "InvalidName")
+    assert error_of(await client.get("/objects/COUNTER//fetch/count")) == (400, "InvalidName")
+    multibyte = "é" * 1025  # 2050 UTF-8 bytes
+    assert error_of(await client.post(f"/objects/COUNTER/{multibyte}/rpc/get")) == (
+        400,
+        "InvalidName",
+    )
+    longest = "x" * 2048
+    assert await rpc(client, "increment", name=longest) == 1
+
+
+async def test_wrong_http_method_is_405(client: httpx.AsyncClient) -> None:
+    assert error_of(await client.get("/objects/COUNTER/a/rpc/increment")) == (
+        405,
+        "MethodNotAllowed",
+    )
+    assert error_of(await client.post("/healthz")) == (405, "MethodNotAllowed")
+
+
+async def test_handler_errors_are_500_without_traceback(client: httpx.AsyncClient) -> None:
+    response = await client.post("/objects/COUNTER/a/rpc/fail", json={"args": ["kaput"]})
+    assert error_of(response) == (500, "ValueError")
+    assert response.json()["error"]["message"] == "kaput"
+    response = await client.post("/objects/COUNTER/a/rpc/unencodable")
+    assert error_of(response)[0] == 500
+
+
+async def test_storage_failure_is_503_and_nothing_is_acknowledged(
+    client: httpx.AsyncClient, stead_runtime: stead.Runtime
+) -> None:
+    assert await rpc(client, "increment") == 1
+    stead_runtime.engine.fail_next_commit()
+    response = await client.post("/objects/COUNTER/a/rpc/increment")
+    assert error_of(response) == (503, "StorageError")
+    assert await rpc(client, "get") == 1
+
+
+async def test_overload_is_429_with_retry_after(data_dir: str) -> None:
+    Counter.gate = asyncio.Event()
+    try:
+        runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir, max_pending=1)
+        async with runtime, client_for(create_app(runtime, token="")) as client:
+            path = "/objects/COUNTER/a/rpc/hold"
+            running = asyncio.create_task(client.post(path))
+            queued = asyncio.create_task(client.post(path))
+            for _ in range(100_000):  # no event marks "queued": yield until the mailbox shows it
+                if runtime.stats()["mailbox_depth"] >= 1:
+                    break
+                await asyncio.sleep(0)
+            response = await client.post(path)
+            assert error_of(response) == (429, "OverloadedError")
+            assert response.headers["retry-after"] == "1"
+            Counter.gate.set()
+            assert (await running).json() == {"result": "released"}
+            assert (await queued).json() == {"result": "released"}
+    finally:
+        Counter.gate = None
+
+
+# -- body limit ---------------------------------------------------------------
+
+
+async def test_bodies_over_the_limit_are_413(stead_runtime: stead.Runtime) -> None:
+    async with client_for(create_app(stead_runtime, max_body_bytes=64, token="")) as client:
+        big = {"args": ["x" * 100]}
+        response = await client.post("/objects/COUNTER/a/rpc/label", json=big)
+        assert error_of(response) == (413, "PayloadTooLarge")
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while streaming
+            yield b'{"args": ["'
+            yield b"x" * 100
+            yield b'"]}'
+
+        response = await client.post("/objects/COUNTER/a/rpc/label", content=chunks())
+        assert error_of(response) == (413, "PayloadTooLarge")
+        response = await client.post("/objects/COUNTER/a/fetch/echo", content=b"y" * 65)
+        assert error_of(response) == (413, "PayloadTooLarge")
+        ok = await client.post("/objects/COUNTER/a/rpc/label", json={"args": ["small"]})
+        assert ok.json() == {"result": "small"}
+
+
+# -- fetch --------------------------------------------------------------------
+
+
+async def test_fetch_forwards_the_request_and_returns_the_response_as_is(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.put(
+        "/objects/COUNTER/a/fetch/echo?x=1&y=two", content=b"payload", headers={"x-test": "t"}
+    )
+    assert response.status_code == 201
+    assert response.headers["x-from-object"] == "yes"
+    assert response.json() == {
+        "method": "PUT",
+        "path": "/echo",
+        "query": {"x": "1", "y": "two"},
+        "body": "payload",
+        "header": "t",
+        "authorization": None,
+    }
+    await rpc(client, "increment", args=[3])
+    assert (await client.get("/objects/COUNTER/a/fetch/count")).json() == {"count": 3}
+    missing = await client.get("/objects/COUNTER/a/fetch/elsewhere")
+    assert (missing.status_code, missing.text) == (404, "not here")
+    assert missing.headers["content-type"] == "text/plain"
+
+
+async def test_fetch_errors(client: httpx.AsyncClient) -> None:
+    assert error_of(await client.get("/objects/COUNTER/a/fetch/boom")) == (500, "RuntimeError")
+    assert (await client.get("/objects/PLAIN/a/fetch/")).status_code == 501
+    assert (await client.get("/objects/PLAIN/a/fetch")).status_code == 501
+    assert error_of(await client.get("/objects/NOPE/a/fetch/x")) == (404, "UnknownBindingError")
+
+
+# -- listing ------------------------------------------------------------------
+
+
+async def test_list_ids_with_names_and_paging(
+    client: httpx.AsyncClient, stead_runtime: stead.Runtime
+) -> None:
+    names = [f"n{i}" for i in range(5)]
+    for name in names:
+        await rpc(client, "increment", name=name)
+    listing = (await client.get("/objects/COUNTER")).json()
+    assert sorted(entry["name"] for entry in listing["ids"]) == names
+    assert listing["next"] is None
+    expected = [str(i) for i in await stead_runtime.namespace("COUNTER").list_ids()]
+    assert [entry["id"] for entry in listing["ids"]] == expected
+
+    first = (await client.get("/objects/COUNTER", params={"limit": 2})).json()
+    assert [entry["id"] for entry in first["ids"]] == expected[:2]
+    rest = (await client.get("/objects/COUNTER", params={"after": first["next"]})).json()
+    assert [entry["id"] for entry in rest["ids"]] == expected[2:]
+    assert (await client.get("/objects/PLAIN")).json() == {"ids": [], "next": None}
+
+
+async def test_list_ids_errors(client: httpx.AsyncClient) -> None:
+    for params in ({"limit": "x"}, {"limit": "-1"}, {"limit": "100000"}):
+        assert error_of(await client.get("/objects/COUNTER", params=params)) == (
+            400,
+            "InvalidQuery",
+        )
+    for after in ("zz", "00" * 32):
+        response = await client.get("/objects/COUNTER", params={"after": after})
+        assert error_of(response) == (400, "InvalidIdError")
+    assert error_of(await client.get("/objects/NOPE")) == (404, "UnknownBindingError")
+
+
+# -- health, metrics, OpenAPI --------------------------------------------------
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+async def test_metrics_count_requests_and_expose_runtime_gauges(
+    client: httpx.AsyncClient,
+) -> None:
+    for _ in range(3):
+        await rpc(client, "increment")
+    await client.post("/objects/COUNTER/a/rpc/fail", json={"args": ["x"]})
+    await client.post("/objects/COUNTER/a/rpc/no_such_method")
+    text = (await client.get("/metrics")).text
+    labels = 'binding="COUNTER",method="increment",route="rpc"'
+    assert f'stead_http_requests_total{{{labels},status="200"}} 3.0' in text
+    assert 'binding="COUNTER",method="fail",route="rpc",status="500"} 1.0' in text
+    assert 'binding="",method="",route="rpc",status="404"} 1.0' in text
+    assert "no_such_method" not in text
+    assert f"stead_http_request_duration_seconds_count{{{labels}}} 3.0" in text
+    assert "stead_resident_objects 1.0" in text
+    for name in (
+        "stead_mailbox_depth",
+        "stead_commits_total",
+        "stead_fsync_duration_seconds_count",
+    ):
+        assert name in text
+
+
+async def test_fsync_latencies_reach_the_histogram(data_dir: str) -> None:
+    runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir, durability="fsync")
+    async with runtime, client_for(create_app(runtime, token="")) as client:
+        await rpc(client, "increment")
+        text = (await client.get("/metrics")).text
+        count = next(
+            line
+            for line in text.splitlines()
+            if line.startswith("stead_fsync_duration_seconds_count")
+        )
+        assert float(count.split()[-1]) >= 1
+
+
+async def test_openapi_describes_rpc_methods_from_type_hints(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    increment = paths["/objects/COUNTER/{name}/rpc/increment"]["post"]
+    body = increment["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["kwargs"]["properties"] == {"by": {"type": "integer"}}
+    assert body["properties"]["args"]["prefixItems"] == [{"type": "integer"}]
+    result = increment["responses"]["200"]["content"]["application/json"]["schema"]
+    assert result["properties"]["result"] == {"type": "integer"}
+    shift = paths["/objects/COUNTER/{name}/rpc/shift"]["post"]
+    assert "Point" in document["components"]["schemas"]
+    assert "$ref" in str(shift["responses"]["200"])
+    assert "/objects/COUNTER/{name}/rpc/_private" not in paths
+    assert "/objects/COUNTER/{name}/rpc/fetch" not in paths
+    assert "/objects/PLAIN/{name}/rpc/ping" in paths
+    assert set(increment["responses"]) >= {"200", "400", "404", "429", "500", "503"}
+
+
+# -- auth ---------------------------------------------------------------------
+
+
+async def test_bearer_token_guards_every_route_but_healthz(stead_runtime: stead.Runtime) -> None:
+    async with client_for(create_app(stead_runtime, token="s3cret")) as client:
+        for path in ("/objects/COUNTER/a/rpc/get", "/metrics", "/openapi.json", "/objects/COUNTER"):
+            method = client.post if "rpc" in path else client.get
+            assert error_of(await method(path)) == (401, "Unauthorized")
+            wrong = await method(path, headers={"Authorization": "Bearer nope"})
+            assert error_of(wrong) == (401, "Unauthorized")
+            right = await method(path, headers={"Authorization": "Bearer s3cret"})
+            assert right.status_code == 200, path
+        assert (await client.get("/healthz")).status_code == 200
+        echoed = await client.get(
+            "/objects/COUNTER/a/fetch/echo", headers={"Authorization": "Bearer s3cret"}
+        )
+        assert echoed.json()["authorization"] is None  # the server's token is not forwarded
+
+
+async def test_token_defaults_to_stead_token(
+    stead_runtime: stead.Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEAD_TOKEN", "from-env")
+    async with client_for(create_app(stead_runtime)) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        headers = {"Authorization": "Bearer from-env"}
+        assert (await client.get("/metrics", headers=headers)).status_code == 200
+    async with client_for(create_app(stead_runtime, token="")) as client:
+        assert (await client.get("/metrics")).status_code == 200
+
+
+# -- embedding and plugins ------------------------------------------------------
+
+
+async def test_mounts_inside_another_starlette_app(stead_runtime: stead.Runtime) -> None:
+    async def home(request: Request) -> Response:
+        return PlainTextResponse("host app")
+
+    host = Starlette(
+        routes=[Route("/", home), Mount("/stead", app=create_app(stead_runtime, token="t"))]
+    )
+    async with client_for(host) as client:
+        assert (await client.get("/")).text == "host app"
+        assert (await client.get("/stead/healthz")).json() == {"status": "ok"}
+        auth = {"Authorization": "Bearer t"}
+        response = await client.post("/stead/objects/COUNTER/m/rpc/increment", headers=auth)
+        assert response.json() == {"result": 1}
+        assert (await client.post("/stead/objects/COUNTER/m/rpc/get")).status_code == 401
+        fetched = await client.get("/stead/objects/COUNTER/m/fetch/count", headers=auth)
+        assert fetched.json() == {"count": 1}
+
+
+class RoutesPlugin:
+    @stead.hookimpl
+    def stead_routes(self, runtime: stead.Runtime) -> list[Route]:
+        async def total(request: Request) -> Response:
+            stub = runtime.namespace("COUNTER").get_by_name(request.path_params["name"])
+            return PlainTextResponse(str(await stub.get()))
+
+        return [Route("/total/{name}", total)]
+
+
+async def test_plugin_routes_are_mounted_behind_auth(stead_runtime: stead.Runtime) -> None:
+    plugins = Plugins.load(autoload=False, extra=[RoutesPlugin()])
+    app = create_app(stead_runtime, token="t", plugins=plugins)
+    async with client_for(app) as client:
+        auth = {"Authorization": "Bearer t"}
+        await client.post("/objects/COUNTER/p/rpc/increment", json={"args": [7]}, headers=auth)
+        assert (await client.get("/total/p", headers=auth)).text == "7"
+        assert (await client.get("/total/p")).status_code == 401
+
+
+async def test_the_app_lifespan_starts_and_closes_an_unstarted_runtime(data_dir: str) -> None:
+    runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
+    app = create_app(runtime, token="")
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        assert (await client.post("/objects/COUNTER/a/rpc/increment")).json() == {"result": 1}
+    with pytest.raises(RuntimeError):
+        runtime.dispatcher  # noqa: B018  (closed again)

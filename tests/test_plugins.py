@@ -1,0 +1,278 @@
+"""The plugin system: loading order, the facade, entry points, a real pip-installed plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import pluggy
+import pytest
+from starlette.routing import Route
+
+import stead
+from stead.plugins import PluginError, Plugins
+from tests._apps.serving import Server, stead_command
+
+TESTS = Path(__file__).resolve().parent
+HELLO_SOURCE = TESTS / "_plugins" / "stead-hello"
+
+
+class Alpha(stead.DurableObject):
+    def name(self) -> str:
+        return "alpha"
+
+
+class Beta(stead.DurableObject):
+    def name(self) -> str:
+        return "beta"
+
+
+class AlphaPlugin:
+    @stead.hookimpl
+    def stead_bindings(self) -> dict[str, type[stead.DurableObject]]:
+        return {"ALPHA": Alpha}
+
+
+class BetaPlugin:
+    @stead.hookimpl
+    def stead_bindings(self) -> dict[str, type[stead.DurableObject]]:
+        return {"BETA": Beta}
+
+
+# -- the facade, with plugin objects passed in -------------------------------------
+
+
+def test_builtins_come_first_then_extra_plugins() -> None:
+    plugins = Plugins.load(autoload=False, extra=[AlphaPlugin(), BetaPlugin()])
+    infos = plugins.describe()
+    assert infos[0].name == "stead"
+    assert (infos[0].distribution, infos[0].version) == ("stead", stead.__version__)
+    assert infos[0].bindings == ()
+    assert [info.bindings for info in infos[1:]] == [("ALPHA",), ("BETA",)]
+    assert plugins.bindings() == {"ALPHA": Alpha, "BETA": Beta}
+
+
+def test_a_binding_registered_twice_is_an_error_naming_both_plugins() -> None:
+    class AlphaAgain:
+        @stead.hookimpl
+        def stead_bindings(self) -> dict[str, type[stead.DurableObject]]:
+            return {"ALPHA": Beta}
+
+    plugins = Plugins.load(autoload=False, extra=[AlphaPlugin(), AlphaAgain()])
+    with pytest.raises(PluginError, match="'ALPHA'") as caught:
+        plugins.bindings()
+    assert str(caught.value).count("plugin") >= 2
+
+
+def test_a_misspelled_hook_is_refused() -> None:
+    class Typo:
+        @stead.hookimpl
+        def stead_binding(self) -> dict[str, type[stead.DurableObject]]:
+            return {}
+
+    with pytest.raises(pluggy.PluginValidationError, match="stead_binding"):
+        Plugins.load(autoload=False, extra=[Typo()])
+
+
+def test_bindings_must_be_a_dict() -> None:
+    class Wrong:
+        @stead.hookimpl
+        def stead_bindings(self) -> Any:
+            return [Alpha]
+
+    with pytest.raises(PluginError, match="list"):
+        Plugins.load(autoload=False, extra=[Wrong()]).bindings()
+
+
+def test_routes_come_in_registration_order_and_cli_commands_are_added() -> None:
+    async def endpoint(request: Any) -> Any:
+        raise AssertionError
+
+    class First:
+        @stead.hookimpl
+        def stead_routes(self, runtime: Any) -> list[Route]:
+            return [Route("/first", endpoint)]
+
+        @stead.hookimpl
+        def stead_cli(self, cli: click.Group) -> None:
+            cli.add_command(click.Command("first-command"))
+
+    class Second:
+        @stead.hookimpl
+        def stead_routes(self) -> list[Route]:  # pluggy lets a hook omit arguments
+            return [Route("/second", endpoint)]
+
+    plugins = Plugins.load(autoload=False, extra=[First(), Second()])
+    routes = plugins.routes(runtime=None)  # type: ignore[arg-type]
+    assert [route.path for route in routes if isinstance(route, Route)] == ["/first", "/second"]
+    group = click.Group("stead")
+    plugins.extend_cli(group)
+    assert "first-command" in group.commands
+
+
+# -- entry points, from a distribution on sys.path ------------------------------------
+
+PLUGIN_MODULE = """
+import stead
+
+calls = []
+
+
+class Pinged(stead.DurableObject):
+    def ping(self) -> str:
+        return "pong"
+
+
+@stead.hookimpl
+def stead_bindings():
+    return {"PINGED": Pinged}
+
+
+@stead.hookimpl
+def stead_startup(runtime):
+    calls.append(("startup", sorted(runtime.bindings)))
+
+
+@stead.hookimpl
+def stead_shutdown(runtime):
+    calls.append(("shutdown", None))
+"""
+
+
+def make_distribution(root: Path, name: str, module: str, source: str) -> None:
+    """A real installed distribution: a module and its .dist-info with an entry point."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{name.replace('-', '_')}-0.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.9\n")
+    (info / "entry_points.txt").write_text(f"[stead]\n{module} = {module}\n")
+
+
+@pytest.fixture
+def pinged_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    module = "stead_pinged_plugin"
+    make_distribution(tmp_path, "stead-pinged", module, PLUGIN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("STEAD_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    yield module
+    sys.modules.pop(module, None)
+
+
+def test_entry_points_are_loaded_with_their_distribution(pinged_distribution: str) -> None:
+    plugins = Plugins.load()
+    info = next(info for info in plugins.describe() if info.name == pinged_distribution)
+    assert (info.distribution, info.version, info.bindings) == ("stead-pinged", "0.9", ("PINGED",))
+
+
+def test_the_kill_switch_skips_entry_points(
+    pinged_distribution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEAD_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "PINGED" not in Plugins.load().bindings()
+    assert "PINGED" in Plugins.load(autoload=True).bindings()
+
+
+def test_a_plugin_that_fails_to_import_names_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_distribution(tmp_path, "stead-broken", "stead_broken_plugin", "raise ImportError('nope')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"stead_broken_plugin.*stead-broken.*nope"):
+        Plugins.load(autoload=True)
+
+
+@pytest.mark.anyio
+async def test_runtime_with_plugins_serves_their_bindings_and_runs_lifecycle_hooks(
+    pinged_distribution: str, data_dir: str
+) -> None:
+    async with stead.Runtime(data_dir=data_dir, plugins=True) as runtime:
+        module = sys.modules[pinged_distribution]
+        assert module.calls[0][0] == "startup" and "PINGED" in module.calls[0][1]
+        assert await runtime.env.PINGED.get_by_name("x").ping() == "pong"
+    assert module.calls[-1] == ("shutdown", None)
+
+
+# -- a third-party plugin, pip-installed ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed_hello(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Build tests/_plugins/stead-hello in a temp dir and pip-install it; uninstall after."""
+    source = tmp_path_factory.mktemp("plugin") / "stead-hello"
+    shutil.copytree(HELLO_SOURCE, source)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    # Without build isolation when setuptools is at hand: no download needed to build.
+    flags = ["--no-deps", *(["--no-build-isolation"] if _has_setuptools() else [])]
+    subprocess.run([*pip, "install", *flags, str(source)], check=True, timeout=240)
+    try:
+        yield "stead-hello-test-plugin"
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", "stead-hello-test-plugin"], check=True)
+
+
+def _has_setuptools() -> bool:
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_stead(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **env}
+    return subprocess.run(
+        [*stead_command(), *args], capture_output=True, text=True, env=environment, timeout=60
+    )
+
+
+@pytest.mark.slow
+def test_installed_plugin_shows_in_stead_plugins(installed_hello: str) -> None:
+    listed = json.loads(run_stead("plugins", "--json", STEAD_DISABLE_PLUGIN_AUTOLOAD="0").stdout)
+    hello = next(entry for entry in listed if entry["distribution"] == installed_hello)
+    assert hello == {
+        "name": "hello_test",
+        "distribution": installed_hello,
+        "version": "1.2.3",
+        "bindings": ["HELLO_PLUGIN_TEST"],
+    }
+    table = run_stead("plugins", STEAD_DISABLE_PLUGIN_AUTOLOAD="0").stdout
+    assert "hello_test" in table and "HELLO_PLUGIN_TEST" in table and "1.2.3" in table
+
+    hidden = run_stead("plugins", "--json", STEAD_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert [entry["name"] for entry in json.loads(hidden.stdout)] == ["stead"]
+
+
+@pytest.mark.slow
+def test_installed_plugin_adds_a_cli_command(installed_hello: str) -> None:
+    assert "hello-plugin" in run_stead("--help", STEAD_DISABLE_PLUGIN_AUTOLOAD="0").stdout
+    result = run_stead("hello-plugin", STEAD_DISABLE_PLUGIN_AUTOLOAD="0")
+    assert result.stdout.strip() == "hello from the test plugin"
+    assert "hello-plugin" not in run_stead("--help", STEAD_DISABLE_PLUGIN_AUTOLOAD="1").stdout
+
+
+@pytest.mark.slow
+def test_installed_plugin_is_served(installed_hello: str, tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with Server(["serve", "--data-dir", data, "--durability", "os"]) as server:
+        response = httpx.post(
+            f"{server.url}/objects/HELLO_PLUGIN_TEST/ada/rpc/hello", json={"args": ["ada"]}
+        )
+        assert response.json() == {"result": "hello ada #1"}
+        assert httpx.get(f"{server.url}/hello-plugin/ada").json() == {"greeting": "hello ada #2"}
+        assert "hello-plugin: startup" in server.wait_for_output("hello-plugin: startup")
+    assert "hello-plugin: shutdown" in server.output
+
+    env = {"STEAD_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    with Server(["serve", "--data-dir", data, "--durability", "os"], env=env) as server:
+        response = httpx.post(f"{server.url}/objects/HELLO_PLUGIN_TEST/ada/rpc/hello")
+        assert response.status_code == 404
+        assert httpx.get(f"{server.url}/hello-plugin/ada").status_code == 404
