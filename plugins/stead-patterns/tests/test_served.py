@@ -1,0 +1,159 @@
+"""The catalog against a real ``stead serve`` in a subprocess (no TARGET: plugins only).
+
+Covers the issue's acceptance for the patterns: every binding answers over
+HTTP, the rate limiter answers 429 with ``Retry-After``, a session and a
+leader lease expire by alarm, and state survives a server restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STEAD = Path(sys.executable).with_name("stead")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class Server:
+    """``stead serve`` on a data dir; ``restart`` keeps the dir and the port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.base, timeout=10)
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STEAD_")}
+        command = [str(STEAD), "serve", "--port", str(self.port)]
+        command += ["--data-dir", str(self.data_dir), "--log-level", "warning"]
+        self.process = subprocess.Popen(command, env=env)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, "stead serve exited"
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "stead serve did not come up"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # uvicorn shuts down gracefully on SIGTERM (then re-raises it: exit code -15).
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            finally:
+                if self.process.poll() is None:
+                    self.process.kill()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def fetch(self, binding: str, name: str, path: str, body: Any = None) -> httpx.Response:
+        url = f"/objects/{binding}/{name}/fetch{path}"
+        if body is None:
+            return self.client.get(url)
+        return self.client.post(url, json=body)
+
+    def rpc(self, binding: str, name: str, method: str, *args: Any) -> Any:
+        response = self.client.post(f"/objects/{binding}/{name}/rpc/{method}", json={"args": args})
+        assert response.status_code == 200, response.text
+        return response.json()["result"]
+
+    def names(self, binding: str) -> list[str]:
+        return [entry["name"] for entry in self.client.get(f"/objects/{binding}").json()["ids"]]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    served = Server(tmp_path / "stead-data")
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+        served.client.close()
+
+
+def _wait_for(condition: Any, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_every_binding_is_served(server: Server) -> None:
+    check = server.fetch("RATE_LIMITER", "k", "/check?limit=5&window=60000")
+    assert check.json()["allowed"] is True
+    assert server.fetch("SESSION_MANAGER", "s", "/create", {"userId": "u"}).status_code == 200
+    assert server.fetch("FEATURE_FLAGS", "g", "/set", {"name": "f", "enabled": True}).json() == {
+        "set": True
+    }
+    assert server.fetch("COUNTER", "c", "/increment", {"key": "k"}).json() == {"buffered": True}
+    acquired = server.fetch("LEADER_ELECTION", "e", "/acquire", {"candidateId": "w"})
+    assert acquired.json() == {"acquired": True, "renewed": False}
+    registered = server.fetch("CACHE_COORDINATOR", "cc", "/register", {"key": "k", "store": "s"})
+    assert registered.json() == {"registered": True}
+    steps = {"workflowId": "w", "steps": [{"stepId": "a"}]}
+    assert server.fetch("WORKFLOW_CHECKPOINT", "w", "/create", steps).json()["created"] is True
+    assert server.fetch("RAW_COUNTER", "r", "/increment").json() == {"count": 1}
+    assert server.client.post("/objects/SERVER_COUNTER/s/fetch/increment").json() == {"count": 1}
+    assert server.rpc("RPC_COUNTER", "r", "increment") == 1
+    assert server.fetch("AGENT_COUNTER", "a", "/increment").json() == {"count": 1}
+
+
+def test_rate_limiter_answers_429_with_retry_after(server: Server) -> None:
+    for _ in range(2):
+        assert server.fetch("RATE_LIMITER", "ip", "/check?limit=2&window=30000").status_code == 200
+    denied = server.fetch("RATE_LIMITER", "ip", "/check?limit=2&window=30000")
+    assert denied.status_code == 429
+    assert denied.headers["Retry-After"] == "30"
+    assert denied.json()["allowed"] is False
+
+
+def test_session_and_lease_expire_by_alarm(server: Server) -> None:
+    server.fetch("SESSION_MANAGER", "short", "/create", {"userId": "u", "ttlMs": 500})
+    server.fetch("LEADER_ELECTION", "job", "/acquire", {"candidateId": "w", "ttlMs": 500})
+    _wait_for(lambda: "short" not in server.names("SESSION_MANAGER"))
+    assert server.fetch("SESSION_MANAGER", "short", "/get").status_code == 404
+    _wait_for(lambda: server.fetch("LEADER_ELECTION", "job", "/leader").json()["leader"] is None)
+
+
+def test_state_survives_a_restart(server: Server) -> None:
+    server.fetch("RAW_COUNTER", "r", "/increment")
+    server.fetch("FEATURE_FLAGS", "g", "/set", {"name": "f", "enabled": True, "allowlist": ["u"]})
+    server.fetch("COUNTER", "c", "/increment", {"key": "k", "amount": 4})
+    server.fetch("COUNTER", "c", "/flush", {})
+    server.fetch("SESSION_MANAGER", "s", "/create", {"userId": "u"})
+    server.rpc("RPC_COUNTER", "r", "increment")
+    server.restart()
+    assert server.fetch("RAW_COUNTER", "r", "/get").json() == {"count": 1}
+    evaluated = server.fetch("FEATURE_FLAGS", "g", "/evaluate", {"flag": "f", "entityId": "u"})
+    assert evaluated.json()["reason"] == "allowlisted"
+    assert server.fetch("COUNTER", "c", "/get?key=k").json() == {"key": "k", "count": 4}
+    assert server.fetch("SESSION_MANAGER", "s", "/get").json()["userId"] == "u"
+    assert server.rpc("RPC_COUNTER", "r", "get_count") == 1
