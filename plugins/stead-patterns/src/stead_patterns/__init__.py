@@ -19,6 +19,7 @@ from stead_patterns.raw_counter import RawCounter
 from stead_patterns.rpc_counter import RpcCounter
 from stead_patterns.server_counter import ServerCounter
 from stead_patterns.session_manager import SessionManager
+from stead_patterns.storage_sidecar import StorageSidecar
 from stead_patterns.workflow_checkpoint import WorkflowCheckpoint
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "RpcCounter",
     "ServerCounter",
     "SessionManager",
+    "StorageSidecar",
     "WorkflowCheckpoint",
     "bindings",
 ]
@@ -51,4 +53,5 @@ def bindings() -> dict[str, type[DurableObject]]:
         "SERVER_COUNTER": ServerCounter,
         "RPC_COUNTER": RpcCounter,
         "AGENT_COUNTER": AgentCounter,
+        "STORAGE_SIDECAR": StorageSidecar,
     }
