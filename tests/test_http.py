@@ -427,4 +427,4 @@ async def test_the_app_lifespan_starts_and_closes_an_unstarted_runtime(data_dir:
     async with app.router.lifespan_context(app), client_for(app) as client:
         assert (await client.post("/objects/COUNTER/a/rpc/increment")).json() == {"result": 1}
     with pytest.raises(RuntimeError):
-        runtime.dispatcher  # noqa: B018  (closed again)
+        runtime.engine  # noqa: B018  (closed again)

@@ -210,21 +210,11 @@ def installed_hello(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     source = tmp_path_factory.mktemp("plugin") / "stead-hello"
     shutil.copytree(HELLO_SOURCE, source)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    # Without build isolation when setuptools is at hand: no download needed to build.
-    flags = ["--no-deps", *(["--no-build-isolation"] if _has_setuptools() else [])]
-    subprocess.run([*pip, "install", *flags, str(source)], check=True, timeout=240)
+    subprocess.run([*pip, "install", "--no-deps", str(source)], check=True, timeout=240)
     try:
         yield "stead-hello-test-plugin"
     finally:
         subprocess.run([*pip, "uninstall", "-y", "stead-hello-test-plugin"], check=True)
-
-
-def _has_setuptools() -> bool:
-    try:
-        import setuptools  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def run_stead(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect as pyinspect
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -157,7 +159,22 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     )
-    _run(_serve(runtime, server), server.config.get_loop_factory())
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again.
+    previous = signal.signal(signal.SIGTERM, _stop_requested)
+    try:
+        _run(_serve(runtime, server), server.config.get_loop_factory())
+    except (KeyboardInterrupt, _StopRequested):
+        pass  # a requested stop, after a clean shutdown: exit status 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _StopRequested(Exception):
+    """SIGTERM arrived; raised once uvicorn has shut down."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise _StopRequested
 
 
 def _plugin_runtime(data_dir: str, durability: str) -> Runtime:
@@ -179,7 +196,7 @@ def _load_target(target: str) -> Runtime:
             value = getattr(value, part)
     except (ImportError, AttributeError) as exc:
         raise click.BadParameter(f"cannot load {target}: {exc}", param_hint="TARGET") from exc
-    if callable(value) and not isinstance(value, Runtime):
+    if pyinspect.isfunction(value) or pyinspect.ismethod(value):  # a factory
         value = value()
     if not isinstance(value, Runtime):
         kind = type(value).__name__

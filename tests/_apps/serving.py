@@ -94,6 +94,8 @@ class Server:
             self._process.kill()
             code = self._process.wait()
         self._reader.join(timeout)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
         return code
 
     def __exit__(

@@ -124,7 +124,7 @@ def _lifespan(runtime: Runtime) -> Any:
 
 def _started(runtime: Runtime) -> bool:
     try:
-        runtime.dispatcher  # noqa: B018  (raises RuntimeError until start())
+        runtime.engine  # noqa: B018  (raises RuntimeError unless started)
     except RuntimeError:
         return False
     return True

@@ -127,7 +127,9 @@ def _rpc_operation(
 def _body_schema(signature: Signature, schema_of: Callable[[Any], Any]) -> dict[str, Any]:
     positional = [p for p in signature.parameters if p.positional]
     variadic = [p for p in signature.parameters if p.kind is inspect.Parameter.VAR_POSITIONAL]
-    args: dict[str, Any] = {"type": "array", "prefixItems": [schema_of(p.hint) for p in positional]}
+    args: dict[str, Any] = {"type": "array"}
+    if positional:  # JSON Schema wants a non-empty prefixItems
+        args["prefixItems"] = [schema_of(p.hint) for p in positional]
     if variadic:
         args["items"] = schema_of(variadic[0].hint)
     else:

@@ -1,0 +1,153 @@
+"""The ``stead`` command line: help, plugins, inspect, bench, serve's TARGET handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import stead
+from stead.cli import cli
+from tests._apps.counter import Counter
+from tests._apps.serving import Server, child_env, stead_command
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_help_lists_the_commands_and_their_environment_variables(runner: CliRunner) -> None:
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0
+    for command in ("serve", "plugins", "inspect", "bench"):
+        assert command in top.output
+    serve = runner.invoke(cli, ["serve", "--help"]).output
+    for variable in (
+        "STEAD_HOST",
+        "STEAD_PORT",
+        "STEAD_DATA_DIR",
+        "STEAD_TOKEN",
+        "STEAD_DURABILITY",
+    ):
+        assert variable in serve
+    assert "module:attribute" in serve
+    assert runner.invoke(cli, ["--version"]).output.strip().endswith(stead.__version__)
+
+
+def test_plugins_lists_the_builtin_plugin(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["plugins", "--json"], env={"STEAD_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [
+        {"name": "stead", "distribution": "stead", "version": stead.__version__, "bindings": []}
+    ]
+    table = runner.invoke(cli, ["plugins"], env={"STEAD_DISABLE_PLUGIN_AUTOLOAD": "1"}).output
+    assert table.splitlines()[0].split() == ["plugin", "distribution", "version", "bindings"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_colon", "module:attribute"),
+        ("tests._apps.nothing_here:runtime", "cannot load"),
+        ("tests._apps.counter:missing", "cannot load"),
+        ("tests._apps.counter:Counter", "not a stead.Runtime"),
+    ],
+)
+def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str) -> None:
+    result = runner.invoke(cli, ["serve", target])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_bench_prints_a_result_table(runner: CliRunner, tmp_path: Path) -> None:
+    args = ["bench", "--objects", "10", "--requests", "300", "--concurrency", "8"]
+    result = runner.invoke(cli, [*args, "--durability", "os", "--data-dir", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    rows = dict(line.split(None, 1) for line in result.stdout.splitlines()[2:] if line.strip())
+    assert rows["requests"].strip() == "300"
+    assert rows["throughput"].endswith("req/s")
+    assert "increments" in result.stderr  # the progress bar's label
+
+
+# -- inspect -----------------------------------------------------------------
+
+
+@pytest.fixture
+def stored(data_dir: str) -> str:
+    async def fill() -> None:
+        async with stead.Runtime({"COUNTER": Counter}, data_dir=data_dir) as runtime:
+            await runtime.env.COUNTER.get_by_name("alpha").increment(by=41)
+            await runtime.env.COUNTER.get_by_name("beta").increment()
+
+    asyncio.run(fill())
+    return data_dir
+
+
+def test_inspect_shows_objects_keys_and_values(runner: CliRunner, stored: str) -> None:
+    result = runner.invoke(cli, ["inspect", stored, "--binding", "COUNTER", "--json"])
+    assert result.exit_code == 0, result.output
+    views = [json.loads(line) for line in result.output.splitlines()]
+    by_name = {view["name"]: view for view in views}
+    assert set(by_name) == {"alpha", "beta"}
+    assert by_name["alpha"]["values"] == {"count": 41}
+    assert by_name["alpha"]["binding"] == "COUNTER" and by_name["alpha"]["alarm"] is None
+    assert len(by_name["alpha"]["id"]) == 64
+
+    text = runner.invoke(cli, ["inspect", stored, "-b", "COUNTER", "-n", "alpha"]).output
+    assert "name='alpha'" in text and "'count': 41" in text and "beta" not in text
+
+    unknown = runner.invoke(cli, ["inspect", stored], env={"STEAD_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert unknown.output.count("<prefix ") == 2  # binding names unknown without --binding
+
+
+def test_inspect_does_not_change_the_data_dir(runner: CliRunner, stored: str) -> None:
+    before = {path.name: path.read_bytes() for path in Path(stored).rglob("*") if path.is_file()}
+    assert runner.invoke(cli, ["inspect", stored, "-b", "COUNTER"]).exit_code == 0
+    after = {path.name: path.read_bytes() for path in Path(stored).rglob("*") if path.is_file()}
+    assert after == before
+
+
+def test_inspect_refuses_a_dir_that_is_not_a_data_dir(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["inspect", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not a stead data dir" in result.output
+
+
+# -- against a running server (subprocesses) --------------------------------------
+
+
+@pytest.mark.slow
+def test_inspect_and_a_second_server_refuse_a_data_dir_in_use(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    env = {"STEAD_TEST_DATA_DIR": data}
+    with Server(["serve", "tests._apps.counter:runtime"], env=env):
+        inspect = subprocess.run(
+            [*stead_command(), "inspect", data], capture_output=True, text=True,
+            env=child_env(), timeout=60,
+        )  # fmt: skip
+        assert inspect.returncode == 1
+        assert "in use by a running stead process" in inspect.stderr
+        second = subprocess.run(
+            [*stead_command(), "serve", "tests._apps.counter:runtime", "--port", "0"],
+            capture_output=True, text=True, env=child_env(env), timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert "another `stead serve`" in second.stderr
+
+
+@pytest.mark.slow
+def test_serve_reads_its_options_from_the_environment(tmp_path: Path) -> None:
+    data = tmp_path / "from-env"
+    env = {"STEAD_DATA_DIR": str(data), "STEAD_DURABILITY": "os", "STEAD_TOKEN": "tok"}
+    with Server(["serve"], env=env) as server:
+        import httpx
+
+        assert httpx.get(f"{server.url}/metrics").status_code == 401
+        headers = {"Authorization": "Bearer tok"}
+        assert httpx.get(f"{server.url}/metrics", headers=headers).status_code == 200
+    assert (data / "secret").exists()
