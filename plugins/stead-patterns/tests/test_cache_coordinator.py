@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
-from patterns_harness import MakePatterns, Patterns
+from patterns_harness import MakePatterns, Patterns, serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,9 +23,7 @@ class PurgeServer:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
-        app = Starlette(routes=[Route("/{store}/purge", self._purge, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.app = Starlette(routes=[Route("/{store}/purge", self._purge, methods=["POST"])])
         self.base = ""
 
     async def _purge(self, request: Request) -> JSONResponse:
@@ -44,18 +40,9 @@ class PurgeServer:
 @pytest.fixture
 async def purge_server() -> AsyncIterator[PurgeServer]:
     server = PurgeServer()
-    task = asyncio.create_task(server.server.serve())
-    while not server.server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.server.servers[0].sockets[0].getsockname()[1]
-    server.base = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(server.app) as base:
+        server.base = base
         yield server
-    finally:
-        server.server.should_exit = True
-        await task
 
 
 def closed_port() -> int:

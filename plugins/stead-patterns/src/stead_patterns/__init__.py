@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from stead import DurableObject
 from stead_patterns.agent_counter import AgentCounter
+from stead_patterns.budget_governor import BudgetGovernor
 from stead_patterns.cache_coordinator import CacheCoordinator
 from stead_patterns.counter import AggregatorCounter
 from stead_patterns.feature_flags import FeatureFlagController
@@ -25,6 +26,7 @@ from stead_patterns.workflow_checkpoint import WorkflowCheckpoint
 __all__ = [
     "AgentCounter",
     "AggregatorCounter",
+    "BudgetGovernor",
     "CacheCoordinator",
     "FeatureFlagController",
     "LeaderElection",
@@ -54,4 +56,5 @@ def bindings() -> dict[str, type[DurableObject]]:
         "RPC_COUNTER": RpcCounter,
         "AGENT_COUNTER": AgentCounter,
         "STORAGE_SIDECAR": StorageSidecar,
+        "BUDGET_GOVERNOR": BudgetGovernor,
     }
