@@ -13,6 +13,7 @@ from stead_patterns.agent_counter import AgentCounter
 from stead_patterns.budget_governor import BudgetGovernor
 from stead_patterns.cache_coordinator import CacheCoordinator
 from stead_patterns.counter import AggregatorCounter
+from stead_patterns.enrichment_controller import EnrichmentController
 from stead_patterns.feature_flags import FeatureFlagController
 from stead_patterns.leader_election import LeaderElection
 from stead_patterns.rate_limiter import RateLimiter
@@ -28,6 +29,7 @@ __all__ = [
     "AggregatorCounter",
     "BudgetGovernor",
     "CacheCoordinator",
+    "EnrichmentController",
     "FeatureFlagController",
     "LeaderElection",
     "RateLimiter",
@@ -57,4 +59,5 @@ def bindings() -> dict[str, type[DurableObject]]:
         "AGENT_COUNTER": AgentCounter,
         "STORAGE_SIDECAR": StorageSidecar,
         "BUDGET_GOVERNOR": BudgetGovernor,
+        "ENRICHMENT_CONTROLLER": EnrichmentController,
     }
