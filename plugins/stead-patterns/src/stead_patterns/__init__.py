@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from stead import DurableObject
 from stead_patterns.agent_counter import AgentCounter
+from stead_patterns.brand_agent import BrandAgent
 from stead_patterns.budget_governor import BudgetGovernor
 from stead_patterns.cache_coordinator import CacheCoordinator
 from stead_patterns.counter import AggregatorCounter
@@ -27,6 +28,7 @@ from stead_patterns.workflow_checkpoint import WorkflowCheckpoint
 __all__ = [
     "AgentCounter",
     "AggregatorCounter",
+    "BrandAgent",
     "BudgetGovernor",
     "CacheCoordinator",
     "EnrichmentController",
@@ -60,4 +62,5 @@ def bindings() -> dict[str, type[DurableObject]]:
         "STORAGE_SIDECAR": StorageSidecar,
         "BUDGET_GOVERNOR": BudgetGovernor,
         "ENRICHMENT_CONTROLLER": EnrichmentController,
+        "BRAND_AGENT": BrandAgent,
     }
