@@ -124,6 +124,12 @@ def test_every_binding_is_served(server: Server) -> None:
     assert server.client.post("/objects/SERVER_COUNTER/s/fetch/increment").json() == {"count": 1}
     assert server.rpc("RPC_COUNTER", "r", "increment") == 1
     assert server.fetch("AGENT_COUNTER", "a", "/increment").json() == {"count": 1}
+    put = server.client.put("/objects/STORAGE_SIDECAR/e/fetch/?key=k", json={"v": 1})
+    assert put.json() == {"key": "k", "written": True}
+    assert server.fetch("BUDGET_GOVERNOR", "g", "/status").json()["processors"] == []
+    assert server.fetch("ENRICHMENT_CONTROLLER", "c", "/status").json()["batchSize"] == 10
+    ignored = server.fetch("BRAND_AGENT", "brand:x", "/event", {"type": "x", "payload": {}})
+    assert ignored.json() == {"accepted": True, "action": "ignored"}
 
 
 def test_rate_limiter_answers_429_with_retry_after(server: Server) -> None:
