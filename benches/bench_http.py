@@ -7,16 +7,21 @@ included. Side by side, the same load against a bare Starlette app that
 returns a constant JSON body shows what the HTTP stack alone allows.
 
 Run: pytest benches/bench_http.py
-The load generator also runs alone:
-    python benches/bench_http.py load URL_PATH_TEMPLATE --url http://127.0.0.1:8787
+The load comes from wrk when it is installed (apt-get install wrk), else from
+the Python generator below; STEAD_BENCH_LOADGEN=python|wrk forces one. The
+Python generator also runs alone against any server:
+    python benches/bench_http.py load http://127.0.0.1:8787 \\
+        '/objects/COUNTER/c{i}/rpc/increment' 50000 50
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
+import select
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -29,8 +34,10 @@ import pytest
 
 OBJECTS = 1_000
 CONNECTIONS = 50
-REQUESTS = 60_000
+REQUESTS = 80_000  # Python load generator: requests measured, after WARMUP
 WARMUP = 5_000
+SECONDS = 10  # wrk: seconds measured, after WARMUP_SECONDS
+WARMUP_SECONDS = 2
 TARGET_RPS = 8_000
 BENCHES = Path(__file__).resolve().parent
 LISTENING = re.compile(rb"Uvicorn running on (http://[\d.]+:\d+)")
@@ -75,69 +82,74 @@ if os.environ.get("STEAD_BENCH_DATA_DIR"):
     runtime = make_runtime()
 
 
-# -- the load generator (its own process) -----------------------------------------
+# -- the Python load generator (its own process) -------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection, one request in flight at a time."""
+class _Connection:
+    """One keep-alive HTTP/1.1 connection with one request in flight."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
+    __slots__ = ("buffer", "sent_at", "sock")
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.sent_at = 0.0
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
+    def take_response(self) -> int | None:
+        """The status of the complete response at the head of the buffer, if there is one."""
         end = self.buffer.find(b"\r\n\r\n")
-        if end < 0 or self.waiter is None:
-            return
-        head = bytes(self.buffer[:end])
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-        if len(self.buffer) >= end + 4 + length:
-            status = int(head[9:12])
-            del self.buffer[: end + 4 + length]
-            waiter, self.waiter = self.waiter, None
-            waiter.set_result(status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("server closed the connection"))
-
-    async def request(self, data: bytes) -> int:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        return await self.waiter
+        if end < 0:
+            return None
+        head = self.buffer[:end].lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at) if b"\r\n" in head[at:] else None])
+        if len(self.buffer) < end + 4 + length:
+            return None
+        self.buffer = self.buffer[end + 4 + length :]
+        return int(head[9:12])
 
 
-async def _load(host: str, port: int, path: str, total: int, connections: int) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
+def run_load(host: str, port: int, path: str, total: int, connections: int) -> dict[str, Any]:
+    """Send ``total`` POSTs over ``connections`` sockets, one request in flight on each.
+
+    A plain epoll loop: far less CPU per request than asyncio or httpx, so the
+    generator leaves the server as much of the machine as it can.
+    """
     requests = [
         f"POST {path.format(i=i)} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
         for i in range(OBJECTS)
     ]
+    poller = select.epoll()
+    by_fd: dict[int, _Connection] = {}
     latencies: list[float] = []
-    errors = 0
-    issued = iter(range(total))
-
-    async def drive() -> None:
-        nonlocal errors
-        _, connection = await loop.create_connection(_Connection, host, port)
-        for index in issued:
-            started = time.perf_counter()
-            status = await connection.request(requests[index % OBJECTS])
-            latencies.append(time.perf_counter() - started)
-            errors += status != 200
-        assert connection.transport is not None
-        connection.transport.close()
-
+    issued = errors = 0
     started = time.perf_counter()
-    await asyncio.gather(*(drive() for _ in range(connections)))
+    for _ in range(min(connections, total)):
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = by_fd[sock.fileno()] = _Connection(sock)
+        poller.register(sock.fileno(), select.EPOLLIN)
+        connection.sent_at = time.perf_counter()
+        sock.sendall(requests[issued % OBJECTS])
+        issued += 1
+    while len(latencies) < total:
+        for fd, _ in poller.poll():
+            connection = by_fd[fd]
+            data = connection.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed a connection")
+            connection.buffer += data
+            while (status := connection.take_response()) is not None:
+                now = time.perf_counter()
+                latencies.append(now - connection.sent_at)
+                errors += status != 200
+                if issued < total:
+                    connection.sent_at = now
+                    connection.sock.sendall(requests[issued % OBJECTS])
+                    issued += 1
     elapsed = time.perf_counter() - started
+    for connection in by_fd.values():
+        connection.sock.close()
     latencies.sort()
     return {
         "requests": total,
@@ -152,13 +164,41 @@ def load_main(argv: list[str]) -> None:
     """``bench_http.py load URL PATH TOTAL CONNECTIONS``: print one JSON result line."""
     url, path, total, connections = argv[0], argv[1], int(argv[2]), int(argv[3])
     host, port = url.removeprefix("http://").split(":")
-    try:
-        import uvloop
+    print(json.dumps(run_load(host, int(port), path, total, connections)))
 
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    print(json.dumps(run(_load(host, int(port), path, total, connections))))
+
+# -- wrk, when installed ---------------------------------------------------------------
+
+_WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(url: str, path: str, seconds: int, connections: int, scratch: Path) -> dict[str, Any]:
+    """The same load from wrk (C, one thread): requests/s and latency percentiles."""
+    prefix, suffix = path.split("{i}")
+    script = scratch / "rpc.lua"
+    script.write_text(
+        "local counter = 0\n"
+        "request = function()\n"
+        "  counter = counter + 1\n"
+        f'  local path = "{prefix}" .. (counter % {OBJECTS}) .. "{suffix}"\n'
+        '  return wrk.format("POST", path, nil, "")\n'
+        "end\n"
+    )
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    output = subprocess.run(
+        [*command, url], capture_output=True, text=True, check=True, timeout=seconds + 60
+    ).stdout
+    latency = {p: float(v) * _UNITS[u] for p, v, u in _WRK_LATENCY.findall(output)}
+    requests = re.search(r"(\d+) requests in", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "requests": int(requests.group(1)) if requests else 0,
+        "errors": int(non_2xx.group(1)) if non_2xx else 0,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+    }
 
 
 # -- the benchmark ----------------------------------------------------------------
@@ -182,18 +222,36 @@ def _server(args: list[str], env: dict[str, str]) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(30)
+        process.stdout.close()
+
+
+def _generator() -> str:
+    """``wrk`` if it is installed (or forced by STEAD_BENCH_LOADGEN), else the Python one."""
+    choice = os.environ.get("STEAD_BENCH_LOADGEN", "auto")
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    return choice
 
 
 def _drive(url: str, total: int) -> dict[str, Any]:
     command = [sys.executable, __file__, "load", url, RPC_PATH, str(total), str(CONNECTIONS)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-def _measure(url: str) -> dict[str, Any]:
+def _measure(url: str, scratch: Path) -> dict[str, Any]:
+    if _generator() == "wrk":
+        run_wrk(url, RPC_PATH, WARMUP_SECONDS, CONNECTIONS, scratch)
+        return run_wrk(url, RPC_PATH, SECONDS, CONNECTIONS, scratch)
     _drive(url, WARMUP)
     return _drive(url, REQUESTS)
+
+
+def _pythonpath() -> str:
+    return os.pathsep.join(filter(None, [str(BENCHES), os.environ.get("PYTHONPATH")]))
 
 
 def _stead_command() -> list[str]:
@@ -203,22 +261,22 @@ def _stead_command() -> list[str]:
 @pytest.mark.benchmark(group="http")
 def test_durable_increment_rpc_over_http(benchmark: Any, report: Any, tmp_path: Path) -> None:
     serve = [*_stead_command(), "serve", "bench_http:runtime", "--port", "0"]
-    env = {"STEAD_BENCH_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(BENCHES)}
+    env = {"STEAD_BENCH_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": _pythonpath()}
 
     def run() -> dict[str, Any]:
         with _server(serve, env) as url:
-            return _measure(url)
+            return _measure(url, tmp_path)
 
     stead_result = benchmark.pedantic(run, rounds=1, iterations=1)
     uvicorn = [sys.executable, "-m", "uvicorn", "--factory", "bench_http:bare_app", "--port", "0"]
-    with _server([*uvicorn, "--no-access-log"], {"PYTHONPATH": str(BENCHES)}) as url:
-        bare = _measure(url)
+    with _server([*uvicorn, "--no-access-log"], {"PYTHONPATH": _pythonpath()}) as url:
+        bare = _measure(url, tmp_path)
 
     assert stead_result["errors"] == 0 and bare["errors"] == 0
     rps = stead_result["rps"]
     report(
         f"\nHTTP durable increment, {OBJECTS:,} objects, {CONNECTIONS} keep-alive connections, "
-        f"fsync durability, load generator in its own process:"
+        f"fsync durability, load from {_generator()} in its own process:"
     )
     report(
         f"  stead serve:    {rps:8,.0f} req/s  p50 {stead_result['p50_ms']:.2f} ms  "

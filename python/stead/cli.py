@@ -113,6 +113,12 @@ def cli() -> None:
     help="Log every request (costs throughput).",
 )
 @click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=False,
+    show_default=True,
+    help="Trust X-Forwarded-* headers from 127.0.0.1 (behind a reverse proxy).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -127,6 +133,7 @@ def serve(
     token: str | None,
     max_body_bytes: int,
     access_log: bool,
+    proxy_headers: bool,
     log_level: str,
 ) -> None:
     """Serve objects over HTTP until interrupted.
@@ -156,6 +163,7 @@ def serve(
             log_level=log_level,
             access_log=access_log,
             lifespan="on",
+            proxy_headers=proxy_headers,
             timeout_graceful_shutdown=10,
         )
     )

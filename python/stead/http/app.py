@@ -13,11 +13,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from stead.config import Config
-from stead.http.auth import BearerAuthMiddleware
+from stead.http.auth import BearerAuthMiddleware, BearerToken, route_path
 from stead.http.body import BodyLimitMiddleware
-from stead.http.errors import http_exception_handler, server_error_handler
+from stead.http.errors import error_response, http_exception_handler, server_error_handler
 from stead.http.metrics import CONTENT_TYPE, HttpMetrics
 from stead.http.openapi import build_openapi
 from stead.http.routes import ObjectRoutes
@@ -58,21 +59,70 @@ def create_app(
     limit = config.max_body_bytes if max_body_bytes is None else max_body_bytes
     secret = config.token if token is None else (token or None)
     metrics = HttpMetrics(runtime)
-    objects = ObjectRoutes(runtime, metrics, hide_header="authorization" if secret else None)
+    objects = ObjectRoutes(
+        runtime,
+        metrics,
+        hide_header="authorization" if secret else None,
+        max_body_bytes=limit,
+    )
     routes = _builtin_routes(objects, metrics)
     routes.extend(_plugin_routes(runtime, plugins))
+    bearer = BearerToken(secret) if secret else None
     middleware = [Middleware(BodyLimitMiddleware, max_bytes=limit)]
-    if secret:
-        middleware.insert(0, Middleware(BearerAuthMiddleware, token=secret))
-    app = Starlette(
+    if bearer is not None:
+        middleware.insert(0, Middleware(BearerAuthMiddleware, token=bearer))
+    app = SteadApp(
         routes=routes,
         middleware=middleware,
         exception_handlers={HTTPException: http_exception_handler, Exception: server_error_handler},
         lifespan=_lifespan(runtime),
     )
+    app.fast_rpc(objects, bearer)
     app.state.runtime = runtime
     app.state.metrics = metrics
     return app
+
+
+class SteadApp(Starlette):
+    """A Starlette app whose RPC route skips the generic middleware and routing.
+
+    ``POST /objects/{binding}/{name}/rpc/{method}`` is the hot path; it is
+    recognised by splitting the path and served as raw ASGI, with the same
+    token check, body limit and error shape as every other route. Everything
+    else goes through Starlette as usual.
+    """
+
+    _objects: ObjectRoutes | None = None
+    _bearer: BearerToken | None = None
+
+    def fast_rpc(self, objects: ObjectRoutes, bearer: BearerToken | None) -> None:
+        """Serve RPC calls with ``objects``, checking ``bearer`` first if given."""
+        self._objects, self._bearer = objects, bearer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        objects = self._objects
+        if objects is not None and scope["type"] == "http" and scope["method"] == "POST":
+            parts = route_path(scope).split("/")
+            # ["", "objects", binding, name, "rpc", method], with a non-empty name
+            if len(parts) == 6 and parts[1] == "objects" and parts[4] == "rpc" and parts[3]:
+                await self._rpc(objects, scope, receive, send, parts)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _rpc(
+        self, objects: ObjectRoutes, scope: Scope, receive: Receive, send: Send, parts: list[str]
+    ) -> None:
+        refusal = None if self._bearer is None else self._bearer.refusal(scope)
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
+            return
+        try:
+            await objects.rpc(scope, receive, send, parts[2], parts[3], parts[5])
+        except Exception as exc:  # a bug of ours: still no traceback for the client
+            logger.error("RPC %s failed", route_path(scope), exc_info=exc)
+            await error_response(500, "InternalServerError", "internal server error")(
+                scope, receive, send
+            )
 
 
 def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRoute]:
@@ -91,7 +141,6 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
         return JSONResponse(openapi)
 
     return [
-        Route("/objects/{binding}/{name}/rpc/{method}", objects.rpc, methods=["POST"]),
         Route("/objects/{binding}/{name}/fetch/{path:path}", objects.fetch, methods=_ANY_METHOD),
         Route("/objects/{binding}/{name}/fetch", objects.fetch, methods=_ANY_METHOD),
         Route("/objects/{binding}", objects.list_ids, methods=["GET"]),

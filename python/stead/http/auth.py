@@ -6,9 +6,9 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stead.http.errors import error_response
+from stead.http.errors import HttpError
 
-__all__ = ["BearerAuthMiddleware", "route_path"]
+__all__ = ["BearerAuthMiddleware", "BearerToken", "route_path"]
 
 _OPEN_PATHS = frozenset({"/healthz"})
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="stead"'}
@@ -23,30 +23,33 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-class BearerAuthMiddleware:
-    """Answers 401 unless ``Authorization: Bearer <token>`` matches."""
+class BearerToken:
+    """Checks ``Authorization: Bearer <token>`` in constant time."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
+    def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
+    def refusal(self, scope: Scope) -> HttpError | None:
+        """``None`` if the request may pass, else the 401 to answer."""
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                if hmac.compare_digest(bytes(value), self._expected):
+                    return None
+                return HttpError(401, "Unauthorized", "wrong bearer token", _CHALLENGE)
+        return HttpError(401, "Unauthorized", "missing bearer token", _CHALLENGE)
+
+
+class BearerAuthMiddleware:
+    """Answers 401 unless the token matches; ``/healthz`` is open."""
+
+    def __init__(self, app: ASGIApp, token: BearerToken) -> None:
+        self.app = app
+        self.token = token
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in _OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        given = _header(scope, b"authorization")
-        if given is None:
-            response = error_response(401, "Unauthorized", "missing bearer token", _CHALLENGE)
-        elif not hmac.compare_digest(given, self._expected):
-            response = error_response(401, "Unauthorized", "wrong bearer token", _CHALLENGE)
-        else:
-            await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+        if scope["type"] == "http" and route_path(scope) not in _OPEN_PATHS:
+            refusal = self.token.refusal(scope)
+            if refusal is not None:
+                await refusal.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

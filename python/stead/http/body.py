@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stead.http.errors import error_response
+from stead.http.errors import HttpError
 
-__all__ = ["BodyLimitMiddleware", "BodyTooLargeError"]
+__all__ = ["BodyLimitMiddleware", "BodyTooLargeError", "read_body"]
 
 
 class BodyTooLargeError(Exception):
@@ -52,9 +52,37 @@ class BodyLimitMiddleware:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"request body is over the limit of {self.max_bytes} bytes"
-        response = error_response(413, "PayloadTooLarge", message, {"Connection": "close"})
-        await response(scope, receive, send)
+        await _too_large(self.max_bytes).response()(scope, receive, send)
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """The whole request body, or ``HttpError`` 413 once it passes ``max_bytes``."""
+    declared = _content_length(scope)
+    if declared is not None and declared > max_bytes:
+        raise _too_large(max_bytes)
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False) and message["type"] == "http.request":
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+        return body  # the usual case: one message
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    if message["type"] == "http.disconnect":
+        raise HttpError(400, "Disconnected", "the client went away before sending the body")
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> HttpError:
+    message = f"request body is over the limit of {max_bytes} bytes"
+    return HttpError(413, "PayloadTooLarge", message, {"Connection": "close"})
 
 
 def _content_length(scope: Scope) -> int | None:

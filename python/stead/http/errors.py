@@ -63,12 +63,20 @@ class HttpError(Exception):
         """This error as a JSON response."""
         return error_response(self.status, self.type_name, self.message, self.headers)
 
+    def body(self) -> bytes:
+        """The JSON body of the error response."""
+        return _encoder.encode({"error": {"type": self.type_name, "message": self.message}})
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The extra headers, encoded for ASGI."""
+        return [(name.lower().encode(), value.encode()) for name, value in self.headers.items()]
+
 
 def error_response(
     status: int, type_name: str, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """``{"error": {"type": type_name, "message": message}}`` with ``status``."""
-    body = _encoder.encode({"error": {"type": type_name, "message": message}})
+    body = HttpError(status, type_name, message).body()
     return Response(body, status, headers=dict(headers or {}), media_type="application/json")
 
 

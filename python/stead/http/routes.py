@@ -10,9 +10,11 @@ from urllib.parse import quote
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from stead import codec
 from stead.errors import InvalidIdError, SerializationError, UnknownBindingError
+from stead.http.body import read_body
 from stead.http.errors import HttpError, handler_error
 from stead.http.signatures import ArgumentError, Signature
 from stead.messages import Request as ObjectRequest
@@ -34,7 +36,7 @@ MAX_NAME_BYTES = 2048
 #: ``GET /objects/{binding}`` returns at most this many ids per page.
 MAX_LIST_LIMIT = 1000
 
-_JSON = "application/json"
+_JSON = b"application/json"
 # Characters kept as they are when a decoded fetch path is re-encoded for the object.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -53,41 +55,57 @@ _result_encoder = msgspec.json.Encoder()
 class ObjectRoutes:
     """Endpoints for ``/objects/...``; one instance per app."""
 
-    def __init__(self, runtime: Runtime, metrics: HttpMetrics, *, hide_header: str | None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: HttpMetrics,
+        *,
+        hide_header: str | None,
+        max_body_bytes: int,
+    ) -> None:
         self.runtime = runtime
         self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
         self._hide_header = hide_header  # the bearer token header, not forwarded to objects
         self._signatures: dict[tuple[str, str], Signature] = {}
 
     # -- RPC -----------------------------------------------------------------
 
-    async def rpc(self, request: Request) -> Response:
-        """``POST /objects/{binding}/{name}/rpc/{method}``."""
-        started = time.perf_counter()
-        params = request.path_params
-        binding, method = params["binding"], params["method"]
-        try:
-            response = await self._rpc(request, binding, params["name"], method)
-        except HttpError as error:
-            response = error.response()
-        if not self._signature_known(binding, method):
-            binding = method = ""  # unknown names would give metrics unbounded cardinality
-        self.metrics.observe(
-            "rpc", binding, method, response.status_code, time.perf_counter() - started
-        )
-        return response
+    async def rpc(
+        self, scope: Scope, receive: Receive, send: Send, binding: str, name: str, method: str
+    ) -> None:
+        """``POST /objects/{binding}/{name}/rpc/{method}``, as raw ASGI.
 
-    async def _rpc(self, request: Request, binding: str, name: str, method: str) -> Response:
+        The hot path of the frontend: it skips Starlette's request and
+        response objects (see ``SteadApp``), so it checks the body limit itself.
+        """
+        started = time.perf_counter()
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            body = await self._rpc(scope, receive, binding, name, method)
+            status = 200
+        except HttpError as error:
+            status, body, extra = error.status, error.body(), error.raw_headers()
+        headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body)), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if (binding, method) not in self._signatures:
+            binding = method = ""  # unknown names would give metrics unbounded cardinality
+        self.metrics.observe("rpc", binding, method, status, time.perf_counter() - started)
+
+    async def _rpc(
+        self, scope: Scope, receive: Receive, binding: str, name: str, method: str
+    ) -> bytes:
         stub = self._stub(binding, name)
         signature = self._signature(stub, method)
-        body = _decode_body(await request.body())
+        body = _decode_body(await read_body(scope, receive, self.max_body_bytes))
         args, kwargs = _bind(signature, body)
         try:
             result = await invoke(stub, method, args, kwargs)
         except Exception as exc:
             _log_handler_error(binding, method, exc)
             raise handler_error(exc) from None
-        return _result_response(result)
+        return _encode_result(result)
 
     def _signature(self, stub: Stub, method: str) -> Signature:
         key = (stub.id.binding, method)
@@ -165,7 +183,7 @@ class ObjectRoutes:
         entries = [{"id": str(object_id), "name": object_id.name} for object_id in ids]
         cursor = entries[-1]["id"] if entries and len(entries) == limit else None
         body = _result_encoder.encode({"ids": entries, "next": cursor})
-        return Response(body, media_type=_JSON)
+        return Response(body, media_type="application/json")
 
     # -- everything else under /objects ---------------------------------------
 
@@ -226,12 +244,11 @@ def _bind(signature: Signature, body: RpcBody) -> tuple[list[Any], dict[str, Any
     return args, kwargs
 
 
-def _result_response(result: Any) -> Response:
+def _encode_result(result: Any) -> bytes:
     try:
-        body = _result_encoder.encode({"result": result})
+        return _result_encoder.encode({"result": result})
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise HttpError(500, "SerializationError", f"the result is not JSON: {exc}") from None
-    return Response(body, media_type=_JSON)
 
 
 def _limit(text: str | None) -> int:
