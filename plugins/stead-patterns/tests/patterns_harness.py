@@ -61,6 +61,12 @@ class Patterns:
         assert self._runtime is not None, "not started"
         return self._runtime
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client (``via == "http"`` only)."""
+        assert self._client is not None, "not reached over HTTP"
+        return self._client
+
     async def start(self) -> Patterns:
         runtime = stead.Runtime(
             self.objects, data_dir=str(self.data_dir), durability="os", vars=self.vars

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 from patterns_harness import Patterns, Reply, eventually
@@ -106,3 +108,14 @@ async def test_check_is_also_an_rpc_method(patterns: Patterns) -> None:
     assert result == {"allowed": True, "current": 1, "limit": 1, "remaining": 0}
     denied = await patterns.rpc(B, "k", "check", 1, 60_000)
     assert denied["allowed"] is False
+
+
+async def test_rpc_arguments_are_validated_over_http(tmp_path: Path) -> None:
+    # The HTTP frontend checks RPC arguments against the type hints (limit >= 1).
+    patterns = await Patterns(tmp_path / "data", "http").start()
+    try:
+        response = await patterns.client.post(f"/objects/{B}/k/rpc/check", json={"args": [0, 1]})
+        assert response.status_code == 400
+        assert response.json()["error"]["type"] == "InvalidArguments"
+    finally:
+        await patterns.close()

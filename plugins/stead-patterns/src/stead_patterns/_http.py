@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -19,6 +19,8 @@ from stead import Request, Response
 __all__ = [
     "BadRequest",
     "Handler",
+    "KeyName",
+    "Positive",
     "decode_body",
     "error",
     "int_param",
@@ -29,6 +31,13 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: A name that becomes part of a storage key: 1-500 characters, so that with any
+#: prefix it stays within stead's 2048-byte key limit even in 4-byte UTF-8. RPC
+#: arguments outside it are answered with 400 by the HTTP frontend.
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+#: A positive integer argument.
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 Handler = Callable[[Request], Awaitable[Response]]
 
 

@@ -25,7 +25,7 @@ import msgspec
 
 import stead
 from stead import Request, Response
-from stead_patterns._http import decode_body, now_ms, route
+from stead_patterns._http import KeyName, decode_body, now_ms, route
 
 __all__ = ["CacheCoordinator", "CacheEntry", "PurgeFailure", "stead_bindings"]
 
@@ -121,7 +121,7 @@ class CacheCoordinator(stead.DurableObject):
             }
         )
 
-    def get_entry(self, key: str) -> CacheEntry | None:
+    def get_entry(self, key: KeyName) -> CacheEntry | None:
         """The entry of ``key`` (also callable by RPC, to inspect purge failures)."""
         entry: CacheEntry | None = self.ctx.storage.get(f"entry:{key}", type=CacheEntry)
         return entry

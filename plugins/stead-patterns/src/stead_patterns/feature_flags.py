@@ -17,7 +17,7 @@ import msgspec
 
 import stead
 from stead import Request, Response
-from stead_patterns._http import decode_body, now_ms, route
+from stead_patterns._http import KeyName, decode_body, now_ms, route
 
 __all__ = ["FeatureFlag", "FeatureFlagController", "rollout_bucket", "stead_bindings"]
 
@@ -80,7 +80,7 @@ class FeatureFlagController(stead.DurableObject):
         self.ctx.storage.delete(_PREFIX + body.name)
         return Response.json({"deleted": True})
 
-    def evaluate(self, flag_name: str, entity_id: str) -> dict[str, Any]:
+    def evaluate(self, flag_name: KeyName, entity_id: str) -> dict[str, Any]:
         """Whether the flag is on for ``entity_id`` and why (also callable by RPC)."""
         flag: FeatureFlag | None = self.ctx.storage.get(_PREFIX + flag_name, type=FeatureFlag)
         if flag is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import stead
 from stead import AlarmInfo, Request, Response
-from stead_patterns._http import int_param, now_ms, route
+from stead_patterns._http import Positive, int_param, now_ms, route
 
 __all__ = ["RateLimiter", "stead_bindings"]
 
@@ -41,7 +41,7 @@ class RateLimiter(stead.DurableObject):
         return Response.json(result, status=429, headers={"Retry-After": str(retry_after_s)})
 
     def check(
-        self, limit: int = _DEFAULT_LIMIT, window_ms: int = _DEFAULT_WINDOW_MS
+        self, limit: Positive = _DEFAULT_LIMIT, window_ms: Positive = _DEFAULT_WINDOW_MS
     ) -> dict[str, Any]:
         """Count one request against the limit (also callable by RPC); the catalog's JSON."""
         if limit < 1 or window_ms < 1:

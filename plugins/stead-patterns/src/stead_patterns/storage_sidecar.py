@@ -14,7 +14,7 @@ from typing import Any
 
 import stead
 from stead import LimitError, Request, Response
-from stead_patterns._http import BadRequest, decode_body, error
+from stead_patterns._http import BadRequest, KeyName, decode_body, error
 
 __all__ = ["StorageSidecar", "stead_bindings"]
 
@@ -72,15 +72,15 @@ class StorageSidecar(stead.DurableObject):
 
     # -- the RPC variant -----------------------------------------------------
 
-    def get(self, key: str) -> Any:
+    def get(self, key: KeyName) -> Any:
         """The value at ``key``, or ``None``."""
         return self.ctx.storage.get(key)
 
-    def set(self, key: str, value: Any) -> None:
+    def set(self, key: KeyName, value: Any) -> None:
         """Store ``value`` at ``key``."""
         self.ctx.storage.put(key, value)
 
-    def append(self, key: str, item: Any) -> int:
+    def append(self, key: KeyName, item: Any) -> int:
         """Append ``item`` to the array at ``key`` (created if absent); the new length."""
         existing = self.ctx.storage.get(key, [])
         if not isinstance(existing, list):
