@@ -217,9 +217,17 @@ async def _serve(runtime: Runtime, server: Any) -> None:
         await runtime.start()
     except DataDirLockedError as exc:
         raise click.ClickException(f"{exc} (is another `stead serve` using it?)") from None
+    except SteadError as exc:  # a corrupt log, two plugins claiming one binding, ...
+        raise click.ClickException(str(exc)) from None
     try:
-        names = ", ".join(sorted(runtime.bindings)) or "none"
-        click.echo(f"stead: serving bindings {names}", err=True)
+        if runtime.bindings:
+            click.echo(f"stead: serving bindings {', '.join(sorted(runtime.bindings))}", err=True)
+        else:
+            click.echo(
+                "stead: warning: no bindings to serve; install a plugin "
+                "(pip install ./plugins/stead-patterns) or pass a TARGET",
+                err=True,
+            )
         await server.serve()
     finally:
         await runtime.close()
@@ -266,7 +274,7 @@ def plugins(as_json: bool) -> None:
 # -- inspect -----------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Show what a data dir holds (read-only).")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--binding", "-b", help="Only objects of this binding.")
 @click.option("--name", "-n", help="Only objects of this name.")
@@ -288,7 +296,7 @@ def plugins(as_json: bool) -> None:
 def inspect(
     data_dir: str, binding: str | None, name: str | None, limit: int, max_keys: int, as_json: bool
 ) -> None:
-    """Show the objects, keys, values and alarms stored in DATA_DIR, read-only.
+    """Show the objects, keys, values and alarms in DATA_DIR (read-only).
 
     Binding names come from installed plugins and --binding; objects of other
     bindings are shown with their binding's 8-byte prefix. A running server
@@ -428,7 +436,7 @@ def _take(items: Iterator[T], limit: int) -> Iterator[T]:
 def bench(
     objects: int, total: int, concurrency: int, durability: str, data_dir: str | None
 ) -> None:
-    """Measure durable increments on this machine, in process (no HTTP).
+    """Measure durable increments on this machine (in process, no HTTP).
 
     Each request is one RPC that reads, increments and writes a counter; it
     returns once the write is durable under --durability.
