@@ -163,3 +163,26 @@ def test_state_survives_a_restart(server: Server) -> None:
     assert server.fetch("COUNTER", "c", "/get?key=k").json() == {"key": "k", "count": 4}
     assert server.fetch("SESSION_MANAGER", "s", "/get").json()["userId"] == "u"
     assert server.rpc("RPC_COUNTER", "r", "get_count") == 1
+
+
+def test_fuzzing_the_catalogs_rpc_routes_finds_no_server_error(server: Server) -> None:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(f"{server.base}/openapi.json")
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert any("RATE_LIMITER" in operation.path for operation in operations)
+    for operation in operations:
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case: Any) -> None:
+            response = case.call()
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path}: {response.text}")
+            case.validate_response(response, checks=[not_a_server_error])
+
+        check()
+    assert failures == []
