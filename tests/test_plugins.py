@@ -266,3 +266,68 @@ def test_installed_plugin_is_served(installed_hello: str, tmp_path: Path) -> Non
         response = httpx.post(f"{server.url}/objects/HELLO_PLUGIN_TEST/ada/rpc/hello")
         assert response.status_code == 404
         assert httpx.get(f"{server.url}/hello-plugin/ada").status_code == 404
+
+
+# -- stead.testing -----------------------------------------------------------------------
+
+
+def test_the_pytest_plugin_imports_without_the_server_extra() -> None:
+    # pytest loads stead.testing wherever stead is installed, server extra or not.
+    blocked = ["starlette", "httpx", "uvicorn", "prometheus_client"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None  # any import of them fails\n"
+        "import stead.testing, stead.plugins, stead.cli\n"
+        "print(sorted(stead.testing.__all__))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "stead_client" in done.stdout
+
+
+def test_plugin_authors_get_runtime_and_client_fixtures(tmp_path: Path) -> None:
+    (tmp_path / "test_author.py").write_text(AUTHOR_TESTS)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_author.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout
+
+
+# A plugin author's test file: stead.testing is loaded by its pytest11 entry point.
+AUTHOR_TESTS = """
+import pytest
+
+import stead
+
+pytestmark = pytest.mark.anyio
+
+
+class Echo(stead.DurableObject):
+    def echo(self, text: str) -> str:
+        return text
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def stead_runtime_options(tmp_path):
+    return {"objects": {"ECHO": Echo}, "data_dir": str(tmp_path / "data"), "durability": "none"}
+
+
+async def test_runtime(stead_runtime):
+    assert await stead_runtime.env.ECHO.get_by_name("x").echo("hi") == "hi"
+
+
+async def test_client(stead_client):
+    response = await stead_client.post("/objects/ECHO/x/rpc/echo", json={"args": ["hi"]})
+    assert response.json() == {"result": "hi"}
+
+
+async def test_app(stead_app, stead_runtime):
+    assert stead_app.state.runtime is stead_runtime
+"""
