@@ -13,7 +13,7 @@ import msgspec
 
 from stead.errors import SerializationError
 
-__all__ = ["copy", "decode", "encode"]
+__all__ = ["can_decode_into", "copy", "decode", "encode"]
 
 _encoder = msgspec.msgpack.Encoder()
 _untyped_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
@@ -37,7 +37,7 @@ def decode(data: bytes, type: Any = None) -> Any:
         if type is None:
             return _untyped_decoder.decode(data)
         return _decoder_for(type).decode(data)
-    except (msgspec.DecodeError, TypeError) as error:
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as error:
         raise SerializationError(f"cannot decode value: {error}") from None
 
 
@@ -48,14 +48,26 @@ def _decoder_for(type: Any) -> msgspec.msgpack.Decoder[Any]:
     return decoder
 
 
-def copy(value: Any) -> Any:
+def can_decode_into(type: Any) -> bool:
+    """Whether msgspec can decode into ``type``."""
+    try:
+        _decoder_for(type)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def copy(value: Any, type: Any = None) -> Any:
     """A deep copy of ``value`` made through the codec, as if sent over the wire.
 
-    The top-level type is kept (a ``Struct`` or dataclass comes back as itself;
-    tuples come back as lists, as they would from a remote peer).
+    Decoded into ``type`` when given (``SerializationError`` if the value does
+    not fit it); otherwise the top-level type is kept (a ``Struct`` or
+    dataclass comes back as itself; tuples come back as lists).
     """
-    value_type = type(value)
     data = encode(value)
+    if type is not None:
+        return decode(data, type)
+    value_type = value.__class__
     if value_type in _SELF_DESCRIBING or value_type is tuple:
         return _untyped_decoder.decode(data)
     return decode(data, value_type)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from stead import codec
 
 from stead.messages import Request, Response
 
@@ -46,14 +49,58 @@ class DurableObject:
 
 
 class RpcMethod:
-    """What stead knows about one RPC method of a class."""
+    """What stead knows about one RPC method of a class.
 
-    __slots__ = ("function", "is_async", "name")
+    Arguments and results are copied through the codec and decoded into the
+    method's type hints where they have them, so a ``list[Struct]`` result
+    arrives as structs and a wrongly typed argument fails with
+    ``SerializationError``, as it would over HTTP.
+    """
+
+    __slots__ = ("function", "is_async", "keyword_types", "name", "positional_types", "result_type")
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
         self.function = function
         self.is_async = inspect.iscoroutinefunction(function)
+        hints = _type_hints(function)
+        parameters = list(inspect.signature(function).parameters.values())[1:]  # skip self
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.positional_types = [
+            _decodable(hints.get(p.name)) for p in parameters if p.kind in positional
+        ]
+        self.keyword_types = {p.name: _decodable(hints.get(p.name)) for p in parameters}
+        self.result_type = _decodable(hints.get("return"))
+
+    def copy_args(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Codec copies of the call's arguments, decoded into the parameter types."""
+        types = self.positional_types
+        copied = [
+            codec.copy(value, types[i] if i < len(types) else None) for i, value in enumerate(args)
+        ]
+        keywords = self.keyword_types
+        named = {key: codec.copy(value, keywords.get(key)) for key, value in kwargs.items()}
+        return copied, named
+
+    def copy_result(self, result: Any) -> Any:
+        """A codec copy of the result, decoded into the return type."""
+        return codec.copy(result, self.result_type)
+
+
+def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # unresolvable forward references: copy without hints
+        return {}
+
+
+def _decodable(hint: Any) -> Any:
+    """``hint`` if msgspec can decode into it, else ``None`` (copy by value type)."""
+    if hint is None or hint is Any:
+        return None
+    return hint if codec.can_decode_into(hint) else None
 
 
 # Names that are part of the base classes' machinery, never RPC methods.

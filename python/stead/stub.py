@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from stead import codec
 from stead.errors import UnknownMethodError
 from stead.ids import ObjectId
 from stead.messages import Request, Response
@@ -113,17 +112,14 @@ async def _send(
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
 ) -> Any:
-    # Each value is copied on its own so its top-level type (a Struct, say) survives.
-    if args:
-        args = [codec.copy(value) for value in args]
-    if kwargs:
-        kwargs = {name: codec.copy(value) for name, value in kwargs.items()}
-    name, is_async = method.name, method.is_async
+    if args or kwargs:
+        args, kwargs = method.copy_args(args, kwargs)
+    name, is_async, copy_result = method.name, method.is_async, method.copy_result
 
     async def run(host: ObjectHost) -> Any:
         bound = getattr(host.instance, name)
         result = await bound(*args, **kwargs) if is_async else bound(*args, **kwargs)
-        return codec.copy(result)
+        return copy_result(result)
 
     return await dispatcher.deliver(object_id, run)
 
