@@ -118,9 +118,6 @@ class ObjectRoutes:
             signature = self._signatures[key] = Signature(rpc)
         return signature
 
-    def _signature_known(self, binding: str, method: str) -> bool:
-        return (binding, method) in self._signatures
-
     def signatures(self) -> dict[str, dict[str, Signature]]:
         """Every binding's RPC signatures (for the OpenAPI document)."""
         table: dict[str, dict[str, Signature]] = {}
