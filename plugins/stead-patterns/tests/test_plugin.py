@@ -5,10 +5,12 @@ from __future__ import annotations
 from importlib import import_module
 from importlib.metadata import entry_points
 
+import httpx
 import pytest
 
 import stead
 import stead_patterns
+from stead.plugins import Plugins
 
 CATALOG_BINDINGS = {
     "RATE_LIMITER",
@@ -54,8 +56,7 @@ def test_every_module_has_all() -> None:
 
 
 def test_the_plugin_manager_finds_every_binding() -> None:
-    plugins = pytest.importorskip("stead.plugins")
-    bindings = plugins.Plugins.load(autoload=True).bindings()
+    bindings = Plugins.load(autoload=True).bindings()
     for binding, cls in stead_patterns.bindings().items():
         assert bindings[binding] is cls
 
@@ -66,3 +67,15 @@ async def test_runtime_with_plugins_serves_the_catalog() -> None:
         assert set(runtime.bindings) >= CATALOG_BINDINGS
         counter = runtime.env.RPC_COUNTER.get_by_name("x")
         assert await counter.increment() == 1
+
+
+@pytest.mark.anyio
+async def test_stead_testing_fixtures_serve_the_installed_patterns(
+    stead_client: httpx.AsyncClient,
+) -> None:
+    # What a plugin author gets from `stead.testing`: installed plugins, over HTTP, in process.
+    path = "/objects/RATE_LIMITER/k/fetch/check?limit=1&window=60000"
+    assert (await stead_client.get(path)).status_code == 200
+    denied = await stead_client.get(path)
+    assert denied.status_code == 429
+    assert denied.headers["Retry-After"] == "60"
