@@ -123,8 +123,12 @@ class Engine:
         """Compact sealed segments now (blocking, GIL released)."""
 
     def stats(self) -> dict[str, int]:
-        """Counters: objects, keys, segments, live_bytes, index_bytes, cache_bytes,
-        commits, syncs, last_seq, durable_seq."""
+        """Counters: objects, keys, segments, live_bytes, index_bytes, key_bytes,
+        cache_bytes, commits, syncs, compactions, last_seq, durable_seq.
+
+        ``index_bytes`` estimates the index's heap use (keys as malloc rounds
+        them, B-tree nodes, object and alarm maps); ``key_bytes`` is the raw
+        key bytes it holds."""
 
     def take_sync_latencies(self) -> builtins.list[int]:
         """Nanosecond durations of the syncs since the last call (bounded buffer)."""

@@ -1,1 +1,0 @@
-//! Log-structured storage engine (issue 2). Under construction.

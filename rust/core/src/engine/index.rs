@@ -1,0 +1,467 @@
+//! The in-memory index: per object, an ordered map key -> value location, and
+//! the alarm of every object that has one.
+//!
+//! Values are not held here (except in the fully in-memory engine): a slot
+//! points into a segment file, so memory grows with the number and size of
+//! keys, never with the size of values.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use super::record::Op;
+
+/// Where a value lives in a segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Loc {
+    pub off: u64,
+    pub file: u32,
+    pub len: u32,
+}
+
+/// A value's home: a file location, or the value itself (in-memory engine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Disk(Loc),
+    Mem(Box<[u8]>),
+}
+
+pub(crate) type Keys = BTreeMap<Box<[u8]>, Slot>;
+
+/// The options of a `list` call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    pub prefix: Option<Vec<u8>>,
+    pub start: Option<Vec<u8>>,
+    pub start_after: Option<Vec<u8>>,
+    pub end: Option<Vec<u8>>,
+    pub reverse: bool,
+    pub limit: Option<usize>,
+}
+
+#[derive(Default)]
+pub(crate) struct Index {
+    objects: BTreeMap<Box<[u8]>, Keys>,
+    alarms: BTreeMap<Box<[u8]>, i64>,
+    keys: usize,
+    key_bytes: usize,
+    /// Heap bytes of the key allocations (kept incrementally for `stats`).
+    key_alloc: usize,
+    /// Bytes of values held in memory (in-memory engine only).
+    mem_values: usize,
+    /// Bytes of overwritten or deleted entries per segment file id (drives compaction).
+    dead: HashMap<u32, u64>,
+}
+
+impl Index {
+    /// Apply one op; `slot` is the new value's home for a put.
+    pub fn apply(&mut self, object_id: &[u8], op: &Op<'_>, slot: Option<Slot>) {
+        match op {
+            Op::Put(key, _) => self.put(object_id, key, slot.expect("a put has a slot")),
+            Op::Delete(key) => self.delete(object_id, key),
+            Op::DeleteAll => self.delete_all(object_id),
+            Op::SetAlarm(when) => {
+                self.alarms.insert(object_id.into(), *when);
+            }
+            Op::DeleteAlarm => {
+                self.alarms.remove(object_id);
+            }
+        }
+    }
+
+    fn put(&mut self, object_id: &[u8], key: &[u8], slot: Slot) {
+        self.account_add(&slot);
+        let keys = match self.objects.get_mut(object_id) {
+            Some(keys) => keys,
+            None => self.objects.entry(object_id.into()).or_default(),
+        };
+        if let Some(old) = keys.get_mut(key) {
+            let old = std::mem::replace(old, slot);
+            self.account_remove(&old, key.len());
+        } else {
+            keys.insert(key.into(), slot);
+            self.count_key(key, 1);
+        }
+    }
+
+    fn delete(&mut self, object_id: &[u8], key: &[u8]) {
+        let Some(keys) = self.objects.get_mut(object_id) else {
+            return;
+        };
+        let Some(old) = keys.remove(key) else { return };
+        let emptied = keys.is_empty();
+        self.count_key(key, -1);
+        self.account_remove(&old, key.len());
+        if emptied {
+            self.objects.remove(object_id);
+        }
+    }
+
+    fn delete_all(&mut self, object_id: &[u8]) {
+        self.alarms.remove(object_id);
+        let Some(keys) = self.objects.remove(object_id) else {
+            return;
+        };
+        for (key, old) in &keys {
+            self.count_key(key, -1);
+            self.account_remove(old, key.len());
+        }
+    }
+
+    fn count_key(&mut self, key: &[u8], sign: isize) {
+        self.keys = self.keys.wrapping_add_signed(sign);
+        self.key_bytes = self
+            .key_bytes
+            .wrapping_add_signed(sign * key.len() as isize);
+        self.key_alloc = self
+            .key_alloc
+            .wrapping_add_signed(sign * malloc_size(key.len()) as isize);
+    }
+
+    fn account_add(&mut self, slot: &Slot) {
+        if let Slot::Mem(value) = slot {
+            self.mem_values += value.len();
+        }
+    }
+
+    /// The entry at `slot` became garbage: charge its file (value, key and op header).
+    fn account_remove(&mut self, slot: &Slot, key_len: usize) {
+        match slot {
+            Slot::Disk(loc) => {
+                *self.dead.entry(loc.file).or_default() += u64::from(loc.len) + key_len as u64 + 9;
+            }
+            Slot::Mem(value) => self.mem_values -= value.len(),
+        }
+    }
+
+    /// Replace an object's whole key map (bulk load from a hint file).
+    pub fn load_object(&mut self, object_id: Box<[u8]>, keys: Keys) {
+        for (key, slot) in &keys {
+            self.count_key(key, 1);
+            self.account_add(slot);
+        }
+        if !keys.is_empty() {
+            self.objects.insert(object_id, keys);
+        }
+    }
+
+    /// Point `key` at `new` if it still points at `old` (compaction's swap).
+    pub fn relocate(&mut self, object_id: &[u8], key: &[u8], old: Loc, new: Loc) -> bool {
+        let Some(slot) = self
+            .objects
+            .get_mut(object_id)
+            .and_then(|keys| keys.get_mut(key))
+        else {
+            return false;
+        };
+        if *slot != Slot::Disk(old) {
+            return false;
+        }
+        *slot = Slot::Disk(new);
+        true
+    }
+
+    pub fn forget_file(&mut self, file: u32) {
+        self.dead.remove(&file);
+    }
+
+    pub fn add_dead(&mut self, file: u32, bytes: u64) {
+        *self.dead.entry(file).or_default() += bytes;
+    }
+
+    /// Garbage bytes in `file`.
+    pub fn dead_bytes(&self, file: u32) -> u64 {
+        self.dead.get(&file).copied().unwrap_or(0)
+    }
+
+    /// Bytes of values held in memory (in-memory engine).
+    pub fn mem_value_bytes(&self) -> usize {
+        self.mem_values
+    }
+
+    pub fn get(&self, object_id: &[u8], key: &[u8]) -> Option<&Slot> {
+        self.objects.get(object_id)?.get(key)
+    }
+
+    pub fn objects_map(&self) -> &BTreeMap<Box<[u8]>, Keys> {
+        &self.objects
+    }
+
+    pub fn alarm(&self, object_id: &[u8]) -> Option<i64> {
+        self.alarms.get(object_id).copied()
+    }
+
+    pub fn alarms(&self) -> &BTreeMap<Box<[u8]>, i64> {
+        &self.alarms
+    }
+
+    pub fn set_alarm(&mut self, object_id: Box<[u8]>, when: i64) {
+        self.alarms.insert(object_id, when);
+    }
+
+    pub fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys
+    }
+
+    /// Entries of one object selected by `options`, in the order to return them.
+    pub fn list(&self, object_id: &[u8], options: &ListOptions) -> Vec<(Box<[u8]>, Slot)> {
+        let Some(keys) = self.objects.get(object_id) else {
+            return Vec::new();
+        };
+        let Some((lower, upper)) = list_bounds(options) else {
+            return Vec::new();
+        };
+        let range = keys.range::<[u8], _>((as_ref(&lower), as_ref(&upper)));
+        let limit = options.limit.unwrap_or(usize::MAX);
+        let clone = |(k, v): (&Box<[u8]>, &Slot)| (k.clone(), v.clone());
+        if options.reverse {
+            range.rev().take(limit).map(clone).collect()
+        } else {
+            range.take(limit).map(clone).collect()
+        }
+    }
+
+    /// Ids of objects with at least one key, ascending.
+    pub fn object_ids(
+        &self,
+        prefix: Option<&[u8]>,
+        after: Option<&[u8]>,
+        limit: Option<usize>,
+    ) -> Vec<Vec<u8>> {
+        let prefix = prefix.unwrap_or(b"");
+        let lower = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        self.objects
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .map(|(id, _)| id)
+            .take_while(|id| id.starts_with(prefix))
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|id| id.to_vec())
+            .collect()
+    }
+
+    /// Key bytes held (the part of the index that is the keys themselves).
+    pub fn key_bytes(&self) -> usize {
+        self.key_bytes
+    }
+
+    /// An estimate of the heap bytes the index uses: key allocations as
+    /// malloc rounds them, B-tree node space per entry, object and alarm maps.
+    /// In-memory values are not counted (see `live_bytes`).
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Slot>();
+        // B-tree nodes hold up to 11 entries and are about 3/4 full when
+        // filled incrementally; parent links and lengths add ~4 bytes/entry.
+        let per_entry = entry * 4 / 3 + 4;
+        let per_object = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Keys>();
+        let objects: usize = self
+            .objects
+            .keys()
+            .map(|id| malloc_size(id.len()))
+            .sum::<usize>()
+            + self.objects.len() * (per_object * 4 / 3 + 4);
+        let alarms = self.alarms.len() * ((16 + 8) * 4 / 3 + 4 + 48);
+        self.key_alloc + self.keys * per_entry + objects + alarms + self.dead.len() * 32
+    }
+}
+
+/// Bytes glibc malloc hands out for a request of `n` bytes (16-byte chunks,
+/// 8 bytes of header, 32 bytes minimum); zero-length boxes allocate nothing.
+pub(crate) fn malloc_size(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        ((n + 8 + 15) & !15).max(32)
+    }
+}
+
+type OwnedBound = Bound<Vec<u8>>;
+
+fn as_ref(bound: &OwnedBound) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.as_slice()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last != 0xFF {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// The tighter of two lower bounds.
+fn max_lower(a: OwnedBound, b: OwnedBound) -> OwnedBound {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x > y || (x == y && matches!(a, Bound::Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// The tighter of two upper bounds (both exclusive or unbounded here).
+fn min_upper(a: OwnedBound, b: OwnedBound) -> OwnedBound {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Excluded(x), Bound::Excluded(y)) => {
+            if x <= y {
+                a
+            } else {
+                b
+            }
+        }
+        _ => unreachable!("upper bounds are exclusive"),
+    }
+}
+
+/// The key range of a list call, or `None` when it is empty.
+fn list_bounds(options: &ListOptions) -> Option<(OwnedBound, OwnedBound)> {
+    let mut lower = Bound::Unbounded;
+    let mut upper = Bound::Unbounded;
+    if let Some(prefix) = &options.prefix {
+        lower = Bound::Included(prefix.clone());
+        if let Some(next) = prefix_successor(prefix) {
+            upper = Bound::Excluded(next);
+        }
+    }
+    if let Some(start) = &options.start {
+        lower = max_lower(lower, Bound::Included(start.clone()));
+    }
+    if let Some(after) = &options.start_after {
+        lower = max_lower(lower, Bound::Excluded(after.clone()));
+    }
+    if let Some(end) = &options.end {
+        upper = min_upper(upper, Bound::Excluded(end.clone()));
+    }
+    if options.limit == Some(0) {
+        return None;
+    }
+    let empty = match (&lower, &upper) {
+        (Bound::Included(lo) | Bound::Excluded(lo), Bound::Excluded(hi)) => lo >= hi,
+        _ => false,
+    };
+    (!empty).then_some((lower, upper))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(value: &[u8]) -> Option<Slot> {
+        Some(Slot::Mem(value.into()))
+    }
+
+    fn keys_of(entries: Vec<(Box<[u8]>, Slot)>) -> Vec<Vec<u8>> {
+        entries.into_iter().map(|(k, _)| k.to_vec()).collect()
+    }
+
+    fn sample() -> Index {
+        let mut index = Index::default();
+        for key in [&b"a"[..], b"ab", b"abc", b"b", b"b\xff", b"c"] {
+            index.apply(b"o", &Op::Put(key, b"v"), mem(b"v"));
+        }
+        index
+    }
+
+    #[test]
+    fn list_bounds_and_prefix() {
+        let index = sample();
+        let list = |options: ListOptions| keys_of(index.list(b"o", &options));
+        let all = list(ListOptions::default());
+        assert_eq!(all.len(), 6);
+        let opts = ListOptions {
+            prefix: Some(b"a".to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(
+            list(opts),
+            vec![b"a".to_vec(), b"ab".to_vec(), b"abc".to_vec()]
+        );
+        let opts = ListOptions {
+            start: Some(b"ab".to_vec()),
+            end: Some(b"b\xff".to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(
+            list(opts),
+            vec![b"ab".to_vec(), b"abc".to_vec(), b"b".to_vec()]
+        );
+        let opts = ListOptions {
+            start_after: Some(b"ab".to_vec()),
+            reverse: true,
+            limit: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(list(opts), vec![b"c".to_vec(), b"b\xff".to_vec()]);
+        let opts = ListOptions {
+            start: Some(b"c".to_vec()),
+            end: Some(b"a".to_vec()),
+            ..Default::default()
+        };
+        assert!(list(opts).is_empty());
+        let opts = ListOptions {
+            prefix: Some(b"b\xff".to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(list(opts), vec![b"b\xff".to_vec()]);
+    }
+
+    #[test]
+    fn delete_all_clears_keys_and_alarm() {
+        let mut index = sample();
+        index.apply(b"o", &Op::SetAlarm(5), None);
+        assert_eq!(index.alarm(b"o"), Some(5));
+        index.apply(b"o", &Op::DeleteAll, None);
+        assert_eq!(index.alarm(b"o"), None);
+        assert_eq!(index.key_count(), 0);
+        assert_eq!(index.object_count(), 0);
+    }
+
+    #[test]
+    fn object_ids_respect_prefix_and_after() {
+        let mut index = Index::default();
+        for id in [&b"x1"[..], b"x2", b"x3", b"y1"] {
+            index.apply(id, &Op::Put(b"k", b"v"), mem(b"v"));
+        }
+        assert_eq!(
+            index.object_ids(Some(b"x"), Some(b"x1"), Some(1)),
+            vec![b"x2".to_vec()]
+        );
+        assert_eq!(
+            index.object_ids(None, Some(b"x3"), None),
+            vec![b"y1".to_vec()]
+        );
+        assert_eq!(index.object_ids(Some(b"x"), Some(b"a"), None).len(), 3);
+    }
+
+    #[test]
+    fn dead_bytes_follow_overwrites() {
+        let mut index = Index::default();
+        let loc = |off, len| Some(Slot::Disk(Loc { off, file: 1, len }));
+        index.apply(b"o", &Op::Put(b"k", b""), loc(0, 10));
+        assert_eq!(index.dead_bytes(1), 0);
+        index.apply(b"o", &Op::Put(b"k", b""), loc(20, 5));
+        assert_eq!(index.dead_bytes(1), 10 + 1 + 9);
+        index.apply(b"o", &Op::Delete(b"k"), None);
+        assert_eq!(index.dead_bytes(1), 20 + 5 + 1 + 9);
+    }
+}

@@ -1,0 +1,261 @@
+//! Startup: find the segments, load the newest compacted segment (from its
+//! hint file when valid), replay the log tail, truncate a torn tail.
+//!
+//! A torn tail is damage at the very end of the last segment: a record that
+//! is cut short or fails its checksum with no valid record after it. It is
+//! what a crash in the middle of a write leaves, so it is truncated and
+//! logged. Damage followed by a valid record is corruption: recovery refuses
+//! to open rather than silently drop acknowledged batches.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::compact::load_hint;
+use super::index::{Index, Loc, Slot};
+use super::record::{self, Op, SegHeader, HEADER_LEN, REC_HEADER, REC_MAGIC};
+use super::{hint_path, sys, Active, Options, SegFile};
+use crate::error::{Error, Result};
+
+pub(crate) struct Recovered {
+    pub index: Index,
+    pub files: HashMap<u32, Arc<SegFile>>,
+    pub file_bytes: HashMap<u32, u64>,
+    pub next_file_id: u32,
+    pub active: Option<Active>,
+    pub last_seq: u64,
+}
+
+impl Recovered {
+    pub fn empty() -> Self {
+        Recovered {
+            index: Index::default(),
+            files: HashMap::new(),
+            file_bytes: HashMap::new(),
+            next_file_id: 0,
+            active: None,
+            last_seq: 0,
+        }
+    }
+}
+
+/// A segment file found on disk.
+struct Found {
+    seg: u64,
+    path: PathBuf,
+    file: File,
+    header: SegHeader,
+    len: u64,
+}
+
+pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
+    let found = scan_dir(dir)?;
+    let base = found
+        .iter()
+        .rposition(|f| f.header.compacted())
+        .unwrap_or(0);
+    let (obsolete, live) = found.split_at(base);
+    let mut out = Recovered::empty();
+    let last = live.len().checked_sub(1);
+    for (i, seg) in live.iter().enumerate() {
+        let id = out.next_file_id + 1;
+        out.next_file_id = id;
+        let len = load_segment(dir, seg, id, Some(i) == last, &mut out)?;
+        let file = seg
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("dup segment fd", e))?;
+        let seg_file = SegFile {
+            file,
+            seg: seg.seg,
+            path: seg.path.clone(),
+            compacted: seg.header.compacted(),
+        };
+        out.files.insert(id, Arc::new(seg_file));
+        out.file_bytes.insert(id, len - HEADER_LEN);
+        out.last_seq = out.last_seq.max(seg.header.base_seq);
+    }
+    remove_obsolete(dir, obsolete)?;
+    out.active = Some(choose_active(&mut out, live, opts));
+    Ok(out)
+}
+
+/// Append to the last segment if it is a plain one with room, else start a new one.
+fn choose_active(out: &mut Recovered, live: &[Found], opts: &Options) -> Active {
+    if let Some(last) = live.last() {
+        let id = out.next_file_id;
+        let len = HEADER_LEN + out.file_bytes[&id];
+        if !last.header.compacted() && len < opts.segment_bytes {
+            return Active {
+                file: id,
+                seg: last.seg,
+                end: len,
+            };
+        }
+    }
+    out.next_file_id += 1;
+    Active {
+        file: out.next_file_id,
+        seg: live.last().map_or(1, |f| f.seg + 1),
+        end: HEADER_LEN,
+    }
+}
+
+/// The segment files of `dir` in log order, with leftovers of an interrupted
+/// compaction removed and a header-less last segment (crash at creation) dropped.
+fn scan_dir(dir: &Path) -> Result<Vec<Found>> {
+    let mut numbered = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") || name.ends_with(".compact") {
+            let _ = fs::remove_file(entry.path());
+            continue;
+        }
+        let seg = name
+            .strip_prefix("seg-")
+            .and_then(|rest| rest.strip_suffix(".log"));
+        if let Some(seg) = seg.and_then(|n| n.parse::<u64>().ok()) {
+            numbered.push((seg, entry.path()));
+        }
+    }
+    numbered.sort();
+    let count = numbered.len();
+    let mut found = Vec::with_capacity(count);
+    for (i, (seg, path)) in numbered.into_iter().enumerate() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+            .len();
+        let mut head = [0u8; HEADER_LEN as usize];
+        let read = len >= HEADER_LEN
+            && std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok();
+        match SegHeader::decode(&head).filter(|_| read) {
+            Some(header) => found.push(Found {
+                seg,
+                path,
+                file,
+                header,
+                len,
+            }),
+            None if i + 1 == count && len < HEADER_LEN => {
+                eprintln!(
+                    "stead engine: removing {} (created but never written)",
+                    path.display()
+                );
+                fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+            }
+            None => {
+                return Err(Error::Corruption {
+                    file: path,
+                    offset: 0,
+                    reason: "bad segment header".into(),
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Load one segment into the index; returns its (possibly truncated) length.
+fn load_segment(
+    dir: &Path,
+    seg: &Found,
+    id: u32,
+    is_last: bool,
+    out: &mut Recovered,
+) -> Result<u64> {
+    if seg.header.compacted()
+        && load_hint(
+            &hint_path(dir, seg.seg),
+            seg.header.stamp,
+            id,
+            &mut out.index,
+        )?
+    {
+        return Ok(seg.len);
+    }
+    let data =
+        fs::read(&seg.path).map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+    let mut pos = HEADER_LEN as usize;
+    while pos < data.len() {
+        match record::decode(&data[pos..]) {
+            Ok(rec) => {
+                apply_record(&rec, pos as u64, id, out);
+                pos += rec.len;
+            }
+            Err(bad) => {
+                let tail_ok =
+                    is_last && !seg.header.compacted() && !has_valid_record_after(&data, pos);
+                if !tail_ok {
+                    return Err(Error::Corruption {
+                        file: seg.path.clone(),
+                        offset: pos as u64,
+                        reason: bad.describe(),
+                    });
+                }
+                truncate(seg, pos as u64, &bad.describe())?;
+                return Ok(pos as u64);
+            }
+        }
+    }
+    Ok(data.len() as u64)
+}
+
+fn apply_record(rec: &record::Record<'_>, at: u64, file: u32, out: &mut Recovered) {
+    for (op, value_at) in &rec.ops {
+        let slot = match op {
+            Op::Put(_, value) => Some(Slot::Disk(Loc {
+                off: at + *value_at as u64,
+                file,
+                len: value.len() as u32,
+            })),
+            _ => None,
+        };
+        out.index.apply(rec.object_id, op, slot);
+    }
+    out.last_seq = out.last_seq.max(rec.seq);
+}
+
+/// Whether any complete, checksummed record starts after `pos`.
+fn has_valid_record_after(data: &[u8], pos: usize) -> bool {
+    let magic = REC_MAGIC.to_le_bytes();
+    (pos + 1..data.len().saturating_sub(REC_HEADER - 1))
+        .filter(|at| data[*at..*at + 4] == magic)
+        .any(|at| record::decode(&data[at..]).is_ok())
+}
+
+fn truncate(seg: &Found, at: u64, why: &str) -> Result<()> {
+    eprintln!(
+        "stead engine: truncating torn tail of {} at offset {at} ({} bytes dropped: {why})",
+        seg.path.display(),
+        seg.len - at
+    );
+    seg.file
+        .set_len(at)
+        .map_err(|e| Error::io(format!("truncate {}", seg.path.display()), e))?;
+    seg.file
+        .sync_all()
+        .map_err(|e| Error::io(format!("fsync {}", seg.path.display()), e))
+}
+
+/// Segments (and hints) older than the newest compacted segment: it holds their state.
+fn remove_obsolete(dir: &Path, obsolete: &[Found]) -> Result<()> {
+    for seg in obsolete {
+        fs::remove_file(&seg.path)
+            .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
+        let _ = fs::remove_file(hint_path(dir, seg.seg));
+    }
+    if !obsolete.is_empty() {
+        sys::sync_dir(dir)?;
+    }
+    Ok(())
+}
