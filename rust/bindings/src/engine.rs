@@ -30,11 +30,11 @@ fn extract_puts<'py>(puts: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Pair<'py>
     if let Ok(list) = puts.cast::<PyList>() {
         return list
             .iter()
-            .map(|item| item.extract::<Pair<'py>>().map_err(Into::into))
+            .map(|item| item.extract::<Pair<'py>>())
             .collect();
     }
     puts.try_iter()?
-        .map(|item| item?.extract::<Pair<'py>>().map_err(Into::into))
+        .map(|item| item?.extract::<Pair<'py>>())
         .collect()
 }
 

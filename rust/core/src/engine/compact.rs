@@ -30,7 +30,8 @@ const RECORD_TARGET: usize = 1 << 20;
 /// Index entries relocated per lock acquisition, so commits are not stalled.
 const SWAP_BATCH: usize = 4096;
 
-type Entries = Vec<(Box<[u8]>, Vec<(Box<[u8]>, Loc)>)>;
+type Entry = (Box<[u8]>, Loc);
+type Entries = Vec<(Box<[u8]>, Vec<Entry>)>;
 
 /// The background compactor: runs when a roll finds enough garbage.
 pub(crate) fn run(shared: Arc<Shared>) {
@@ -136,7 +137,7 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
 fn snapshot(index: &Index, sources: &HashMap<u32, Arc<SegFile>>) -> Entries {
     let mut entries = Vec::new();
     for (object_id, keys) in index.objects_map() {
-        let live: Vec<(Box<[u8]>, Loc)> = keys
+        let live: Vec<Entry> = keys
             .iter()
             .filter_map(|(key, slot)| match slot {
                 Slot::Disk(loc) if sources.contains_key(&loc.file) => Some((key.clone(), *loc)),
@@ -219,7 +220,7 @@ fn write_segment(
 }
 
 /// Split an object's entries into runs of about `RECORD_TARGET` value bytes.
-fn groups(keys: &[(Box<[u8]>, Loc)]) -> Vec<&[(Box<[u8]>, Loc)]> {
+fn groups(keys: &[Entry]) -> Vec<&[Entry]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0usize);
     for (i, (key, loc)) in keys.iter().enumerate() {

@@ -216,6 +216,7 @@ impl Index {
         };
         let range = keys.range::<[u8], _>((as_ref(&lower), as_ref(&upper)));
         let limit = options.limit.unwrap_or(usize::MAX);
+        #[allow(clippy::borrowed_box)] // the map yields &Box<[u8]>; cloning it keeps the Box
         let clone = |(k, v): (&Box<[u8]>, &Slot)| (k.clone(), v.clone());
         if options.reverse {
             range.rev().take(limit).map(clone).collect()

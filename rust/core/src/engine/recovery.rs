@@ -40,6 +40,9 @@ impl Recovered {
     }
 }
 
+/// A segment's number and path.
+type Numbered = (u64, PathBuf);
+
 /// A segment file found on disk.
 struct Found {
     seg: u64,
@@ -50,12 +53,8 @@ struct Found {
 }
 
 pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
-    let found = scan_dir(dir)?;
-    let base = found
-        .iter()
-        .rposition(|f| f.header.compacted())
-        .unwrap_or(0);
-    let (obsolete, live) = found.split_at(base);
+    let (obsolete, live) = scan_dir(dir)?;
+    let live = &live[..];
     let mut out = Recovered::empty();
     let last = live.len().checked_sub(1);
     for (i, seg) in live.iter().enumerate() {
@@ -76,7 +75,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
         out.file_bytes.insert(id, len - HEADER_LEN);
         out.last_seq = out.last_seq.max(seg.header.base_seq);
     }
-    remove_obsolete(dir, obsolete)?;
+    remove_obsolete(dir, &obsolete)?;
     out.active = Some(choose_active(&mut out, live, opts));
     Ok(out)
 }
@@ -102,9 +101,31 @@ fn choose_active(out: &mut Recovered, live: &[Found], opts: &Options) -> Active 
     }
 }
 
-/// The segment files of `dir` in log order, with leftovers of an interrupted
-/// compaction removed and a header-less last segment (crash at creation) dropped.
-fn scan_dir(dir: &Path) -> Result<Vec<Found>> {
+/// The segment files of `dir`: those older than the newest compacted segment
+/// (obsolete: its state includes theirs, their contents are never read), and
+/// the rest in log order. Leftovers of an interrupted compaction are removed
+/// and a header-less last segment (crash right after creating it) is dropped.
+fn scan_dir(dir: &Path) -> Result<(Vec<Numbered>, Vec<Found>)> {
+    let mut numbered = list_segments(dir)?;
+    let count = numbered.len();
+    let mut live = Vec::new();
+    while let Some((seg, path)) = numbered.pop() {
+        let is_last = numbered.len() + 1 == count;
+        let Some(found) = open_segment(seg, path, is_last)? else {
+            continue;
+        };
+        let compacted = found.header.compacted();
+        live.push(found);
+        if compacted {
+            break;
+        }
+    }
+    live.reverse();
+    Ok((numbered, live))
+}
+
+/// `(n, path)` of every `seg-<n>.log`, ascending.
+fn list_segments(dir: &Path) -> Result<Vec<Numbered>> {
     let mut numbered = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
     for entry in entries {
@@ -122,47 +143,46 @@ fn scan_dir(dir: &Path) -> Result<Vec<Found>> {
         }
     }
     numbered.sort();
-    let count = numbered.len();
-    let mut found = Vec::with_capacity(count);
-    for (i, (seg, path)) in numbered.into_iter().enumerate() {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
-            .len();
-        let mut head = [0u8; HEADER_LEN as usize];
-        let read = len >= HEADER_LEN
-            && std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok();
-        match SegHeader::decode(&head).filter(|_| read) {
-            Some(header) => found.push(Found {
-                seg,
-                path,
-                file,
-                header,
-                len,
-            }),
-            None if i + 1 == count && len < HEADER_LEN => {
-                eprintln!(
-                    "stead engine: removing {} (created but never written)",
-                    path.display()
-                );
-                fs::remove_file(&path)
-                    .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
-            }
-            None => {
-                return Err(Error::Corruption {
-                    file: path,
-                    offset: 0,
-                    reason: "bad segment header".into(),
-                });
-            }
+    Ok(numbered)
+}
+
+/// Open a segment and read its header; `None` for a header-less last segment (removed).
+fn open_segment(seg: u64, path: PathBuf, is_last: bool) -> Result<Option<Found>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+        .len();
+    let mut head = [0u8; HEADER_LEN as usize];
+    let read =
+        len >= HEADER_LEN && std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok();
+    match SegHeader::decode(&head).filter(|_| read) {
+        Some(header) => Ok(Some(Found {
+            seg,
+            path,
+            file,
+            header,
+            len,
+        })),
+        None if is_last && len < HEADER_LEN => {
+            eprintln!(
+                "stead engine: removing {} (created but never written)",
+                path.display()
+            );
+            fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+            Ok(None)
         }
+        None => Err(Error::Corruption {
+            file: path,
+            offset: 0,
+            reason: "bad segment header".into(),
+        }),
     }
-    Ok(found)
 }
 
 /// Load one segment into the index; returns its (possibly truncated) length.
@@ -248,11 +268,10 @@ fn truncate(seg: &Found, at: u64, why: &str) -> Result<()> {
 }
 
 /// Segments (and hints) older than the newest compacted segment: it holds their state.
-fn remove_obsolete(dir: &Path, obsolete: &[Found]) -> Result<()> {
-    for seg in obsolete {
-        fs::remove_file(&seg.path)
-            .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
-        let _ = fs::remove_file(hint_path(dir, seg.seg));
+fn remove_obsolete(dir: &Path, obsolete: &[Numbered]) -> Result<()> {
+    for (seg, path) in obsolete {
+        fs::remove_file(path).map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+        let _ = fs::remove_file(hint_path(dir, *seg));
     }
     if !obsolete.is_empty() {
         sys::sync_dir(dir)?;

@@ -1,0 +1,205 @@
+//! Recovery on real files: torn tails are truncated, damage before valid
+//! records is refused with `Corruption` naming file and offset, and the
+//! states an interrupted compaction can leave behind all recover.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use stead_core::engine::{Durability, Engine, ListOptions, Op, Options};
+use stead_core::Error;
+
+fn options() -> Options {
+    Options {
+        durability: Durability::Fsync,
+        ..Options::default()
+    }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Commit `n` one-put batches to object `o` and close; returns the segment's length after each.
+fn write_batches(dir: &Path, n: usize) -> Vec<u64> {
+    let engine = Engine::open(Some(dir), options()).unwrap();
+    let mut ends = Vec::new();
+    for i in 0..n {
+        let key = format!("k{i:03}");
+        let seq = engine
+            .commit(
+                b"o",
+                &[
+                    Op::Put(key.as_bytes(), b"value"),
+                    Op::Put(b"batch", key.as_bytes()),
+                ],
+            )
+            .unwrap();
+        engine.wait_durable(seq, None).unwrap();
+        ends.push(fs::metadata(&segments(dir)[0]).unwrap().len());
+    }
+    engine.close().unwrap();
+    ends
+}
+
+fn keys(engine: &Engine) -> Vec<Vec<u8>> {
+    engine
+        .list(b"o", &ListOptions::default())
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[test]
+fn torn_tail_is_truncated_at_every_cut_point() {
+    let template = tempfile::tempdir().unwrap();
+    let ends = write_batches(template.path(), 3);
+    let original = fs::read(&segments(template.path())[0]).unwrap();
+    for cut in ends[1]..ends[2] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir
+            .path()
+            .join(segments(template.path())[0].file_name().unwrap());
+        fs::write(&seg, &original[..cut as usize]).unwrap();
+        let engine = Engine::open(Some(dir.path()), options()).unwrap();
+        assert_eq!(engine.last_seq(), 2, "cut at {cut}");
+        assert_eq!(keys(&engine).len(), 3, "two batches: k000, k001, batch");
+        assert_eq!(engine.get(b"o", b"batch").unwrap().unwrap(), b"k001");
+        // The next commit lands where the torn record was.
+        engine.commit(b"o", &[Op::Put(b"after", b"x")]).unwrap();
+        engine.close().unwrap();
+        // o + put(after, x): 12 header + 8 seq + 4+1 id + 4 count + 9+5+1 op.
+        assert_eq!(fs::metadata(&seg).unwrap().len(), ends[1] + 44);
+        let reopened = Engine::open(Some(dir.path()), options()).unwrap();
+        assert_eq!(reopened.get(b"o", b"after").unwrap().unwrap(), b"x");
+    }
+}
+
+#[test]
+fn bad_checksum_in_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_batches(dir.path(), 3);
+    let seg = &segments(dir.path())[0];
+    let mut bytes = fs::read(seg).unwrap();
+    bytes[ends[2] as usize - 1] ^= 0xFF;
+    fs::write(seg, &bytes).unwrap();
+    let engine = Engine::open(Some(dir.path()), options()).unwrap();
+    assert_eq!(engine.last_seq(), 2);
+    assert_eq!(fs::metadata(seg).unwrap().len(), ends[1]);
+}
+
+#[test]
+fn damage_before_valid_records_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_batches(dir.path(), 5);
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[ends[1] as usize + 20] ^= 0x01; // inside the third record
+    fs::write(&seg, &bytes).unwrap();
+    match Engine::open(Some(dir.path()), options()) {
+        Err(Error::Corruption { file, offset, .. }) => {
+            assert_eq!(file, seg);
+            assert_eq!(offset, ends[1]);
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("opened a corrupt log"),
+    }
+    assert_eq!(fs::read(&seg).unwrap(), bytes, "nothing was truncated");
+}
+
+#[test]
+fn damaged_length_field_before_valid_records_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_batches(dir.path(), 4);
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[ends[0] as usize + 6] = 0x7F; // length now runs past the end of the file
+    fs::write(&seg, &bytes).unwrap();
+    assert!(
+        matches!(Engine::open(Some(dir.path()), options()), Err(Error::Corruption { offset, .. }) if offset == ends[0])
+    );
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_is_refused_even_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        compaction: false,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    for i in 0..100u32 {
+        engine
+            .commit(b"o", &[Op::Put(&i.to_le_bytes(), &[7u8; 100])])
+            .unwrap();
+    }
+    engine.close().unwrap();
+    let segs = segments(dir.path());
+    assert!(segs.len() > 2);
+    let mut bytes = fs::read(&segs[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    fs::write(&segs[0], &bytes).unwrap();
+    assert!(
+        matches!(Engine::open(Some(dir.path()), opts), Err(Error::Corruption { file, .. }) if file == segs[0])
+    );
+}
+
+#[test]
+fn interrupted_compaction_states_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        compaction: false,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    for i in 0..200u32 {
+        engine
+            .commit(b"o", &[Op::Put(&(i % 50).to_le_bytes(), &i.to_le_bytes())])
+            .unwrap();
+    }
+    let expected = engine.list(b"o", &ListOptions::default()).unwrap();
+    engine.close().unwrap();
+    let before: Vec<PathBuf> = segments(dir.path());
+
+    // 1. A leftover temporary output is ignored and removed.
+    fs::write(dir.path().join("seg-0000000099.compact"), b"partial").unwrap();
+    fs::write(dir.path().join("seg-0000000099.hint.tmp"), b"partial").unwrap();
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    assert_eq!(
+        engine.list(b"o", &ListOptions::default()).unwrap(),
+        expected
+    );
+    assert!(!dir.path().join("seg-0000000099.compact").exists());
+
+    // 2. Compacted segment renamed in, old segments not yet deleted, hint stale.
+    engine.compact().unwrap();
+    engine.close().unwrap();
+    let compacted = segments(dir.path());
+    assert_eq!(compacted.len(), 1);
+    let hint = compacted[0].with_extension("hint");
+    fs::write(&hint, b"stale hint").unwrap();
+    for old in &before[..before.len() - 1] {
+        if !compacted.contains(old) {
+            fs::write(old, b"STEADSEG garbage that must never be read").unwrap();
+        }
+    }
+    let engine = Engine::open(Some(dir.path()), opts).unwrap();
+    assert_eq!(
+        engine.list(b"o", &ListOptions::default()).unwrap(),
+        expected
+    );
+    assert_eq!(
+        segments(dir.path()),
+        compacted,
+        "older segments were removed"
+    );
+}
