@@ -197,7 +197,9 @@ class TimerWheel:
         """The deadline of ``token``, or ``None``."""
 
     def next_deadline(self) -> int | None:
-        """The earliest deadline, or ``None`` if empty."""
+        """When to call :meth:`advance` next (epoch ms), ``None`` if empty: exact
+        within 64 ms of the wheel's time, else a lower bound (the start of the
+        earliest occupied slot), so a caller re-arms after each ``advance``."""
 
     def advance(self, now_ms: int) -> list[int]:
         """Remove and return every token due at or before ``now_ms``, earliest first."""
