@@ -43,7 +43,8 @@ def kill_after(child: subprocess.Popen[str], delay: float) -> list[str]:
     assert child.stdout is not None
     timer = threading.Timer(delay, lambda: os.kill(child.pid, signal.SIGKILL))
     timer.start()
-    lines = [line for line in child.stdout if line.endswith("\n")]
+    with child.stdout:
+        lines = [line for line in child.stdout if line.endswith("\n")]
     child.wait()
     timer.cancel()
     return lines
