@@ -19,6 +19,9 @@ _encoder = msgspec.msgpack.Encoder()
 _untyped_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 _typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
+# Immutable values that always survive the codec unchanged (ints within MessagePack's range).
+_IMMUTABLE = frozenset({int, float, bool, type(None)})
+_INT_MIN, _INT_MAX = -(2**63), 2**64
 # Values of these types decode back to an equal value of the same type without a type hint.
 _SELF_DESCRIBING = frozenset({int, float, str, bool, type(None), bytes, list, dict})
 
@@ -64,10 +67,13 @@ def copy(value: Any, type: Any = None) -> Any:
     not fit it); otherwise the top-level type is kept (a ``Struct`` or
     dataclass comes back as itself; tuples come back as lists).
     """
+    value_type = value.__class__
+    if value_type in _IMMUTABLE and (type is None or type is value_type):
+        if value_type is not int or _INT_MIN <= value < _INT_MAX:
+            return value  # immutable and encodable: the copy would be equal and identical in use
     data = encode(value)
     if type is not None:
         return decode(data, type)
-    value_type = value.__class__
     if value_type in _SELF_DESCRIBING or value_type is tuple:
         return _untyped_decoder.decode(data)
     return decode(data, value_type)

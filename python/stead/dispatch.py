@@ -20,7 +20,8 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stead import codec
@@ -35,6 +36,7 @@ from stead.errors import (
     StorageError,
 )
 from stead.ids import ObjectId
+from stead.objects import RpcMethod
 from stead.storage import NAME_KEY, Storage
 
 if TYPE_CHECKING:
@@ -124,6 +126,15 @@ class ObjectHost:
         self._dispatcher.background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("wait_until task of %r failed", self.id, exc_info=future.exception())
+
+
+async def _invoke_rpc(
+    method: RpcMethod, args: Sequence[Any], kwargs: Mapping[str, Any], host: ObjectHost
+) -> Any:
+    result = getattr(host.instance, method.name)(*args, **kwargs)
+    if method.is_async:
+        result = await result
+    return method.copy_result(result)
 
 
 def rebuild_exception(error: BaseException) -> BaseException:
@@ -274,6 +285,52 @@ class Dispatcher:
 
     # -- delivery ------------------------------------------------------------
 
+    async def call(
+        self, object_id: ObjectId, method: RpcMethod, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> Any:
+        """An RPC call: the hot path of ``deliver`` for a started, turn-based object
+        called from outside any turn (no extra coroutine layers); else ``deliver``."""
+        key = object_id.storage_key
+        host = self.hosts.get(key)
+        if (
+            host is None
+            or host.reentrant
+            or _call_chain.get()
+            or host.started is None
+            or not host.started.done()
+        ):
+            return await self.deliver(object_id, partial(_invoke_rpc, method, args, kwargs))
+        self.hosts.move_to_end(key)
+        if host.id.name is None and object_id.name is not None:
+            host.learn_name(object_id)
+        token = next(self._tokens)
+        if not self.mailbox.push(key, token):
+            await self._wait_turn(key, token, None)
+            if self.hosts.get(key) is not host:  # reset or evicted while we queued
+                return await self._run_turn(
+                    self.host(object_id), (), partial(_invoke_rpc, method, args, kwargs)
+                )
+        context_token = _call_chain.set((key,))
+        seq = 0
+        try:
+            try:
+                result = getattr(host.instance, method.name)(*args, **kwargs)
+                if method.is_async:
+                    result = await result
+                outcome, failed = method.copy_result(result), False
+            except (ObjectAborted, Exception) as error:
+                outcome, failed = self._failure(host, error), True
+            seq = self._end_turn(host, failed)
+        finally:
+            _call_chain.reset(context_token)
+            host.last_used = time.monotonic()
+            self._hand_off(key)
+        if seq:
+            await self._await_durable(host, seq)
+        if failed:
+            raise outcome
+        return outcome
+
     async def deliver(self, object_id: ObjectId, invoke: Invoke[T]) -> T:
         """Run ``invoke`` as an event of ``object_id`` and return its (gated) result."""
         key = object_id.storage_key
@@ -372,16 +429,18 @@ class Dispatcher:
             if host.started is None or not host.started.done():
                 await self._start(host)
             return await invoke(host), False
-        except ObjectAborted as aborted:
+        except (ObjectAborted, Exception) as error:
+            return self._failure(host, error), True
+
+    def _failure(self, host: ObjectHost, error: BaseException) -> BaseException:
+        """What the caller sees for an error raised by an event's handler."""
+        if isinstance(error, ObjectAborted):
             self.reset(host)
-            return rebuild_exception(aborted), True
-        except asyncio.CancelledError:
-            raise
-        except SteadError as error:
-            return error, True
-        except Exception as error:
+        elif isinstance(error, SteadError):
+            return error
+        else:
             logger.info("%r raised in a handler", host.id, exc_info=True)
-            return rebuild_exception(error), True
+        return rebuild_exception(error)
 
     def _end_turn(self, host: ObjectHost, failed: bool) -> int:
         if host.broken:

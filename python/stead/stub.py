@@ -105,23 +105,17 @@ class _BoundCall:
         return _send(stub._dispatcher, stub.id, self._method, args, kwargs)
 
 
-async def _send(
+def _send(
     dispatcher: Dispatcher,
     object_id: ObjectId,
     method: RpcMethod,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
-) -> Any:
+) -> Awaitable[Any]:
+    # Copied now, in the caller's context: later mutation by the caller is not seen.
     if args or kwargs:
         args, kwargs = method.copy_args(args, kwargs)
-    name, is_async, copy_result = method.name, method.is_async, method.copy_result
-
-    async def run(host: ObjectHost) -> Any:
-        bound = getattr(host.instance, name)
-        result = await bound(*args, **kwargs) if is_async else bound(*args, **kwargs)
-        return copy_result(result)
-
-    return await dispatcher.deliver(object_id, run)
+    return dispatcher.call(object_id, method, args, kwargs)
 
 
 def invoke(
