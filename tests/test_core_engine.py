@@ -9,13 +9,22 @@ SIGKILL crash test with real processes.
 from __future__ import annotations
 
 import os
+import random
 import select
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from stead._core import Engine
 from stead.errors import CorruptionError, DataDirLockedError, LimitError, StorageError
+from tests._children import engine_committer
+from tests.crashing import kill_after, start_child, wait_for_line
 
 
 def open_engine(data_dir: str | None, **options: object) -> Engine:
@@ -205,3 +214,256 @@ def test_compaction_drops_garbage_and_survives_reopen(data_dir: str) -> None:
     assert reopened.alarms() == [(b"o1", 77)]
     assert b"o2" not in reopened.objects()
     reopened.close()
+
+
+# -- recovery on real files --------------------------------------------------
+
+
+def _write_batches(data_dir: str, count: int) -> list[int]:
+    """Commit ``count`` batches to one segment; the segment's size after each."""
+    engine = open_engine(data_dir)
+    sizes = []
+    for i in range(count):
+        engine.wait_durable(engine.commit(b"o", [(b"k%d" % i, b"v%d" % i)]))
+        sizes.append(_only_segment(data_dir).stat().st_size)
+    engine.close()
+    return sizes
+
+
+def _only_segment(data_dir: str) -> Path:
+    (segment,) = Path(data_dir).glob("seg-*.log")
+    return segment
+
+
+def test_torn_tail_is_truncated_and_logged(
+    data_dir: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sizes = _write_batches(data_dir, 4)
+    segment = _only_segment(data_dir)
+    with segment.open("r+b") as f:
+        f.truncate(sizes[3] - 5)  # cut into the last record
+    engine = open_engine(data_dir)
+    assert [k for k, _ in engine.list(b"o")] == [b"k0", b"k1", b"k2"]
+    assert engine.last_seq() == 3
+    assert "torn tail" in capfd.readouterr().err
+    assert segment.stat().st_size == sizes[2]
+    engine.commit(b"o", [(b"k9", b"v9")])
+    engine.close()
+    reopened = open_engine(data_dir)
+    assert reopened.get(b"o", b"k9") == b"v9"
+    assert len(reopened.list(b"o")) == 4
+    reopened.close()
+
+
+def test_garbage_after_the_last_record_is_a_torn_tail(data_dir: str) -> None:
+    sizes = _write_batches(data_dir, 3)
+    segment = _only_segment(data_dir)
+    with segment.open("ab") as f:
+        f.write(b"\0" * 100 + os.urandom(50))
+    engine = open_engine(data_dir)
+    assert len(engine.list(b"o")) == 3
+    engine.close()
+    assert segment.stat().st_size == sizes[2]
+
+
+def test_mid_log_corruption_names_file_and_offset_and_opens_nothing(data_dir: str) -> None:
+    sizes = _write_batches(data_dir, 4)
+    segment = _only_segment(data_dir)
+    damaged = bytearray(segment.read_bytes())
+    damaged[sizes[0] + 20] ^= 0x40  # inside the second record; two valid ones follow
+    segment.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptionError) as caught:
+        open_engine(data_dir)
+    assert str(segment) in str(caught.value)
+    assert f"offset {sizes[0]}" in str(caught.value)
+    assert segment.read_bytes() == bytes(damaged), "nothing was truncated"
+    # Refusing to open released the lock: fixing the file lets it open.
+    segment.write_bytes(bytes(damaged[: sizes[0]]))
+    engine = open_engine(data_dir)
+    assert engine.list(b"o") == [(b"k0", b"v0")]
+    engine.close()
+
+
+def test_lock_is_held_against_another_process(data_dir: str) -> None:
+    engine = open_engine(data_dir)
+    engine.commit(b"o", [(b"k", b"v")])
+    code = (
+        "import sys; from stead._core import Engine; from stead.errors import DataDirLockedError\n"
+        "try:\n    Engine(sys.argv[1])\nexcept DataDirLockedError:\n    sys.exit(7)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code, data_dir], timeout=60, check=False)
+    assert child.returncode == 7
+    engine.close()
+    child = subprocess.run([sys.executable, "-c", code, data_dir], timeout=60, check=False)
+    assert child.returncode == 0
+
+
+# -- model-based test (hypothesis) --------------------------------------------
+
+
+def _few_bytes(raw: bytes) -> bytes:
+    """Map to the bytes 0x00, 0x7f, 0xfe so keys collide and share prefixes."""
+    return bytes(c % 3 * 127 for c in raw)
+
+
+KEYS = st.binary(min_size=1, max_size=3).map(_few_bytes)
+PREFIXES = st.one_of(st.none(), st.binary(max_size=1).map(_few_bytes))
+OBJECT_IDS = st.sampled_from([b"o1", b"o2", b"o3", b"o4"])
+VALUES = st.one_of(st.binary(max_size=30), st.binary(min_size=400, max_size=2000))
+ALARMS = st.integers(min_value=-(2**40), max_value=2**40)
+
+
+class EngineModel(RuleBasedStateMachine):
+    """Random batches, reopens and compactions against a dict model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.engine = open_engine(self.tmp.name, segment_bytes=4096, cache_bytes=4096)
+        self.model: dict[bytes, dict[bytes, bytes]] = {}
+        self.alarms: dict[bytes, int] = {}
+
+    @rule(
+        object_id=OBJECT_IDS,
+        puts=st.lists(st.tuples(KEYS, VALUES), max_size=4),
+        deletes=st.lists(KEYS, max_size=2),
+        delete_all=st.booleans(),
+        alarm=st.one_of(st.none(), ALARMS, st.just("delete")),
+    )
+    def commit(
+        self,
+        object_id: bytes,
+        puts: list[tuple[bytes, bytes]],
+        deletes: list[bytes],
+        delete_all: bool,
+        alarm: int | str | None,
+    ) -> None:
+        when = alarm if isinstance(alarm, int) else None
+        self.engine.commit(
+            object_id,
+            puts,
+            deletes,
+            delete_all=delete_all,
+            alarm=when,
+            delete_alarm=alarm == "delete",
+        )
+        keys = self.model.setdefault(object_id, {})
+        if delete_all:
+            keys.clear()
+            self.alarms.pop(object_id, None)
+        for key in deletes:
+            keys.pop(key, None)
+        keys.update(puts)
+        if not keys:
+            del self.model[object_id]
+        if when is not None:
+            self.alarms[object_id] = when
+        elif alarm == "delete":
+            self.alarms.pop(object_id, None)
+
+    @rule()
+    def reopen(self) -> None:
+        self.engine.close()
+        self.engine = open_engine(self.tmp.name, segment_bytes=4096, cache_bytes=4096)
+
+    @rule()
+    def compact(self) -> None:
+        self.engine.compact()
+
+    @rule(
+        object_id=OBJECT_IDS,
+        prefix=st.one_of(
+            st.none(), st.binary(max_size=1).map(lambda b: bytes(c % 3 * 127 for c in b))
+        ),
+        start=st.one_of(st.none(), KEYS),
+        start_after=st.one_of(st.none(), KEYS),
+        end=st.one_of(st.none(), KEYS),
+        reverse=st.booleans(),
+        limit=st.one_of(st.none(), st.integers(min_value=0, max_value=4)),
+    )
+    def list_matches(
+        self,
+        object_id: bytes,
+        prefix: bytes | None,
+        start: bytes | None,
+        start_after: bytes | None,
+        end: bytes | None,
+        reverse: bool,
+        limit: int | None,
+    ) -> None:
+        entries = sorted(self.model.get(object_id, {}).items(), reverse=reverse)
+        entries = [
+            (k, v)
+            for k, v in entries
+            if (prefix is None or k.startswith(prefix))
+            and (start is None or k >= start)
+            and (start_after is None or k > start_after)
+            and (end is None or k < end)
+        ]
+        expected = entries if limit is None else entries[:limit]
+        got = self.engine.list(
+            object_id,
+            prefix=prefix,
+            start=start,
+            start_after=start_after,
+            end=end,
+            reverse=reverse,
+            limit=limit,
+        )
+        assert got == expected
+
+    @invariant()
+    def contents_match(self) -> None:
+        assert self.engine.objects() == sorted(self.model)
+        for object_id, keys in self.model.items():
+            assert self.engine.list(object_id) == sorted(keys.items())
+            assert self.engine.get_many(object_id, list(keys)) == list(keys.values())
+        assert sorted(self.engine.alarms()) == sorted(self.alarms.items())
+
+    def teardown(self) -> None:
+        self.engine.close()
+        self.tmp.cleanup()
+
+
+TestEngineModel = EngineModel.TestCase
+TestEngineModel.settings = settings(
+    max_examples=40,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# -- crash test: SIGKILL a committing process ----------------------------------
+
+
+def _check_after_crash(data_dir: str, acknowledged: list[int]) -> None:
+    engine = open_engine(data_dir)
+    try:
+        markers: set[int] = set()
+        for object_id in engine.objects():
+            entries = dict(engine.list(object_id))
+            present = [int(k[1:]) for k in entries if k.startswith(b"m")]
+            markers.update(present)
+            values = {entries[b"k%d" % i] for i in range(engine_committer.KEYS)}
+            assert len(values) == 1, f"partial batch visible in {object_id!r}: {values}"
+            assert int(values.pop()) == max(present), "keys do not match the newest batch"
+            assert engine.get_alarm(object_id) == max(present)
+        missing = set(acknowledged) - markers
+        assert not missing, f"acknowledged batches lost: {sorted(missing)[:10]}"
+    finally:
+        engine.close()
+
+
+@pytest.mark.crash
+@pytest.mark.slow
+def test_acknowledged_batches_survive_sigkill(data_dir: str) -> None:
+    rng = random.Random()
+    acknowledged: list[int] = []
+    for round_ in range(24):
+        child = start_child("tests._children.engine_committer", data_dir, str(round_ * 10_000_000))
+        wait_for_line(child, "ready")
+        lines = kill_after(child, rng.uniform(0.02, 0.4))
+        acknowledged += [int(line) for line in lines if line.strip().isdigit()]
+        _check_after_crash(data_dir, acknowledged)
+    assert len(acknowledged) > 100, "the child barely committed anything"

@@ -16,26 +16,46 @@ use super::record::SegHeader;
 use super::{segment_path, sys, Chunk, Durability, SegFile, Shared};
 use crate::error::{Error, Result};
 
-/// How long the flusher polls for new work before sleeping on the condvar.
-const SPIN: Duration = Duration::from_micros(200);
+/// How long the flusher polls for new work before sleeping on the condvar
+/// (overridable with `STEAD_ENGINE_SPIN_US`, read once per process).
+const DEFAULT_SPIN_US: u64 = 200;
+
+fn spin_time() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let micros = std::env::var("STEAD_ENGINE_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        Duration::from_micros(micros.unwrap_or(DEFAULT_SPIN_US))
+    })
+}
 
 pub(crate) fn run(shared: Arc<Shared>) {
-    while let Some(batch) = next_batch(&shared) {
+    let mut current: Option<(u32, Arc<SegFile>)> = None;
+    let mut done = None;
+    while let Some(batch) = next_batch(&shared, done.take()) {
         let started = Instant::now();
-        match write_batch(&shared, &batch) {
-            Ok(synced) => publish(&shared, batch, synced.then(|| started.elapsed())),
+        match write_batch(&shared, &batch, &mut current) {
+            Ok(synced) => publish(&shared, &batch, synced.then(|| started.elapsed())),
             Err(error) => {
                 shared.poison(error.to_string());
                 return;
             }
         }
+        done = Some(batch);
     }
     final_sync(&shared);
 }
 
-/// Wait for pending records and take them all; `None` once closing and drained.
-fn next_batch(shared: &Shared) -> Option<Arc<Vec<Chunk>>> {
+/// Retire the previous group's buffers, wait for pending records and take
+/// them all; `None` once closing and drained. One lock round trip per group
+/// in the common case: commits contend for the same mutex.
+fn next_batch(shared: &Shared, done: Option<Arc<Vec<Chunk>>>) -> Option<Arc<Vec<Chunk>>> {
     let mut state = shared.state.lock();
+    state.inflight = None;
+    if let Some(spare) = done.and_then(reusable_buffer) {
+        state.spare = spare;
+    }
     loop {
         if !state.pending.is_empty() {
             shared.has_pending.store(false, Ordering::SeqCst);
@@ -47,7 +67,7 @@ fn next_batch(shared: &Shared) -> Option<Arc<Vec<Chunk>>> {
             return None;
         }
         drop(state);
-        let spin_until = Instant::now() + SPIN;
+        let spin_until = Instant::now() + spin_time();
         while !shared.has_pending.load(Ordering::Relaxed) && Instant::now() < spin_until {
             std::hint::spin_loop();
         }
@@ -60,11 +80,33 @@ fn next_batch(shared: &Shared) -> Option<Arc<Vec<Chunk>>> {
     }
 }
 
+/// The largest buffer of a written group, emptied, unless it is huge.
+fn reusable_buffer(batch: Arc<Vec<Chunk>>) -> Option<Vec<u8>> {
+    let chunks = Arc::try_unwrap(batch).ok()?;
+    let mut data = chunks
+        .into_iter()
+        .map(|c| c.data)
+        .max_by_key(Vec::capacity)?;
+    data.clear();
+    (data.capacity() <= 8 << 20).then_some(data)
+}
+
 /// Write every chunk at its offset; fdatasync in fsync mode. Returns whether it synced.
-fn write_batch(shared: &Shared, batch: &[Chunk]) -> Result<bool> {
+fn write_batch(
+    shared: &Shared,
+    batch: &[Chunk],
+    current: &mut Option<(u32, Arc<SegFile>)>,
+) -> Result<bool> {
     let mut touched: Vec<Arc<SegFile>> = Vec::new();
     for chunk in batch {
-        let file = open_segment(shared, chunk)?;
+        let file = match current {
+            Some((id, file)) if *id == chunk.file => file.clone(),
+            _ => {
+                let file = open_segment(shared, chunk)?;
+                *current = Some((chunk.file, file.clone()));
+                file
+            }
+        };
         file.file
             .write_all_at(&chunk.data, chunk.start)
             .map_err(|e| Error::io(format!("write {}", file.path.display()), e))?;
@@ -114,27 +156,12 @@ fn open_segment(shared: &Shared, chunk: &Chunk) -> Result<Arc<SegFile>> {
     Ok(seg)
 }
 
-/// The batch is in the file (and synced if asked): drop the buffers, advance
-/// the sequence numbers, wake waiters and signal the eventfd once.
-fn publish(shared: &Shared, batch: Arc<Vec<Chunk>>, sync_time: Option<Duration>) {
-    let upto = batch.last().map_or(0, |chunk| chunk.last_seq);
-    {
-        let mut state = shared.state.lock();
-        state.inflight = None;
-        if let Ok(chunks) = Arc::try_unwrap(batch) {
-            if let Some(mut data) = chunks.into_iter().map(|c| c.data).max_by_key(Vec::capacity) {
-                // Keep one buffer around, but do not hoard a huge one.
-                if data.capacity() <= 8 << 20 {
-                    data.clear();
-                    state.spare = data;
-                }
-            }
-        }
-    }
-    shared.written_seq.store(upto, Ordering::SeqCst);
-    if shared.opts.durability != Durability::None {
-        shared.durable_seq.store(upto, Ordering::SeqCst);
-    }
+/// The batch is in the file (and synced if asked): advance the sequence
+/// numbers, signal the eventfd once (first: a waiting event loop is the
+/// latency that matters) and wake blocking waiters. No engine lock taken.
+fn publish(shared: &Shared, batch: &[Chunk], sync_time: Option<Duration>) {
+    // Count the sync before anyone can observe its commits as durable, so a
+    // caller acknowledged by this group always finds it in the statistics.
     if let Some(elapsed) = sync_time {
         shared.syncs.fetch_add(1, Ordering::Relaxed);
         let mut latencies = shared.sync_latencies.lock();
@@ -142,10 +169,13 @@ fn publish(shared: &Shared, batch: Arc<Vec<Chunk>>, sync_time: Option<Duration>)
             latencies.push(elapsed.as_nanos() as u64);
         }
     }
-    shared.notify_durable();
+    let upto = batch.last().map_or(0, |chunk| chunk.last_seq);
+    shared.written_seq.store(upto, Ordering::SeqCst);
     if shared.opts.durability != Durability::None {
+        shared.durable_seq.store(upto, Ordering::SeqCst);
         shared.wakeup.signal();
     }
+    shared.notify_durable();
 }
 
 /// On close: make everything written durable whatever the mode.

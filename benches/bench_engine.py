@@ -1,0 +1,189 @@
+"""Issue 2 benchmarks: the storage engine from Python.
+
+1. Durable puts/s with many concurrent committers (asyncio tasks waiting on
+   the engine's wakeup fd through ``CommitWaiter``), fsync mode, and the
+   single-committer commit p50, each printed next to raw fdatasync p50 on the
+   same disk measured in the same run.
+2. Reopen after compaction with 1M keys over 10k objects: startup time and
+   index memory per key beyond the key bytes (RSS delta of a fresh process,
+   next to the engine's own ``stats()["index_bytes"]`` accounting).
+
+Run: pytest benches/bench_engine.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Report
+from disk import fdatasync_p50_us, percentile
+from stead._core import Engine
+from stead.durability import CommitWaiter
+
+PUTS = 200_000
+OBJECTS = 1_000
+COMMITTERS = 1_000
+VALUE = b"v" * 100
+SINGLE_COMMITS = 500
+SINGLE_ROUNDS = 8
+
+TARGET_PUTS_PER_S = 200_000
+TARGET_LATENCY_RATIO = 1.3
+TARGET_STARTUP_S = 2.0
+TARGET_INDEX_BYTES_PER_KEY = 120
+
+OBJECT_IDS = [b"object-%06d" % i for i in range(OBJECTS)]
+
+
+async def _concurrent_puts(
+    engine: Engine, committers: int, puts: int, sample_every: int = 8
+) -> tuple[float, list[float]]:
+    """Run ``puts`` one-put batches from ``committers`` tasks; (seconds, sampled commit latencies).
+
+    Latency is timed on every ``sample_every``-th commit so that the clock
+    calls do not weigh on the throughput figure.
+    """
+    waiter = CommitWaiter(engine)
+    latencies: list[float] = []
+    per_task = puts // committers
+    keys = [b"key-%d" % i for i in range(per_task)]
+    clock = time.perf_counter
+
+    async def committer(task: int) -> None:
+        commit, wait, record = engine.commit, waiter.wait, latencies.append
+        for i, key in enumerate(keys):
+            object_id = OBJECT_IDS[(task + i) % OBJECTS]
+            if i % sample_every:
+                await wait(commit(object_id, [(key, VALUE)]))
+                continue
+            started = clock()
+            await wait(commit(object_id, [(key, VALUE)]))
+            record(clock() - started)
+
+    started = clock()
+    await asyncio.gather(*(committer(task) for task in range(committers)))
+    elapsed = clock() - started
+    waiter.close()
+    return elapsed, latencies
+
+
+@pytest.mark.benchmark(group="engine")
+def test_durable_puts_concurrent_and_single(
+    benchmark: object, tmp_path: Path, report: Report
+) -> None:
+    raw_p50 = fdatasync_p50_us(tmp_path)
+    engine = Engine(str(tmp_path / "data"), "fsync")
+
+    def run() -> tuple[float, list[float]]:
+        return asyncio.run(_concurrent_puts(engine, COMMITTERS, PUTS))
+
+    elapsed, latencies = benchmark.pedantic(run, rounds=1, iterations=1)  # type: ignore[attr-defined]
+    syncs = engine.stats()["syncs"]
+    rate = PUTS / elapsed
+    # Single committer, interleaved with raw fdatasync probes so both see the
+    # same disk (a shared VM disk drifts by tens of microseconds).
+    single: list[float] = []
+    raws = [raw_p50]
+    for _ in range(SINGLE_ROUNDS):
+        single += asyncio.run(_concurrent_puts(engine, 1, SINGLE_COMMITS, sample_every=1))[1]
+        raws.append(fdatasync_p50_us(tmp_path, samples=SINGLE_COMMITS // 2))
+    engine.close()
+    single_p50 = percentile(single, 0.5) * 1e6
+    raw = statistics.median(raws)
+    p50, p99 = (percentile(latencies, q) * 1e6 for q in (0.5, 0.99))
+    report(
+        f"\nengine concurrent: {rate:,.0f} durable puts/s ({COMMITTERS} committers, "
+        f"{syncs} syncs, {PUTS / max(syncs, 1):.0f} puts/sync), commit p50 {p50:.0f} us, "
+        f"p99 {p99:.0f} us; target >= {TARGET_PUTS_PER_S:,} -> ratio {rate / TARGET_PUTS_PER_S:.2f}"
+    )
+    spread = f"median of {len(raws)} probes, {min(raws):.0f}..{max(raws):.0f}"
+    report(
+        f"engine single committer: commit p50 {single_p50:.0f} us vs raw fdatasync p50 "
+        f"{raw:.0f} us ({spread}) -> ratio {single_p50 / raw:.2f} "
+        f"(target <= {TARGET_LATENCY_RATIO})"
+    )
+
+
+def _build(data_dir: Path, objects: int, keys: int) -> None:
+    """Write ``keys`` keys over ``objects`` objects, with garbage, then compact."""
+    engine = Engine(str(data_dir), "none", compaction=False)
+    per_object = keys // objects
+    value = b"x" * 20
+    for round_ in range(2):  # the first round becomes garbage
+        for o in range(objects):
+            oid = b"object-%06d" % o
+            engine.commit(
+                oid, [(b"key-%06d" % k, value + b"%d" % round_) for k in range(per_object)]
+            )
+    engine.compact()
+    engine.close()
+
+
+REOPEN_CHILD = """
+import json, sys, time, psutil
+sys.path.insert(0, sys.argv[2])
+exec(sys.argv[3])
+from stead._core import Engine
+process = psutil.Process()
+before = process.memory_info().rss
+started = time.perf_counter()
+engine = Engine(sys.argv[1], "fsync")
+elapsed = time.perf_counter() - started
+after = process.memory_info().rss
+print(json.dumps({"startup_s": elapsed, "rss_delta": after - before, "stats": engine.stats()}))
+engine.close()
+"""
+
+# Import stead._core without running stead/__init__ (the child needs nothing else).
+_SHIM = (
+    "import sys, types; pkg = types.ModuleType('stead'); "
+    "pkg.__path__ = [sys.argv[2] + '/stead']; sys.modules['stead'] = pkg"
+)
+
+
+@pytest.mark.benchmark(group="engine")
+def test_reopen_after_compaction(benchmark: object, tmp_path: Path, report: Report) -> None:
+    keys, objects = 1_000_000, 10_000
+    data_dir = tmp_path / "data"
+    _build(data_dir, objects, keys)
+    python_dir = str(Path(__file__).resolve().parent.parent / "python")
+
+    def reopen() -> dict[str, object]:
+        out = subprocess.run(
+            [sys.executable, "-c", REOPEN_CHILD, str(data_dir), python_dir, _SHIM],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": python_dir},
+        )
+        result: dict[str, object] = json.loads(out.stdout)
+        return result
+
+    result = benchmark.pedantic(reopen, rounds=3, iterations=1)  # type: ignore[attr-defined]
+    stats = result["stats"]
+    assert isinstance(stats, dict)
+    assert stats["keys"] == keys
+    startup = float(str(result["startup_s"]))
+    rss_delta = int(str(result["rss_delta"]))
+    per_key_rss = (rss_delta - stats["key_bytes"]) / keys
+    per_key_stats = (stats["index_bytes"] - stats["key_bytes"]) / keys
+    report(
+        f"\nengine reopen after compaction ({keys:,} keys, {objects:,} objects): startup "
+        f"{startup:.2f} s (target <= {TARGET_STARTUP_S} s "
+        f"-> ratio {startup / TARGET_STARTUP_S:.2f})"
+    )
+    report(
+        f"engine index memory per key beyond key bytes: {per_key_rss:.0f} B by RSS, "
+        f"{per_key_stats:.0f} B by stats()['index_bytes'] "
+        f"(target <= {TARGET_INDEX_BYTES_PER_KEY} B "
+        f"-> ratio {per_key_rss / TARGET_INDEX_BYTES_PER_KEY:.2f})"
+    )
