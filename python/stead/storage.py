@@ -45,12 +45,12 @@ class PendingBatch(NamedTuple):
 
 
 def _check_key(key: str) -> bytes:
-    if not isinstance(key, str):
+    if key.__class__ is not str and not isinstance(key, str):
         raise TypeError(f"storage keys are str, not {type(key).__name__}")
     encoded = key.encode()
-    if not encoded or len(encoded) > MAX_KEY_BYTES:
-        raise LimitError(f"storage keys are 1 to {MAX_KEY_BYTES} UTF-8 bytes, got {len(encoded)}")
-    return encoded
+    if 0 < len(encoded) <= MAX_KEY_BYTES:
+        return encoded
+    raise LimitError(f"storage keys are 1 to {MAX_KEY_BYTES} UTF-8 bytes, got {len(encoded)}")
 
 
 def _alarm_ms(when: float | datetime) -> int:
@@ -301,13 +301,20 @@ class Storage:
 
     def take_pending(self) -> PendingBatch | None:
         """Hand over the pending writes (and forget them); ``None`` if there are none."""
-        if not self.has_pending:
+        pending = self._pending
+        if not pending and not self._delete_all and self._alarm is None:
             return None
-        puts = [(key, raw) for key, raw in self._pending.items() if raw is not None]
-        deletes = [key for key, raw in self._pending.items() if raw is None]
-        if puts and self._name is not None and not self._name_is_recorded():
-            puts.append((NAME_KEY, codec.encode(self._name)))
-            self._name_recorded = True
+        puts: builtins.list[tuple[bytes, bytes]] = []
+        deletes: builtins.list[bytes] = []
+        for key, raw in pending.items():
+            if raw is None:
+                deletes.append(key)
+            else:
+                puts.append((key, raw))
+        if puts and self._name_recorded is not True and self._name is not None:
+            if not self._name_is_recorded():
+                puts.append((NAME_KEY, codec.encode(self._name)))
+                self._name_recorded = True
         batch = PendingBatch(puts, deletes, self._delete_all, self._alarm)
         self._pending = {}
         self._delete_all = False
