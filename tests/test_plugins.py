@@ -285,6 +285,7 @@ def test_the_pytest_plugin_imports_without_the_server_extra() -> None:
     assert "stead_client" in done.stdout
 
 
+@pytest.mark.slow
 def test_plugin_authors_get_runtime_and_client_fixtures(tmp_path: Path) -> None:
     (tmp_path / "test_author.py").write_text(AUTHOR_TESTS)
     done = subprocess.run(
