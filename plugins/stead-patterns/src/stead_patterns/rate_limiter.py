@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import stead
@@ -48,7 +49,8 @@ class RateLimiter(stead.DurableObject):
             raise ValueError("limit and window_ms must be >= 1")
         now = now_ms()
         stored: list[int] = self.ctx.storage.get("timestamps", [], type=list[int])
-        active = [t for t in stored if t > now - window_ms]
+        # Kept sorted, so the expired ones are a prefix found by bisection.
+        active = stored[bisect.bisect_right(stored, now - window_ms) :]
         if len(active) >= limit:
             # The request that must leave the window before one more fits.
             freeing = active[len(active) - limit]
@@ -59,7 +61,7 @@ class RateLimiter(stead.DurableObject):
                 "limit": limit,
                 "retryAfterMs": retry_after_ms,
             }
-        active.append(now)
+        bisect.insort(active, now)  # sorted even if the wall clock stepped back
         self.ctx.storage.put("timestamps", active)
         self._clean_up_after(now + window_ms)
         return {
