@@ -8,7 +8,8 @@ storage write), and the buffer is merged into the stored ``counts`` by an alarm
 
 Buffered increments are **not durable**: until a flush they live only in this
 instance's memory, so a crash, a restart, or an eviction of the instance
-(``max_resident``) before the flush loses them. That is the catalog's
+(``max_resident``, or ``idle_timeout``: run with ``idle_timeout`` well above
+the flush interval) before the flush loses them. That is the catalog's
 trade-off (throughput over durability); an acknowledged ``/flush`` is durable.
 """
 
