@@ -253,14 +253,17 @@ class Dispatcher:
             return 0
         alarm = batch.alarm
         try:
-            seq = self.engine.commit(
-                host.key,
-                batch.puts,
-                batch.deletes,
-                delete_all=batch.delete_all,
-                alarm=None if alarm is None else alarm.when_ms,
-                delete_alarm=alarm is not None and alarm.when_ms is None,
-            )
+            if alarm is None and not batch.delete_all:
+                seq = self.engine.commit(host.key, batch.puts, batch.deletes)
+            else:
+                seq = self.engine.commit(
+                    host.key,
+                    batch.puts,
+                    batch.deletes,
+                    delete_all=batch.delete_all,
+                    alarm=None if alarm is None else alarm.when_ms,
+                    delete_alarm=alarm is not None and alarm.when_ms is None,
+                )
         except StorageError:
             self.reset(host)
             raise
@@ -326,7 +329,13 @@ class Dispatcher:
             host.last_used = time.monotonic()
             self._hand_off(key)
         if seq:
-            await self._await_durable(host, seq)
+            try:
+                durable = self.waiter.future_for(seq)
+                if durable is not None:
+                    await durable
+            except StorageError:
+                self.reset(host)
+                raise
         if failed:
             raise outcome
         return outcome

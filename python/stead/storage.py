@@ -109,7 +109,9 @@ class Storage:
 
     def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The value of ``key`` (decoded into ``type`` if given), or ``default``."""
-        raw = self._raw(_check_key(key))
+        encoded = _check_key(key)
+        cache = self._cache
+        raw = cache[encoded] if encoded in cache else self._raw(encoded)
         if raw is None:
             return default
         return codec.decode(raw, type)
@@ -193,7 +195,11 @@ class Storage:
     def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` (committed when the turn ends)."""
         encoded = _check_key(key)
-        self._write(encoded, self._encode_value(value))
+        raw = codec.encode(value)
+        if len(raw) > self._max_value_bytes:
+            self._encode_value(value)  # raises LimitError with the message
+        self._pending[encoded] = raw
+        self._remember(encoded, raw)
 
     def put_many(self, entries: Mapping[str, Any]) -> None:
         """Store every entry, or none if any key or value is invalid."""

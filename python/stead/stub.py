@@ -27,24 +27,21 @@ class Stub:
     between processes.
     """
 
-    __slots__ = ("_dispatcher", "_methods", "_rpc", "id")
-
     def __init__(self, dispatcher: Dispatcher, object_id: ObjectId) -> None:
         self._dispatcher = dispatcher
         self._rpc = rpc_methods(dispatcher.classes[object_id.binding])
-        self._methods: dict[str, _BoundCall] = {}
         self.id = object_id
 
     def __getattr__(self, name: str) -> _BoundCall:
+        # Only reached on the first use of a name: the bound call is then kept
+        # in the instance dict, so later lookups are plain attribute reads.
         if name.startswith("_"):
             raise AttributeError(name)
-        call = self._methods.get(name)
-        if call is None:
-            method = self._rpc.get(name)
-            if method is None:
-                binding = self.id.binding
-                raise UnknownMethodError(f"{binding} has no RPC method {name!r}")
-            call = self._methods[name] = _BoundCall(self, method)
+        method = self._rpc.get(name)
+        if method is None:
+            raise UnknownMethodError(f"{self.id.binding} has no RPC method {name!r}")
+        call = _BoundCall(self, method)
+        self.__dict__[name] = call
         return call
 
     def __repr__(self) -> str:
