@@ -150,6 +150,7 @@ def serve(
     import uvicorn
 
     from stead.http import create_app
+    from stead.http.server import http_protocol
 
     runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
     if not runtime.bindings and not runtime.use_plugins:
@@ -163,6 +164,7 @@ def serve(
             log_level=log_level,
             access_log=access_log,
             lifespan="on",
+            http=http_protocol(),
             proxy_headers=proxy_headers,
             timeout_graceful_shutdown=10,
         )
