@@ -203,3 +203,92 @@ fn interrupted_compaction_states_recover() {
         "older segments were removed"
     );
 }
+
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Full contents of every object, for comparisons.
+fn dump(engine: &Engine) -> Vec<(Vec<u8>, Entries)> {
+    engine
+        .objects(None, None, None)
+        .into_iter()
+        .map(|id| {
+            let entries = engine.list(&id, &ListOptions::default()).unwrap();
+            (id, entries)
+        })
+        .collect()
+}
+
+#[test]
+fn compaction_while_committing_keeps_every_write() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 16 * 1024,
+        durability: Durability::Os,
+        ..options()
+    };
+    let engine = Arc::new(Engine::open(Some(dir.path()), opts.clone()).unwrap());
+    // Many objects so that snapshot and swap take several lock rounds.
+    for o in 0..300u32 {
+        let keys: Vec<Vec<u8>> = (0..30u32).map(|k| k.to_be_bytes().to_vec()).collect();
+        let ops: Vec<Op<'_>> = keys.iter().map(|k| Op::Put(k, b"initial")).collect();
+        engine.commit(&o.to_be_bytes(), &ops).unwrap();
+    }
+    let compactions = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let engine = engine.clone();
+        let compactions = compactions.clone();
+        std::thread::spawn(move || {
+            let mut model: BTreeMap<(u32, u32), Option<Vec<u8>>> = BTreeMap::new();
+            // Keep writing until several compactions ran concurrently.
+            let mut i = 0u32;
+            while i < 20_000 || compactions.load(Ordering::SeqCst) < 3 {
+                i += 1;
+                let (o, k) = (i.wrapping_mul(7919) % 300, i.wrapping_mul(104_729) % 30);
+                let key = k.to_be_bytes();
+                if i % 5 == 0 {
+                    engine
+                        .commit(&o.to_be_bytes(), &[Op::Delete(&key)])
+                        .unwrap();
+                    model.insert((o, k), None);
+                } else {
+                    let value = format!("v{i}").into_bytes();
+                    engine
+                        .commit(&o.to_be_bytes(), &[Op::Put(&key, &value)])
+                        .unwrap();
+                    model.insert((o, k), Some(value));
+                }
+            }
+            model
+        })
+    };
+    while !writer.is_finished() {
+        engine.compact().unwrap();
+        compactions.fetch_add(1, Ordering::SeqCst);
+    }
+    let model = writer.join().unwrap();
+    let check = |engine: &Engine| {
+        for o in 0..300u32 {
+            for k in 0..30u32 {
+                let expected = match model.get(&(o, k)) {
+                    Some(value) => value.clone(),
+                    None => Some(b"initial".to_vec()),
+                };
+                let got = engine.get(&o.to_be_bytes(), &k.to_be_bytes()).unwrap();
+                assert_eq!(got, expected, "object {o} key {k}");
+            }
+        }
+    };
+    check(&engine);
+    let before = dump(&engine);
+    engine.compact().unwrap();
+    assert_eq!(dump(&engine), before);
+    engine.close().unwrap();
+    drop(engine);
+    let reopened = Engine::open(Some(dir.path()), opts).unwrap();
+    check(&reopened);
+    assert_eq!(dump(&reopened), before);
+}

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
     shared.wait_until(None, || {
         shared.written_seq.load(Ordering::SeqCst) >= roll_seq
     })?;
-    let (sources, entries, alarms, new_id) = {
+    let (sources, alarms, new_id) = {
         let mut state = shared.state.lock();
         let sources: HashMap<u32, Arc<SegFile>> = state
             .files
@@ -85,15 +86,14 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
             .map(|(id, f)| (*id, f.clone()))
             .collect();
         let garbage: u64 = sources.keys().map(|id| state.index.dead_bytes(*id)).sum();
-        if sources.is_empty()
-            || (sources.len() == 1 && sources.values().all(|f| f.compacted) && garbage == 0)
-        {
+        let only_clean_compacted = sources.len() == 1 && sources.values().all(|f| f.compacted);
+        if sources.is_empty() || (only_clean_compacted && garbage == 0) {
             return Ok(());
         }
-        let entries = snapshot(&state.index, &sources);
         let alarms = state.index.alarms().clone();
-        (sources, entries, alarms, state.alloc_file_id())
+        (sources, alarms, state.alloc_file_id())
     };
+    let entries = snapshot(shared, &sources);
     let stamp = sys::random_u64();
     let header = SegHeader {
         flags: FLAG_COMPACTED,
@@ -133,22 +133,41 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
     Ok(())
 }
 
-/// Live entries whose values lie in `sources`, grouped by object, in key order.
-fn snapshot(index: &Index, sources: &HashMap<u32, Arc<SegFile>>) -> Entries {
-    let mut entries = Vec::new();
-    for (object_id, keys) in index.objects_map() {
-        let live: Vec<Entry> = keys
-            .iter()
-            .filter_map(|(key, slot)| match slot {
-                Slot::Disk(loc) if sources.contains_key(&loc.file) => Some((key.clone(), *loc)),
-                _ => None,
-            })
-            .collect();
-        if !live.is_empty() {
-            entries.push((object_id.clone(), live));
+/// Live entries whose values lie in `sources`, grouped by object, in key
+/// order. Taken a few thousand entries per lock acquisition so that commits
+/// (which hold the GIL while they wait for the lock) never stall for long;
+/// anything changed in between already points into newer segments.
+fn snapshot(shared: &Shared, sources: &HashMap<u32, Arc<SegFile>>) -> Entries {
+    let mut entries: Entries = Vec::new();
+    let mut after: Option<Box<[u8]>> = None;
+    loop {
+        let state = shared.state.lock();
+        let objects = state.index.objects_map();
+        let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut visited = 0;
+        let mut exhausted = true;
+        for (object_id, keys) in objects.range::<[u8], _>((lower, Bound::Unbounded)) {
+            let live: Vec<Entry> = keys
+                .iter()
+                .filter_map(|(key, slot)| match slot {
+                    Slot::Disk(loc) if sources.contains_key(&loc.file) => Some((key.clone(), *loc)),
+                    _ => None,
+                })
+                .collect();
+            if !live.is_empty() {
+                entries.push((object_id.clone(), live));
+            }
+            after = Some(object_id.clone());
+            visited += keys.len() + 1;
+            if visited >= SWAP_BATCH {
+                exhausted = false;
+                break;
+            }
+        }
+        if exhausted {
+            return entries;
         }
     }
-    entries
 }
 
 /// Write the compacted segment; returns it, each entry's new location, and its record bytes.

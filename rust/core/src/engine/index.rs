@@ -48,6 +48,8 @@ pub(crate) struct Index {
     key_alloc: usize,
     /// Bytes of values held in memory (in-memory engine only).
     mem_values: usize,
+    /// Heap bytes of the object id allocations.
+    object_alloc: usize,
     /// Bytes of overwritten or deleted entries per segment file id (drives compaction).
     dead: HashMap<u32, u64>,
 }
@@ -72,7 +74,10 @@ impl Index {
         self.account_add(&slot);
         let keys = match self.objects.get_mut(object_id) {
             Some(keys) => keys,
-            None => self.objects.entry(object_id.into()).or_default(),
+            None => {
+                self.object_alloc += malloc_size(object_id.len());
+                self.objects.entry(object_id.into()).or_default()
+            }
         };
         if let Some(old) = keys.get_mut(key) {
             let old = std::mem::replace(old, slot);
@@ -93,6 +98,7 @@ impl Index {
         self.account_remove(&old, key.len());
         if emptied {
             self.objects.remove(object_id);
+            self.object_alloc -= malloc_size(object_id.len());
         }
     }
 
@@ -101,6 +107,7 @@ impl Index {
         let Some(keys) = self.objects.remove(object_id) else {
             return;
         };
+        self.object_alloc -= malloc_size(object_id.len());
         for (key, old) in &keys {
             self.count_key(key, -1);
             self.account_remove(old, key.len());
@@ -133,14 +140,17 @@ impl Index {
         }
     }
 
-    /// Replace an object's whole key map (bulk load from a hint file).
+    /// Add an object's whole key map (bulk load from a hint file); the object
+    /// must not be in the index yet.
     pub fn load_object(&mut self, object_id: Box<[u8]>, keys: Keys) {
         for (key, slot) in &keys {
             self.count_key(key, 1);
             self.account_add(slot);
         }
         if !keys.is_empty() {
-            self.objects.insert(object_id, keys);
+            self.object_alloc += malloc_size(object_id.len());
+            let replaced = self.objects.insert(object_id, keys);
+            debug_assert!(replaced.is_none(), "object loaded twice");
         }
     }
 
@@ -260,12 +270,7 @@ impl Index {
         // filled incrementally; parent links and lengths add ~4 bytes/entry.
         let per_entry = entry * 4 / 3 + 4;
         let per_object = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Keys>();
-        let objects: usize = self
-            .objects
-            .keys()
-            .map(|id| malloc_size(id.len()))
-            .sum::<usize>()
-            + self.objects.len() * (per_object * 4 / 3 + 4);
+        let objects = self.object_alloc + self.objects.len() * (per_object * 4 / 3 + 4);
         let alarms = self.alarms.len() * ((16 + 8) * 4 / 3 + 4 + 48);
         self.key_alloc + self.keys * per_entry + objects + alarms + self.dead.len() * 32
     }
