@@ -60,10 +60,9 @@ class Server:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            # uvicorn shuts down gracefully on SIGTERM (then re-raises it: exit code -15).
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)  # a graceful shutdown, exit code 0
             try:
-                self.process.wait(timeout=30)
+                assert self.process.wait(timeout=30) == 0
             finally:
                 if self.process.poll() is None:
                     self.process.kill()
