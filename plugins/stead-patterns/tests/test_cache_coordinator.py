@@ -158,3 +158,10 @@ async def test_registrations_survive_a_restart(patterns: Patterns) -> None:
 )
 async def test_bad_bodies_are_400(patterns: Patterns, path: str, body: Any) -> None:
     assert (await patterns.post(B, "cdn", path, body)).status == 400
+
+
+async def test_over_long_names_are_400_and_write_nothing(patterns: Patterns) -> None:
+    body = {"key": "k", "store": "s", "tags": ["ok", "t" * 600]}
+    assert (await patterns.post(B, "cdn", "/register", body)).status == 400
+    assert await patterns.rpc(B, "cdn", "get_entry", "k") is None
+    assert (await patterns.post(B, "cdn", "/invalidate", {"key": "k" * 600})).status == 400

@@ -151,3 +151,10 @@ async def test_bad_bodies_are_400(patterns: Patterns, path: str, body: Any) -> N
     reply = await patterns.post(B, "global", path, body)
     assert reply.status == 400
     assert (await patterns.fetch(B, "global", "/list")).json() == {}
+
+
+async def test_over_long_flag_names_are_400(patterns: Patterns) -> None:
+    assert (await patterns.post(B, "global", "/set", flag("f" * 600))).status == 400
+    evaluate_long = {"flag": "f" * 600, "entityId": "u"}
+    assert (await patterns.post(B, "global", "/evaluate", evaluate_long)).status == 400
+    assert (await patterns.fetch(B, "global", "/list")).json() == {}

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-from stead import Request, Response
+from stead import LimitError, Request, Response
 
 __all__ = [
     "BadRequest",
@@ -89,7 +89,7 @@ async def route(request: Request, routes: Mapping[str, Handler]) -> Response:
         return not_found()
     try:
         return await handler(request)
-    except BadRequest as exc:
+    except (BadRequest, LimitError) as exc:  # LimitError: a key or value over stead's limits
         return error(str(exc), 400)
 
 

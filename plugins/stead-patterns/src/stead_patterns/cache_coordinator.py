@@ -54,17 +54,17 @@ class CacheEntry(msgspec.Struct, rename="camel"):
 
 
 class _RegisterBody(msgspec.Struct):
-    key: str
+    key: KeyName
     store: str
-    tags: list[str] = []
+    tags: list[KeyName] = []
 
 
 class _KeyBody(msgspec.Struct):
-    key: str
+    key: KeyName
 
 
 class _TagBody(msgspec.Struct):
-    tag: str
+    tag: KeyName
 
 
 class CacheCoordinator(stead.DurableObject):

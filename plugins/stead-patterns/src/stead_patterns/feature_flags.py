@@ -27,7 +27,7 @@ _PREFIX = "flag:"
 class FeatureFlag(msgspec.Struct, rename="camel"):
     """A stored flag; ``rolloutPercent`` is 0-100."""
 
-    name: str
+    name: KeyName
     enabled: bool
     rollout_percent: int | float = 0
     allowlist: list[str] = []
@@ -36,12 +36,12 @@ class FeatureFlag(msgspec.Struct, rename="camel"):
 
 
 class _EvaluateBody(msgspec.Struct, rename="camel"):
-    flag: str
+    flag: KeyName
     entity_id: str
 
 
 class _DeleteBody(msgspec.Struct):
-    name: str
+    name: KeyName
 
 
 def rollout_bucket(entity_id: str, flag_name: str) -> int:
