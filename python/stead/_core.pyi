@@ -6,6 +6,7 @@ here are the classes of :mod:`stead.errors`.
 
 import builtins
 from collections.abc import Sequence
+from typing import final
 
 __version__: str
 
@@ -13,6 +14,7 @@ __version__: str
 # Storage engine (rust/core/src/engine, rust/bindings/src/engine.rs)
 # --------------------------------------------------------------------------
 
+@final
 class Engine:
     """The log-structured storage engine of one data dir, or fully in memory.
 
@@ -20,8 +22,8 @@ class Engine:
     through :meth:`commit`, one atomic batch (one log record) per call.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         data_dir: str | None,
         durability: str = "fsync",
         *,
@@ -30,7 +32,7 @@ class Engine:
         cache_bytes: int = 67108864,
         segment_bytes: int = 67108864,
         compaction: bool = True,
-    ) -> None:
+    ) -> Engine:
         """Open (creating if needed) and recover ``data_dir``; ``None`` is in memory.
 
         ``durability`` is ``"fsync"``, ``"os"`` or ``"none"``. Raises
