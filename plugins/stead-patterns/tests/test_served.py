@@ -22,7 +22,13 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-STEAD = Path(sys.executable).with_name("stead")
+_SCRIPT = Path(sys.executable).with_name("stead")
+# The console script next to this interpreter, else the CLI through the interpreter.
+STEAD = (
+    [str(_SCRIPT)]
+    if _SCRIPT.exists()
+    else [sys.executable, "-c", "from stead.cli import main; main()"]
+)
 
 
 def _free_port() -> int:
@@ -44,7 +50,7 @@ class Server:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STEAD_")}
-        command = [str(STEAD), "serve", "--port", str(self.port)]
+        command = [*STEAD, "serve", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--log-level", "warning"]
         self.process = subprocess.Popen(command, env=env)
         deadline = time.monotonic() + 30
