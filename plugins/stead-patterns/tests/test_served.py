@@ -74,6 +74,13 @@ class Server:
                     self.process.kill()
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush; what was acknowledged must be on disk."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.process = None
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -191,3 +198,24 @@ def test_fuzzing_the_catalogs_rpc_routes_finds_no_server_error(server: Server) -
 
         check()
     assert failures == []
+
+
+@pytest.mark.crash
+def test_acknowledged_state_survives_sigkill(server: Server) -> None:
+    for _ in range(2):
+        assert server.fetch("RATE_LIMITER", "ip", "/check?limit=2&window=60000").status_code == 200
+    server.fetch("SESSION_MANAGER", "s", "/create", {"userId": "u"})
+    steps = {"workflowId": "w", "steps": [{"stepId": "a"}, {"stepId": "b"}]}
+    server.fetch("WORKFLOW_CHECKPOINT", "w", "/create", steps)
+    server.fetch("WORKFLOW_CHECKPOINT", "w", "/next", {})
+    server.fetch("WORKFLOW_CHECKPOINT", "w", "/complete-step", {"output": 1})
+    server.fetch("COUNTER", "c", "/increment", {"key": "k", "amount": 5})
+    server.fetch("COUNTER", "c", "/flush", {})
+    server.fetch("COUNTER", "c", "/increment", {"key": "k", "amount": 7})  # buffered only
+    server.kill()
+    server.start()
+    assert server.fetch("RATE_LIMITER", "ip", "/check?limit=2&window=60000").status_code == 429
+    assert server.fetch("SESSION_MANAGER", "s", "/get").json()["userId"] == "u"
+    assert server.fetch("WORKFLOW_CHECKPOINT", "w", "/next", {}).json()["stepId"] == "b"
+    # The documented trade-off: the flushed 5 survive, the buffered 7 are gone.
+    assert server.fetch("COUNTER", "c", "/get?key=k").json() == {"key": "k", "count": 5}
