@@ -57,7 +57,11 @@ class Server:
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        match = _LISTENING.search(self.wait_for_output("Uvicorn running on"))
+        try:
+            match = _LISTENING.search(self.wait_for_output("Uvicorn running on"))
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never leave a server behind
+            raise
         assert match is not None
         self.url = match.group(1)
         return self
