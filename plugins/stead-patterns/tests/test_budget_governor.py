@@ -195,3 +195,10 @@ async def test_exhausted_budget_is_skipped_and_dead_processors_do_not_stop_the_c
 )
 async def test_bad_bodies_are_400(patterns: Patterns, path: str, body: Any) -> None:
     assert (await call(patterns, path, body)).status == 400
+
+
+async def test_status_by_rpc(patterns: Patterns) -> None:
+    await call(patterns, "/configure", {"processors": PROCESSORS})
+    assert (
+        await patterns.rpc(B, "gov", "status") == (await patterns.fetch(B, "gov", "/status")).json()
+    )

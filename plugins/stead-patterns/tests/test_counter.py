@@ -94,3 +94,10 @@ async def test_bad_increment_is_400(patterns: Patterns, body: object) -> None:
 
 async def test_unknown_path_is_404(patterns: Patterns) -> None:
     assert (await patterns.fetch(B, "page-views", "/nope")).status == 404
+
+
+async def test_counts_by_rpc(patterns: Patterns) -> None:
+    await increment(patterns, "home", 2)
+    await patterns.post(B, "page-views", "/flush")
+    await increment(patterns, "about")
+    assert await patterns.rpc(B, "page-views", "counts") == {"home": 2, "about": 1}

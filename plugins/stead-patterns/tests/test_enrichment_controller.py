@@ -179,3 +179,9 @@ async def test_reset_and_restart(make_patterns: MakePatterns, data_plane: DataPl
 
 async def test_unknown_path_is_404(patterns: Patterns) -> None:
     assert (await patterns.fetch(B, "c", "/nope")).status == 404
+
+
+async def test_status_by_rpc(patterns: Patterns) -> None:
+    by_rpc = await patterns.rpc(B, "c", "status")
+    assert by_rpc == (await patterns.fetch(B, "c", "/status")).json()
+    assert by_rpc["batchSize"] == 10

@@ -97,3 +97,9 @@ async def test_bad_bodies_are_400(patterns: Patterns, path: str, body: Any) -> N
 
 async def test_unknown_path_is_404(patterns: Patterns) -> None:
     assert (await patterns.fetch(B, "nightly-job", "/nope")).status == 404
+
+
+async def test_current_leader_by_rpc(patterns: Patterns) -> None:
+    assert await patterns.rpc(B, "nightly-job", "current") == {"leader": None, "acquiredAt": None}
+    await call(patterns, "/acquire", {"candidateId": "w1"})
+    assert await patterns.rpc(B, "nightly-job", "current") == await leader(patterns)

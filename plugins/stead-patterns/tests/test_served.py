@@ -144,6 +144,26 @@ def test_every_binding_is_served(server: Server) -> None:
     assert ignored.json() == {"accepted": True, "action": "ignored"}
 
 
+def test_every_binding_with_rpc_methods_answers_rpc(server: Server) -> None:
+    # RAW_COUNTER and SERVER_COUNTER are the layer guide's fetch-only objects.
+    assert server.rpc("RATE_LIMITER", "k", "check", 5, 60_000)["allowed"] is True
+    assert server.rpc("SESSION_MANAGER", "s", "peek") is None
+    assert server.rpc("FEATURE_FLAGS", "g", "evaluate", "f", "u")["reason"] == "not-found"
+    assert server.rpc("COUNTER", "c", "counts") == {}
+    assert server.rpc("COUNTER", "c", "flush") is None
+    assert server.rpc("LEADER_ELECTION", "e", "current") == {"leader": None, "acquiredAt": None}
+    assert server.rpc("CACHE_COORDINATOR", "cc", "get_entry", "k") is None
+    assert server.rpc("WORKFLOW_CHECKPOINT", "w", "status") is None
+    assert server.rpc("RPC_COUNTER", "r", "get_count") == 0
+    assert server.rpc("AGENT_COUNTER", "a", "reset_daily") is None
+    assert server.rpc("STORAGE_SIDECAR", "e", "append", "k", 1) == 1
+    assert server.rpc("BUDGET_GOVERNOR", "g", "status")["processors"] == []
+    assert server.rpc("ENRICHMENT_CONTROLLER", "c", "status")["status"] == "running"
+    assert server.rpc("BRAND_AGENT", "brand:x", "decision_cycle") is None
+    unknown = server.client.post("/objects/RAW_COUNTER/r/rpc/increment")
+    assert unknown.status_code == 404
+
+
 def test_rate_limiter_answers_429_with_retry_after(server: Server) -> None:
     for _ in range(2):
         assert server.fetch("RATE_LIMITER", "ip", "/check?limit=2&window=30000").status_code == 200

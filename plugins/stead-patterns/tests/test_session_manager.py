@@ -120,3 +120,13 @@ async def test_set_needs_a_json_object(patterns: Patterns) -> None:
 async def test_unknown_path_is_404(patterns: Patterns) -> None:
     reply = await patterns.fetch(B, "s", "/nope")
     assert (reply.status, reply.text()) == (404, "Not found")
+
+
+async def test_peek_does_not_touch(patterns: Patterns) -> None:
+    assert await patterns.rpc(B, "s", "peek") is None
+    await patterns.post(B, "s", "/create", {"userId": "u", "ttlMs": 60_000})
+    first = await patterns.rpc(B, "s", "peek")
+    await anyio.sleep(0.01)
+    second = await patterns.rpc(B, "s", "peek")
+    assert first == second and first["userId"] == "u"
+    assert (await patterns.fetch(B, "s", "/get")).json()["lastAccessedAt"] > first["lastAccessedAt"]

@@ -110,3 +110,10 @@ async def test_bad_create_body_is_400(patterns: Patterns, body: Any) -> None:
 
 async def test_unknown_path_is_404(patterns: Patterns) -> None:
     assert (await patterns.fetch(B, "wf-1", "/nope")).status == 404
+
+
+async def test_status_by_rpc(patterns: Patterns) -> None:
+    assert await patterns.rpc(B, "wf-1", "status") is None
+    await call(patterns, "/create", {"workflowId": "wf-1", "steps": STEPS})
+    await call(patterns, "/next")
+    assert await patterns.rpc(B, "wf-1", "status") == await status(patterns)

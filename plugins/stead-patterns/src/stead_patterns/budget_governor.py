@@ -138,6 +138,10 @@ class BudgetGovernor(stead.DurableObject):
     async def _status(self, request: Request) -> Response:
         return Response.json(self.governor)
 
+    def status(self) -> GovernorState:
+        """The governor state as ``/status`` answers (also callable by RPC)."""
+        return self.governor
+
     async def _configure(self, request: Request) -> Response:
         processors = decode_body(request, _ConfigureBody).processors
         total = sum(p.weight for p in processors if p.enabled)

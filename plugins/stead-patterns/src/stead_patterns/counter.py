@@ -74,6 +74,10 @@ class AggregatorCounter(stead.DurableObject):
             merged[key] = merged.get(key, 0) + amount
         return merged
 
+    def counts(self) -> dict[str, Number]:
+        """Every count, stored and buffered, as ``/get`` answers (also callable by RPC)."""
+        return self._merged()
+
     def _ensure_flush_scheduled(self) -> None:
         if self.ctx.storage.get_alarm() is None:
             self.ctx.storage.set_alarm((now_ms() + self.flush_interval_ms) / 1000)

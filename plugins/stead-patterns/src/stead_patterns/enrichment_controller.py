@@ -115,6 +115,10 @@ class EnrichmentController(stead.DurableObject):
     async def _status(self, request: Request) -> Response:
         return Response.json(self.controller)
 
+    def status(self) -> ControllerState:
+        """The controller state as ``/status`` answers (also callable by RPC)."""
+        return self.controller
+
     async def _reset(self, request: Request) -> Response:
         self.controller = self._default()
         self.ctx.storage.delete_alarm()

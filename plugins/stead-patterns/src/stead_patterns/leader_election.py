@@ -9,6 +9,8 @@ leader everywhere, even in the moment before its alarm has run.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 import stead
@@ -100,13 +102,15 @@ class LeaderElection(stead.DurableObject):
         return Response.json({"released": True})
 
     async def _leader(self, request: Request) -> Response:
+        return Response.json(self.current())
+
+    def current(self) -> dict[str, Any]:
+        """``{"leader", "acquiredAt"}`` as ``/leader`` answers (also callable by RPC)."""
         leader = self._live_leader(now_ms())
-        return Response.json(
-            {
-                "leader": None if leader is None else leader.leader_id,
-                "acquiredAt": None if leader is None else leader.acquired_at,
-            }
-        )
+        return {
+            "leader": None if leader is None else leader.leader_id,
+            "acquiredAt": None if leader is None else leader.acquired_at,
+        }
 
     def _save(self, leader: LeaderRecord) -> None:
         # The lease and its expiry alarm are written in one batch.

@@ -84,6 +84,10 @@ class SessionManager(stead.DurableObject):
         self.ctx.storage.delete_all()  # the data and the expiry alarm
         return Response.json({"destroyed": True})
 
+    def peek(self) -> SessionData | None:
+        """The session without touching it (RPC; ``/get`` extends the expiry, this does not)."""
+        return self.session
+
     def _touch(self, session: SessionData) -> None:
         session.last_accessed_at = now_ms()
         self._save()

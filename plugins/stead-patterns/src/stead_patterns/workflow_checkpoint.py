@@ -133,6 +133,10 @@ class WorkflowCheckpoint(stead.DurableObject):
     async def _status(self, request: Request) -> Response:
         return Response.json(self.workflow)
 
+    def status(self) -> WorkflowState | None:
+        """The workflow as ``/status`` answers (also callable by RPC)."""
+        return self.workflow
+
     async def _resume(self, request: Request) -> Response:
         workflow = self.workflow
         if workflow is None:
