@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 
@@ -36,9 +37,13 @@ async def test_writes_of_one_loop_iteration_leave_as_one_send() -> None:
 
 
 def test_falls_back_to_auto_without_httptools(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
     monkeypatch.setitem(sys.modules, "uvicorn.protocols.http.httptools_impl", None)
     assert http_protocol() == "auto"
-    monkeypatch.undo()
-    assert http_protocol() != "auto"
+
+
+def test_uses_the_gathering_protocol_with_httptools() -> None:
+    pytest.importorskip("httptools")
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    protocol = http_protocol()
+    assert isinstance(protocol, type) and issubclass(protocol, HttpToolsProtocol)
