@@ -142,11 +142,10 @@ fn snapshot(shared: &Shared, sources: &HashMap<u32, Arc<SegFile>>) -> Entries {
     let mut after: Option<Box<[u8]>> = None;
     loop {
         let state = shared.state.lock();
-        let objects = state.index.objects_map();
         let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let mut visited = 0;
         let mut exhausted = true;
-        for (object_id, keys) in objects.range::<[u8], _>((lower, Bound::Unbounded)) {
+        for (object_id, keys) in state.index.objects_from(lower) {
             let live: Vec<Entry> = keys
                 .iter()
                 .filter_map(|(key, slot)| match slot {

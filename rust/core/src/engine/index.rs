@@ -5,7 +5,7 @@
 //! points into a segment file, so memory grows with the number and size of
 //! keys, never with the size of values.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use super::record::Op;
@@ -40,7 +40,11 @@ pub struct ListOptions {
 
 #[derive(Default)]
 pub(crate) struct Index {
-    objects: BTreeMap<Box<[u8]>, Keys>,
+    /// Per object, its keys. Hashed: every commit looks its object up, and a
+    /// B-tree of ids costs a dozen key comparisons per lookup.
+    objects: HashMap<Box<[u8]>, Keys>,
+    /// The same object ids in order, for `objects()` and compaction.
+    order: BTreeSet<Box<[u8]>>,
     alarms: BTreeMap<Box<[u8]>, i64>,
     keys: usize,
     key_bytes: usize,
@@ -75,7 +79,8 @@ impl Index {
         let keys = match self.objects.get_mut(object_id) {
             Some(keys) => keys,
             None => {
-                self.object_alloc += malloc_size(object_id.len());
+                self.object_alloc += 2 * malloc_size(object_id.len());
+                self.order.insert(object_id.into());
                 self.objects.entry(object_id.into()).or_default()
             }
         };
@@ -97,21 +102,26 @@ impl Index {
         self.count_key(key, -1);
         self.account_remove(&old, key.len());
         if emptied {
-            self.objects.remove(object_id);
-            self.object_alloc -= malloc_size(object_id.len());
+            self.remove_object(object_id);
         }
     }
 
     fn delete_all(&mut self, object_id: &[u8]) {
         self.alarms.remove(object_id);
-        let Some(keys) = self.objects.remove(object_id) else {
+        let Some(keys) = self.remove_object(object_id) else {
             return;
         };
-        self.object_alloc -= malloc_size(object_id.len());
         for (key, old) in &keys {
             self.count_key(key, -1);
             self.account_remove(old, key.len());
         }
+    }
+
+    fn remove_object(&mut self, object_id: &[u8]) -> Option<Keys> {
+        let keys = self.objects.remove(object_id)?;
+        self.order.remove(object_id);
+        self.object_alloc -= 2 * malloc_size(object_id.len());
+        Some(keys)
     }
 
     fn count_key(&mut self, key: &[u8], sign: isize) {
@@ -148,7 +158,8 @@ impl Index {
             self.account_add(slot);
         }
         if !keys.is_empty() {
-            self.object_alloc += malloc_size(object_id.len());
+            self.object_alloc += 2 * malloc_size(object_id.len());
+            self.order.insert(object_id.clone());
             let replaced = self.objects.insert(object_id, keys);
             debug_assert!(replaced.is_none(), "object loaded twice");
         }
@@ -192,8 +203,13 @@ impl Index {
         self.objects.get(object_id)?.get(key)
     }
 
-    pub fn objects_map(&self) -> &BTreeMap<Box<[u8]>, Keys> {
-        &self.objects
+    /// Objects in id order, starting at `lower`.
+    pub fn objects_from<'a>(
+        &'a self,
+        lower: Bound<&[u8]>,
+    ) -> impl Iterator<Item = (&'a Box<[u8]>, &'a Keys)> + 'a {
+        let ids = self.order.range::<[u8], _>((lower, Bound::Unbounded));
+        ids.map(move |id| (id, &self.objects[&**id]))
     }
 
     pub fn alarm(&self, object_id: &[u8]) -> Option<i64> {
@@ -247,9 +263,8 @@ impl Index {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        self.objects
+        self.order
             .range::<[u8], _>((lower, Bound::Unbounded))
-            .map(|(id, _)| id)
             .take_while(|id| id.starts_with(prefix))
             .take(limit.unwrap_or(usize::MAX))
             .map(|id| id.to_vec())
@@ -269,8 +284,10 @@ impl Index {
         // B-tree nodes hold up to 11 entries and are about 3/4 full when
         // filled incrementally; parent links and lengths add ~4 bytes/entry.
         let per_entry = entry * 4 / 3 + 4;
-        let per_object = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Keys>();
-        let objects = self.object_alloc + self.objects.len() * (per_object * 4 / 3 + 4);
+        // Hash map slot (~7/8 full, 1 control byte) plus an ordered-set entry.
+        let slot = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Keys>() + 1;
+        let per_object = slot * 8 / 7 + std::mem::size_of::<Box<[u8]>>() * 4 / 3 + 4;
+        let objects = self.object_alloc + self.objects.len() * per_object;
         let alarms = self.alarms.len() * ((16 + 8) * 4 / 3 + 4 + 48);
         self.key_alloc + self.keys * per_entry + objects + alarms + self.dead.len() * 32
     }
