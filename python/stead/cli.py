@@ -172,11 +172,21 @@ def serve(
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again.
     previous = signal.signal(signal.SIGTERM, _stop_requested)
     try:
-        _run(_serve(runtime, server), server.config.get_loop_factory())
+        _run(_serve(runtime, server), _loop_factory(server.config))
     except (KeyboardInterrupt, _StopRequested):
         pass  # a requested stop, after a clean shutdown: exit status 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _loop_factory(config: Any) -> Callable[[], Any] | None:
+    """uvicorn's event loop choice (uvloop when installed)."""
+    get_factory = getattr(config, "get_loop_factory", None)
+    if get_factory is not None:  # uvicorn >= 0.36
+        factory: Callable[[], Any] | None = get_factory()
+        return factory
+    config.setup_event_loop()  # older uvicorn: sets the event loop policy instead
+    return None
 
 
 class _StopRequested(Exception):
