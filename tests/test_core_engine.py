@@ -467,3 +467,18 @@ def test_acknowledged_batches_survive_sigkill(data_dir: str) -> None:
         acknowledged += [int(line) for line in lines if line.strip().isdigit()]
         _check_after_crash(data_dir, acknowledged)
     assert len(acknowledged) > 100, "the child barely committed anything"
+
+
+def test_failed_flush_poisons_the_engine(data_dir: str) -> None:
+    child = start_child("tests._children.engine_full_disk", data_dir)
+    assert child.stdout is not None
+    lines = child.stdout.read().split()
+    child.stdout.close()
+    assert child.wait(timeout=60) == 0
+    assert lines[-1] == "poisoned"
+    acknowledged = [int(line) for line in lines[:-1]]
+    assert len(acknowledged) > 10
+    engine = open_engine(data_dir)  # recovery copes with whatever the failed write left
+    keys = {k for k, _ in engine.list(b"o")}
+    assert {b"k%d" % n for n in acknowledged} <= keys
+    engine.close()
