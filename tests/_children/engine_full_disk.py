@@ -10,6 +10,7 @@ import contextlib
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 from stead._core import Engine
 from stead.errors import StorageError
@@ -30,11 +31,12 @@ def main(data_dir: str) -> None:
             batch += 1
     except StorageError:
         pass
-    for attempt in (
-        lambda: engine.drain_wakeup(),
+    attempts: list[Callable[[], object]] = [
+        engine.drain_wakeup,
         lambda: engine.commit(b"o", [(b"late", b"x")]),
         lambda: engine.wait_durable(engine.last_seq()),
-    ):
+    ]
+    for attempt in attempts:
         try:
             attempt()
         except StorageError:
