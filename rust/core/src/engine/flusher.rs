@@ -8,7 +8,7 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,8 @@ fn spin_time() -> Duration {
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut current: Option<(u32, Arc<SegFile>)> = None;
     let mut done = None;
-    while let Some(batch) = next_batch(&shared, done.take()) {
+    let mut spin = Spin::new(spin_time());
+    while let Some(batch) = next_batch(&shared, done.take(), &mut spin) {
         let started = Instant::now();
         match write_batch(&shared, &batch, &mut current) {
             Ok(synced) => publish(&shared, &batch, synced.then(|| started.elapsed())),
@@ -50,7 +51,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
 /// Retire the previous group's buffers, wait for pending records and take
 /// them all; `None` once closing and drained. One lock round trip per group
 /// in the common case: commits contend for the same mutex.
-fn next_batch(shared: &Shared, done: Option<Arc<Vec<Chunk>>>) -> Option<Arc<Vec<Chunk>>> {
+fn next_batch(
+    shared: &Shared,
+    done: Option<Arc<Vec<Chunk>>>,
+    spin: &mut Spin,
+) -> Option<Arc<Vec<Chunk>>> {
     let mut state = shared.state.lock();
     state.inflight = None;
     if let Some(spare) = done.and_then(reusable_buffer) {
@@ -67,15 +72,53 @@ fn next_batch(shared: &Shared, done: Option<Arc<Vec<Chunk>>>) -> Option<Arc<Vec<
             return None;
         }
         drop(state);
-        let spin_until = Instant::now() + spin_time();
-        while !shared.has_pending.load(Ordering::Relaxed) && Instant::now() < spin_until {
-            std::hint::spin_loop();
-        }
+        spin.poll(&shared.has_pending);
         state = shared.state.lock();
         if state.pending.is_empty() && !state.closing {
             state.flusher_sleeping = true;
+            let slept = Instant::now();
             shared.work.wait(&mut state);
             state.flusher_sleeping = false;
+            spin.woken_after(slept.elapsed());
+        }
+    }
+}
+
+/// Adaptive polling before sleeping: the budget halves each time a poll
+/// finds nothing (an idle engine stops burning a core within a few groups)
+/// and returns to the maximum when a sleep turns out shorter than the
+/// maximum (a poll would have caught that commit without a futex wake-up).
+struct Spin {
+    max: Duration,
+    budget: Duration,
+}
+
+impl Spin {
+    fn new(max: Duration) -> Self {
+        Spin { max, budget: max }
+    }
+
+    /// Poll `flag` for up to the current budget.
+    fn poll(&mut self, flag: &AtomicBool) {
+        if self.budget.is_zero() {
+            return;
+        }
+        let until = Instant::now() + self.budget;
+        while !flag.load(Ordering::Relaxed) {
+            if Instant::now() >= until {
+                self.budget /= 2;
+                if self.budget < Duration::from_micros(2) {
+                    self.budget = Duration::ZERO;
+                }
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn woken_after(&mut self, slept: Duration) {
+        if slept < self.max {
+            self.budget = self.max;
         }
     }
 }
@@ -196,5 +239,37 @@ fn final_sync(shared: &Shared) {
                 file.path.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_budget_halves_when_idle_and_recovers_on_short_sleeps() {
+        let idle = AtomicBool::new(false);
+        let mut spin = Spin::new(Duration::from_micros(16));
+        spin.poll(&idle);
+        assert_eq!(spin.budget, Duration::from_micros(8));
+        for _ in 0..4 {
+            spin.poll(&idle);
+        }
+        assert_eq!(spin.budget, Duration::ZERO, "an idle flusher stops polling");
+        spin.woken_after(Duration::from_millis(5));
+        assert_eq!(
+            spin.budget,
+            Duration::ZERO,
+            "long sleeps: polling would not have helped"
+        );
+        spin.woken_after(Duration::from_micros(3));
+        assert_eq!(spin.budget, Duration::from_micros(16));
+        let busy = AtomicBool::new(true);
+        spin.poll(&busy);
+        assert_eq!(
+            spin.budget,
+            Duration::from_micros(16),
+            "work found: budget kept"
+        );
     }
 }
