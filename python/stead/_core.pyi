@@ -8,6 +8,8 @@ import builtins
 from collections.abc import Sequence
 from typing import final
 
+__all__ = ['__version__', 'Engine', 'Mailbox', 'TimerWheel']
+
 __version__: str
 
 # --------------------------------------------------------------------------
@@ -133,7 +135,8 @@ class Engine:
         key bytes it holds."""
 
     def take_sync_latencies(self) -> builtins.list[int]:
-        """Nanosecond durations of the syncs since the last call (bounded buffer)."""
+        """Nanosecond durations of the group-commit fdatasyncs since the last call
+        (``fsync`` mode only; at most 65536 kept between calls)."""
 
     def fail_next_commit(self) -> None:
         """Test-only fault switch: the next ``commit`` raises ``StorageError``
@@ -146,13 +149,14 @@ class Engine:
 # Mailbox (rust/core/src/mailbox.rs, rust/bindings/src/mailbox.rs)
 # --------------------------------------------------------------------------
 
+@final
 class Mailbox:
     """Per-object FIFO of event tokens enforcing one running event per object.
 
     Sharded by object id hash; safe to share between threads.
     """
 
-    def __init__(self, max_pending: int = 1000, shards: int = 64) -> None: ...
+    def __new__(cls, max_pending: int = 1000, shards: int = 64) -> Mailbox: ...
     def push(self, object_id: bytes, token: int) -> bool:
         """Offer an event. ``True``: the object was idle and is now running this
         event. ``False``: queued behind the running one. Raises
@@ -181,11 +185,12 @@ class Mailbox:
 # Timer wheel (rust/core/src/wheel.rs, rust/bindings/src/wheel.rs)
 # --------------------------------------------------------------------------
 
+@final
 class TimerWheel:
     """Hierarchical hashed timer wheel of 1 ms resolution holding deadlines
     (epoch ms) for integer tokens; one deadline per token."""
 
-    def __init__(self, now_ms: int) -> None: ...
+    def __new__(cls, now_ms: int) -> TimerWheel: ...
     def set(self, token: int, when_ms: int) -> None:
         """Set or replace the deadline of ``token`` (O(1))."""
 

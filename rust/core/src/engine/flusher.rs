@@ -35,9 +35,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut done = None;
     let mut spin = Spin::new(spin_time());
     while let Some(batch) = next_batch(&shared, done.take(), &mut spin) {
-        let started = Instant::now();
         match write_batch(&shared, &batch, &mut current) {
-            Ok(synced) => publish(&shared, &batch, synced.then(|| started.elapsed())),
+            Ok(sync_time) => publish(&shared, &batch, sync_time),
             Err(error) => {
                 shared.poison(error.to_string());
                 return;
@@ -134,12 +133,13 @@ fn reusable_buffer(batch: Arc<Vec<Chunk>>) -> Option<Vec<u8>> {
     (data.capacity() <= 8 << 20).then_some(data)
 }
 
-/// Write every chunk at its offset; fdatasync in fsync mode. Returns whether it synced.
+/// Write every chunk at its offset; fdatasync in fsync mode. Returns how long
+/// the sync took (`None`: no sync in this mode).
 fn write_batch(
     shared: &Shared,
     batch: &[Chunk],
     current: &mut Option<(u32, Arc<SegFile>)>,
-) -> Result<bool> {
+) -> Result<Option<Duration>> {
     let mut touched: Vec<Arc<SegFile>> = Vec::new();
     for chunk in batch {
         let file = match current {
@@ -158,14 +158,15 @@ fn write_batch(
         }
     }
     if shared.opts.durability != Durability::Fsync {
-        return Ok(false);
+        return Ok(None);
     }
+    let started = Instant::now();
     for file in &touched {
         file.file
             .sync_data()
             .map_err(|e| Error::io(format!("fdatasync {}", file.path.display()), e))?;
     }
-    Ok(true)
+    Ok(Some(started.elapsed()))
 }
 
 /// The chunk's segment file, created (with its header) on first use.
