@@ -59,15 +59,17 @@ async def _concurrent_puts(
     clock = time.perf_counter
 
     async def committer(task: int) -> None:
-        commit, wait, record = engine.commit, waiter.wait, latencies.append
+        # future_for is CommitWaiter's hot path (no coroutine frame per wait).
+        commit, future_for, record = engine.commit, waiter.future_for, latencies.append
         for i, key in enumerate(keys):
             object_id = OBJECT_IDS[(task + i) % OBJECTS]
-            if i % sample_every:
-                await wait(commit(object_id, [(key, VALUE)]))
-                continue
-            started = clock()
-            await wait(commit(object_id, [(key, VALUE)]))
-            record(clock() - started)
+            sampled = not i % sample_every
+            started = clock() if sampled else 0.0
+            durable = future_for(commit(object_id, [(key, VALUE)]))
+            if durable is not None:
+                await durable
+            if sampled:
+                record(clock() - started)
 
     started = clock()
     await asyncio.gather(*(committer(task) for task in range(committers)))
