@@ -14,10 +14,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import Report
-from disk import fdatasync_p50_us
 
 import stead
+from conftest import Report
+from disk import fdatasync_p50_us
 
 CALLS = 200_000
 OBJECTS = 1_000

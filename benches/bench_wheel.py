@@ -12,7 +12,6 @@ import random
 import time
 
 from conftest import Report
-
 from stead._core import TimerWheel
 
 ALARMS = 1_000_000

@@ -115,7 +115,7 @@ async def test_delayed_dated_and_cron_schedules_fire_in_time_order(data_dir: str
 async def test_cancel_schedule_prevents_a_run(data_dir: str) -> None:
     async with stead.Runtime({"A": Assistant}, data_dir=data_dir) as rt:
         agent = rt.env.A.get_by_name("a")
-        cancelled, kept = await agent.plan([["delay", 0.1, "no"], ["delay", 0.2, "yes"]])
+        cancelled, _kept = await agent.plan([["delay", 0.1, "no"], ["delay", 0.2, "yes"]])
         assert await agent.cancel(cancelled) is True
         assert await agent.cancel(cancelled) is False
         assert await agent.one(cancelled) is None

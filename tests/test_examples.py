@@ -18,4 +18,5 @@ def test_chat_room_history_survives_a_restart(tmp_path: Path) -> None:
     second = subprocess.run([sys.executable, script, data_dir], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert len(second.stdout.splitlines()) == 6
-    assert {"hello", "hi ada", "o/"} <= {line.split(": ", 1)[1] for line in second.stdout.splitlines()}
+    texts = {line.split(": ", 1)[1] for line in second.stdout.splitlines()}
+    assert {"hello", "hi ada", "o/"} <= texts

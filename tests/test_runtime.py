@@ -52,7 +52,8 @@ async def test_idle_objects_are_evicted_and_come_back_with_their_state(data_dir:
             await asyncio.sleep(0.01)
         assert not rt.dispatcher.hosts  # evicted
         assert await stub.greet() == "bonjour"  # state intact
-        assert (Tracked.constructed, Tracked.started) == (2, 2)  # constructor and on_start ran again
+        # The constructor and on_start ran again.
+        assert (Tracked.constructed, Tracked.started) == (2, 2)
 
 
 async def test_max_resident_bounds_live_instances(data_dir: str) -> None:

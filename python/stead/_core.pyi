@@ -8,7 +8,7 @@ import builtins
 from collections.abc import Sequence
 from typing import final
 
-__all__ = ['__version__', 'Engine', 'Mailbox', 'TimerWheel']
+__all__ = ["Engine", "Mailbox", "TimerWheel", "__version__"]
 
 __version__: str
 

@@ -133,7 +133,9 @@ class AlarmScheduler:
     async def _deliver(self, key: bytes) -> None:
         object_id = self._ids.from_storage_key(key, None)
         if object_id is None or object_id.binding not in self._dispatcher.classes:
-            logger.warning("alarm for an object of an unknown binding (key %s) left pending", key.hex())
+            logger.warning(
+                "alarm of an object of an unknown binding (key %s) left pending", key.hex()
+            )
             return
         try:
             await self._dispatcher.deliver(object_id, self._run)
@@ -168,9 +170,7 @@ class AlarmScheduler:
     def _schedule_retry(self, host: ObjectHost, count: int, scheduled: float) -> None:
         storage = host.storage
         if count >= self._retry_limit:
-            logger.error(
-                "alarm of %r failed %d times; dropped", host.id, count + 1, exc_info=True
-            )
+            logger.error("alarm of %r failed %d times; dropped", host.id, count + 1, exc_info=True)
             storage.delete_alarm()
             storage.delete_internal(RETRY_KEY)
             return

@@ -68,9 +68,12 @@ def copy(value: Any, type: Any = None) -> Any:
     dataclass comes back as itself; tuples come back as lists).
     """
     value_type = value.__class__
-    if value_type in _IMMUTABLE and (type is None or type is value_type):
-        if value_type is not int or _INT_MIN <= value < _INT_MAX:
-            return value  # immutable and encodable: the copy would be equal and identical in use
+    if (
+        value_type in _IMMUTABLE
+        and (type is None or type is value_type)
+        and (value_type is not int or _INT_MIN <= value < _INT_MAX)
+    ):
+        return value  # immutable and encodable: the copy would be equal and identical in use
     data = encode(value)
     if type is not None:
         return decode(data, type)

@@ -45,7 +45,7 @@ class CommitWaiter:
         return self._engine.durable_seq() >= seq
 
     async def wait(self, seq: int) -> None:
-        """Return once every batch up to ``seq`` is durable; ``StorageError`` if it never will be."""
+        """Return once every batch up to ``seq`` is durable (``StorageError`` if never)."""
         future = self.future_for(seq)
         if future is not None:
             await future

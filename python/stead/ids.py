@@ -119,7 +119,7 @@ class IdFactory:
 
 
 def load_or_create_secret(data_dir: str | None) -> bytes:
-    """The runtime secret kept in ``data_dir`` (created on first start), or a fresh one in memory."""
+    """The runtime secret kept in ``data_dir`` (created on first start); in memory, a fresh one."""
     if data_dir is None:
         return secrets.token_bytes(32)
     path = Path(data_dir) / _SECRET_FILE

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from stead import codec
-
 from stead.messages import Request, Response
 
 if TYPE_CHECKING:

@@ -317,10 +317,14 @@ class Storage:
                 deletes.append(key)
             else:
                 puts.append((key, raw))
-        if puts and self._name_recorded is not True and self._name is not None:
-            if not self._name_is_recorded():
-                puts.append((NAME_KEY, codec.encode(self._name)))
-                self._name_recorded = True
+        if (
+            puts
+            and self._name_recorded is not True
+            and self._name is not None
+            and not self._name_is_recorded()
+        ):
+            puts.append((NAME_KEY, codec.encode(self._name)))
+            self._name_recorded = True
         batch = PendingBatch(puts, deletes, self._delete_all, self._alarm)
         self._pending = {}
         self._delete_all = False

@@ -14,7 +14,9 @@ pub struct TimerWheel {
 
 impl TimerWheel {
     fn wheel(&self) -> std::sync::MutexGuard<'_, CoreWheel> {
-        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

@@ -11,7 +11,11 @@ pub enum Error {
     /// An I/O operation failed (write, fsync, read, open). Maps to `StorageError`.
     Io { context: String, source: io::Error },
     /// A record in the middle of the log is damaged. Maps to `CorruptionError`.
-    Corruption { file: PathBuf, offset: u64, reason: String },
+    Corruption {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// Another process holds the data dir's lock. Maps to `DataDirLockedError`.
     Locked { path: PathBuf },
     /// A key, value or batch exceeds a configured limit. Maps to `LimitError`.
@@ -30,7 +34,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -38,8 +45,16 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Corruption { file, offset, reason } => {
-                write!(f, "corrupt record in {} at offset {offset}: {reason}", file.display())
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "corrupt record in {} at offset {offset}: {reason}",
+                    file.display()
+                )
             }
             Error::Locked { path } => write!(
                 f,

@@ -127,7 +127,9 @@ impl Mailbox {
 
     /// Events queued behind the running one.
     pub fn depth(&self, object: &[u8]) -> usize {
-        self.shard(object).get(object).map_or(0, |slot| slot.queue.len())
+        self.shard(object)
+            .get(object)
+            .map_or(0, |slot| slot.queue.len())
     }
 
     pub fn state(&self, object: &[u8]) -> MailboxState {
