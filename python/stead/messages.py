@@ -49,7 +49,7 @@ class Request:
     Header names are lower-cased. ``url`` may be a path (``/a?b=1``) or a full URL.
     """
 
-    __slots__ = ("body", "headers", "method", "path", "query", "url")
+    __slots__ = ("_query", "_query_string", "body", "headers", "method", "path", "url")
 
     def __init__(
         self,
@@ -62,9 +62,20 @@ class Request:
         self.url = url
         self.headers = _lower_headers(headers)
         self.body = bytes(body)
-        parts = urlsplit(url)
-        self.path = parts.path or "/"
-        self.query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        path, _, query_string = url.partition("#")[0].partition("?")
+        if "://" in path:
+            parts = urlsplit(url)
+            path, query_string = parts.path, parts.query
+        self.path = path or "/"
+        self._query_string = query_string
+        self._query: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query parameters (the last value of a repeated name), parsed on first use."""
+        if self._query is None:
+            self._query = dict(parse_qsl(self._query_string, keep_blank_values=True))
+        return self._query
 
     def json(self) -> Any:
         """The body parsed as JSON (``ValueError`` if it is not JSON)."""
