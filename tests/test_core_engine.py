@@ -220,14 +220,20 @@ def test_compaction_drops_garbage_and_survives_reopen(data_dir: str) -> None:
 
 
 def _write_batches(data_dir: str, count: int) -> list[int]:
-    """Commit ``count`` batches to one segment; the segment's size after each."""
+    """Commit ``count`` batches to one segment; where its records end after each."""
     engine = open_engine(data_dir)
     sizes = []
     for i in range(count):
         engine.wait_durable(engine.commit(b"o", [(b"k%d" % i, b"v%d" % i)]))
-        sizes.append(_only_segment(data_dir).stat().st_size)
+        sizes.append(_data_end(_only_segment(data_dir)))
     engine.close()
     return sizes
+
+
+def _data_end(segment: Path) -> int:
+    """Where the records end: the engine reserves file space ahead of its
+    writes, and the reserved tail reads as zeros (every value here ends non-zero)."""
+    return len(segment.read_bytes().rstrip(b"\0"))
 
 
 def _only_segment(data_dir: str) -> Path:
@@ -249,6 +255,7 @@ def test_torn_tail_is_truncated_and_logged(
     assert segment.stat().st_size == sizes[2]
     engine.commit(b"o", [(b"k9", b"v9")])
     engine.close()
+    assert _data_end(segment) > sizes[2]
     reopened = open_engine(data_dir)
     assert reopened.get(b"o", b"k9") == b"v9"
     assert len(reopened.list(b"o")) == 4
@@ -258,8 +265,9 @@ def test_torn_tail_is_truncated_and_logged(
 def test_garbage_after_the_last_record_is_a_torn_tail(data_dir: str) -> None:
     sizes = _write_batches(data_dir, 3)
     segment = _only_segment(data_dir)
-    with segment.open("ab") as f:
-        f.write(b"\0" * 100 + os.urandom(50))
+    with segment.open("r+b") as f:
+        f.seek(sizes[2])
+        f.write(b"\0" * 100 + b"\xff" + os.urandom(50))
     engine = open_engine(data_dir)
     assert len(engine.list(b"o")) == 3
     engine.close()

@@ -25,6 +25,17 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Where a segment's records end: the flusher reserves space ahead of its
+/// writes, and that reserved tail reads as zeros. (Every record here ends in
+/// a non-zero value byte.)
+fn data_end(path: &Path) -> u64 {
+    let bytes = fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |at| at as u64 + 1)
+}
+
 /// Commit `n` one-put batches to object `o` and close; returns the segment's length after each.
 fn write_batches(dir: &Path, n: usize) -> Vec<u64> {
     let engine = Engine::open(Some(dir), options()).unwrap();
@@ -41,7 +52,7 @@ fn write_batches(dir: &Path, n: usize) -> Vec<u64> {
             )
             .unwrap();
         engine.wait_durable(seq, None).unwrap();
-        ends.push(fs::metadata(&segments(dir)[0]).unwrap().len());
+        ends.push(data_end(&segments(dir)[0]));
     }
     engine.close().unwrap();
     ends
@@ -75,7 +86,7 @@ fn torn_tail_is_truncated_at_every_cut_point() {
         engine.commit(b"o", &[Op::Put(b"after", b"x")]).unwrap();
         engine.close().unwrap();
         // o + put(after, x): 12 header + 8 seq + 4+1 id + 4 count + 9+5+1 op.
-        assert_eq!(fs::metadata(&seg).unwrap().len(), ends[1] + 44);
+        assert_eq!(data_end(&seg), ends[1] + 44);
         let reopened = Engine::open(Some(dir.path()), options()).unwrap();
         assert_eq!(reopened.get(b"o", b"after").unwrap().unwrap(), b"x");
     }
@@ -91,7 +102,7 @@ fn bad_checksum_in_last_record_is_a_torn_tail() {
     fs::write(seg, &bytes).unwrap();
     let engine = Engine::open(Some(dir.path()), options()).unwrap();
     assert_eq!(engine.last_seq(), 2);
-    assert_eq!(fs::metadata(seg).unwrap().len(), ends[1]);
+    assert_eq!(data_end(seg), ends[1]);
 }
 
 #[test]
@@ -144,7 +155,7 @@ fn corruption_in_a_sealed_segment_is_refused_even_at_its_end() {
     let segs = segments(dir.path());
     assert!(segs.len() > 2);
     let mut bytes = fs::read(&segs[0]).unwrap();
-    let last = bytes.len() - 1;
+    let last = data_end(&segs[0]) as usize - 1; // the last record's last byte
     bytes[last] ^= 0xFF;
     fs::write(&segs[0], &bytes).unwrap();
     assert!(
@@ -291,4 +302,27 @@ fn compaction_while_committing_keeps_every_write() {
     let reopened = Engine::open(Some(dir.path()), opts).unwrap();
     check(&reopened);
     assert_eq!(dump(&reopened), before);
+}
+
+#[test]
+fn reserved_zero_tail_is_a_clean_end_but_a_torn_record_before_it_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_batches(dir.path(), 3);
+    let seg = segments(dir.path())[0].clone();
+    assert!(
+        fs::metadata(&seg).unwrap().len() > ends[2],
+        "space is reserved ahead"
+    );
+    let engine = Engine::open(Some(dir.path()), options()).unwrap();
+    assert_eq!(engine.last_seq(), 3);
+    engine.close().unwrap();
+    // A record cut short, followed by the reserved zeros: a torn tail.
+    let mut bytes = fs::read(&seg).unwrap();
+    for b in &mut bytes[ends[1] as usize + 30..] {
+        *b = 0;
+    }
+    fs::write(&seg, &bytes).unwrap();
+    let engine = Engine::open(Some(dir.path()), options()).unwrap();
+    assert_eq!(engine.last_seq(), 2);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), ends[1]);
 }

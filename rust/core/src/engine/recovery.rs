@@ -1,10 +1,11 @@
 //! Startup: find the segments, load the newest compacted segment (from its
 //! hint file when valid), replay the log tail, truncate a torn tail.
 //!
-//! A torn tail is damage at the very end of the last segment: a record that
-//! is cut short or fails its checksum with no valid record after it. It is
-//! what a crash in the middle of a write leaves, so it is truncated and
-//! logged. Damage followed by a valid record is corruption: recovery refuses
+//! A segment's data ends where only zero bytes follow (the flusher reserves
+//! file space ahead of its writes). A torn tail is damage at the very end of
+//! the last segment: a record that is cut short or fails its checksum with no
+//! valid record after it. It is what a crash in the middle of a write leaves,
+//! so it is truncated and logged. Damage followed by a valid record is corruption: recovery refuses
 //! to open rather than silently drop acknowledged batches.
 
 use std::collections::HashMap;
@@ -211,6 +212,10 @@ fn load_segment(
             Ok(rec) => {
                 apply_record(&rec, pos as u64, id, out);
                 pos += rec.len;
+            }
+            Err(_) if data[pos..].iter().all(|b| *b == 0) => {
+                // Space the flusher reserved ahead of its writes: the clean end.
+                return Ok(pos as u64);
             }
             Err(bad) => {
                 let tail_ok =
