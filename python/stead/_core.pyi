@@ -173,16 +173,17 @@ class Mailbox:
         """Events queued behind the running one."""
 
     def state(self, object_id: bytes) -> str:
-        """``"idle"``, ``"queued"`` or ``"running"``."""
+        """``"idle"`` (no event runs), ``"running"`` (one event runs, none
+        waits) or ``"queued"`` (one event runs and others wait behind it)."""
 
     def total_depth(self) -> int:
         """Queued events over all objects."""
 
     def __len__(self) -> int:
-        """Objects that are running or have queued events."""
+        """Objects not idle: running an event, with or without queued ones."""
 
 # --------------------------------------------------------------------------
-# Timer wheel (rust/core/src/wheel.rs, rust/bindings/src/wheel.rs)
+# Timer wheel (rust/core/src/wheel/, rust/bindings/src/wheel.rs)
 # --------------------------------------------------------------------------
 
 @final

@@ -1,27 +1,30 @@
 //! Per-object mailbox: one running event per object, a bounded FIFO behind it.
 //!
-//! The state of an object is `idle` (no entry), `running` (an event holds the
-//! object, nothing queued) or `running` with a queue. `queued` is reported for
-//! an object whose queue is non-empty while nothing runs, which only happens
-//! between a `finish` handing over and the next event starting in callers that
-//! split the two. Entries are removed when an object goes idle, so memory does
-//! not grow with the number of objects ever seen.
+//! An object with an entry is running an event; queued events wait in the
+//! entry's FIFO. An object without one is idle: the entry is removed when the
+//! last event finishes, so memory does not grow with the objects ever seen.
+//! `state` reports `Queued` for a running object with events waiting.
 //!
-//! Sharded by a hash of the object id with one mutex per shard, so several
-//! event-loop threads can share one mailbox.
+//! Sharded by a hash of the object id, one mutex per shard, so several
+//! event-loop threads can share one mailbox. The id is hashed once per call:
+//! the same hash picks the shard and probes the shard's table.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 
 /// What `state` reports for an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MailboxState {
+    /// No event runs.
     Idle,
+    /// An event runs and others wait behind it.
     Queued,
+    /// An event runs and none waits.
     Running,
 }
 
@@ -35,15 +38,19 @@ impl MailboxState {
     }
 }
 
-#[derive(Default)]
+/// A running object and the events queued behind its running one.
 struct Slot {
-    running: bool,
+    id: Box<[u8]>,
     queue: VecDeque<u64>,
 }
 
+type Shard = HashTable<Slot>;
+
 /// The mailbox of every object of a runtime.
 pub struct Mailbox {
-    shards: Vec<Mutex<HashMap<Box<[u8]>, Slot>>>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Keyed SipHash: object ids can be chosen by clients.
+    hasher: RandomState,
     max_pending: usize,
 }
 
@@ -56,29 +63,17 @@ impl Mailbox {
             ));
         }
         Ok(Mailbox {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: RandomState::new(),
             max_pending,
         })
     }
 
-    fn shard(&self, object: &[u8]) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Slot>> {
-        let mut hasher = DefaultHasher::new();
-        object.hash(&mut hasher);
-        let index = (hasher.finish() as usize) % self.shards.len();
-        // A poisoned shard only means a panic elsewhere mid-update of plain data.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// Offer an event: `true` if the object was idle and now runs it, `false` if queued.
+    /// Offer an event: `true` if the object was idle and now runs it, `false`
+    /// if queued; `Overloaded` if `max_pending` events already wait.
     pub fn push(&self, object: &[u8], token: u64) -> Result<bool> {
-        let mut shard = self.shard(object);
-        if let Some(slot) = shard.get_mut(object) {
-            if !slot.running {
-                slot.running = true;
-                return Ok(true);
-            }
+        let (hash, mut shard) = self.lock(object);
+        if let Some(slot) = shard.find_mut(hash, |slot| *slot.id == *object) {
             if slot.queue.len() >= self.max_pending {
                 return Err(Error::Overloaded {
                     pending: slot.queue.len(),
@@ -87,80 +82,83 @@ impl Mailbox {
             slot.queue.push_back(token);
             return Ok(false);
         }
-        shard.insert(
-            object.into(),
-            Slot {
-                running: true,
-                queue: VecDeque::new(),
-            },
-        );
+        let slot = Slot {
+            id: object.into(),
+            queue: VecDeque::new(),
+        };
+        shard.insert_unique(hash, slot, |slot| self.hasher.hash_one(&*slot.id));
         Ok(true)
     }
 
-    /// End the running event: the next token (the object keeps running) or `None` (idle).
+    /// End the running event: the next token (the object keeps running,
+    /// now that event) or `None` (the object is idle and forgotten).
     pub fn finish(&self, object: &[u8]) -> Option<u64> {
-        let mut shard = self.shard(object);
-        let slot = shard.get_mut(object)?;
-        if let Some(next) = slot.queue.pop_front() {
-            slot.running = true;
-            return Some(next);
+        let (hash, mut shard) = self.lock(object);
+        let Ok(mut entry) = shard.find_entry(hash, |slot| *slot.id == *object) else {
+            return None;
+        };
+        let next = entry.get_mut().queue.pop_front();
+        if next.is_none() {
+            entry.remove();
         }
-        shard.remove(object);
-        None
+        next
     }
 
-    /// Remove a still-queued token; `false` if it was not queued.
+    /// Remove a still-queued token; `false` if it was not queued (the running
+    /// event cannot be cancelled here).
     pub fn cancel(&self, object: &[u8], token: u64) -> bool {
-        let mut shard = self.shard(object);
-        let Some(slot) = shard.get_mut(object) else {
+        let (hash, mut shard) = self.lock(object);
+        let Some(slot) = shard.find_mut(hash, |slot| *slot.id == *object) else {
             return false;
         };
-        let Some(position) = slot.queue.iter().position(|&queued| queued == token) else {
-            return false;
-        };
-        slot.queue.remove(position);
-        if !slot.running && slot.queue.is_empty() {
-            shard.remove(object);
+        match slot.queue.iter().position(|&queued| queued == token) {
+            Some(position) => slot.queue.remove(position).is_some(),
+            None => false,
         }
-        true
     }
 
     /// Events queued behind the running one.
     pub fn depth(&self, object: &[u8]) -> usize {
-        self.shard(object)
-            .get(object)
+        let (hash, shard) = self.lock(object);
+        shard
+            .find(hash, |slot| *slot.id == *object)
             .map_or(0, |slot| slot.queue.len())
     }
 
     pub fn state(&self, object: &[u8]) -> MailboxState {
-        match self.shard(object).get(object) {
+        let (hash, shard) = self.lock(object);
+        match shard.find(hash, |slot| *slot.id == *object) {
             None => MailboxState::Idle,
-            Some(slot) if slot.running => MailboxState::Running,
+            Some(slot) if slot.queue.is_empty() => MailboxState::Running,
             Some(_) => MailboxState::Queued,
         }
     }
 
-    /// Queued events over all objects.
+    /// Queued events over all objects (locks each shard in turn, so only a
+    /// snapshot while other threads push).
     pub fn total_depth(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| {
-                let shard = shard.lock().unwrap_or_else(|poison| poison.into_inner());
-                shard.values().map(|slot| slot.queue.len()).sum::<usize>()
-            })
-            .sum()
+        let queued = |shard: &Mutex<Shard>| -> usize {
+            shard.lock().iter().map(|slot| slot.queue.len()).sum()
+        };
+        self.shards.iter().map(queued).sum()
     }
 
-    /// Objects that are running or have queued events.
+    /// Objects that are running (with or without queued events).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| shard.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The id's hash and its locked shard. The shard comes from bits 26-31 of
+    /// the hash (for up to 64 shards), above those the table's bucket index
+    /// uses at sizes up to 2^26 and below the 7 tag bits it compares.
+    fn lock(&self, object: &[u8]) -> (u64, MutexGuard<'_, Shard>) {
+        let hash = self.hasher.hash_one(object);
+        let index = ((hash & 0xffff_ffff) * self.shards.len() as u64) >> 32;
+        (hash, self.shards[index as usize].lock())
     }
 }
 
@@ -172,21 +170,25 @@ mod tests {
     fn first_push_runs_later_ones_queue_in_fifo_order() {
         let mailbox = Mailbox::new(10, 4).unwrap();
         assert!(mailbox.push(b"a", 1).unwrap());
+        assert_eq!(mailbox.state(b"a"), MailboxState::Running);
         assert!(!mailbox.push(b"a", 2).unwrap());
         assert!(!mailbox.push(b"a", 3).unwrap());
+        assert_eq!(mailbox.state(b"a"), MailboxState::Queued);
         assert!(mailbox.push(b"b", 4).unwrap());
         assert_eq!(mailbox.depth(b"a"), 2);
         assert_eq!(mailbox.total_depth(), 2);
+        assert_eq!(mailbox.len(), 2);
         assert_eq!(mailbox.finish(b"a"), Some(2));
         assert_eq!(mailbox.finish(b"a"), Some(3));
         assert_eq!(mailbox.state(b"a"), MailboxState::Running);
         assert_eq!(mailbox.finish(b"a"), None);
         assert_eq!(mailbox.state(b"a"), MailboxState::Idle);
         assert_eq!(mailbox.len(), 1);
+        assert_eq!(mailbox.finish(b"a"), None);
     }
 
     #[test]
-    fn push_beyond_the_bound_is_overloaded() {
+    fn push_beyond_the_bound_is_overloaded_and_changes_nothing() {
         let mailbox = Mailbox::new(2, 1).unwrap();
         assert!(mailbox.push(b"a", 1).unwrap());
         assert!(!mailbox.push(b"a", 2).unwrap());
@@ -195,6 +197,11 @@ mod tests {
             mailbox.push(b"a", 4),
             Err(Error::Overloaded { pending: 2 })
         ));
+        assert_eq!(mailbox.depth(b"a"), 2);
+        assert_eq!(mailbox.finish(b"a"), Some(2));
+        assert!(!mailbox.push(b"a", 5).unwrap());
+        assert_eq!(mailbox.finish(b"a"), Some(3));
+        assert_eq!(mailbox.finish(b"a"), Some(5));
     }
 
     #[test]
@@ -206,38 +213,31 @@ mod tests {
         assert!(mailbox.cancel(b"a", 2));
         assert!(!mailbox.cancel(b"a", 2));
         assert!(!mailbox.cancel(b"a", 1)); // running, not queued
+        assert!(!mailbox.cancel(b"b", 1)); // idle object
         assert_eq!(mailbox.finish(b"a"), Some(3));
         assert_eq!(mailbox.finish(b"a"), None);
     }
 
     #[test]
-    fn threads_never_run_two_events_of_one_object_at_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Arc;
-        let mailbox = Arc::new(Mailbox::new(1_000_000, 8).unwrap());
-        let running = Arc::new(AtomicUsize::new(0));
-        let handles: Vec<_> = (0..4)
-            .map(|thread| {
-                let (mailbox, running) = (mailbox.clone(), running.clone());
-                std::thread::spawn(move || {
-                    for i in 0..10_000u64 {
-                        if mailbox.push(b"x", thread * 100_000 + i).unwrap() {
-                            // We hold the object: run it and everything handed to us.
-                            loop {
-                                assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0);
-                                running.fetch_sub(1, Ordering::SeqCst);
-                                if mailbox.finish(b"x").is_none() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle.join().unwrap();
+    fn bad_bounds_are_refused() {
+        assert!(matches!(Mailbox::new(0, 1), Err(Error::InvalidArgument(_))));
+        assert!(matches!(Mailbox::new(1, 0), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn many_objects_leave_no_entries_behind() {
+        let mailbox = Mailbox::new(4, 64).unwrap();
+        for n in 0..10_000u64 {
+            let id = n.to_le_bytes();
+            assert!(mailbox.push(&id, n).unwrap());
+            assert!(!mailbox.push(&id, n + 1).unwrap());
         }
-        assert_eq!(mailbox.state(b"x"), MailboxState::Idle);
+        assert_eq!((mailbox.len(), mailbox.total_depth()), (10_000, 10_000));
+        for n in 0..10_000u64 {
+            let id = n.to_le_bytes();
+            assert_eq!(mailbox.finish(&id), Some(n + 1));
+            assert_eq!(mailbox.finish(&id), None);
+        }
+        assert!(mailbox.is_empty());
     }
 }
