@@ -191,7 +191,8 @@ class Dispatcher:
         """The resident host of ``object_id``, creating the instance if needed."""
         host = self.hosts.get(object_id.storage_key)
         if host is not None:
-            self.hosts.move_to_end(host.key)
+            if self.max_resident is not None:
+                self.hosts.move_to_end(host.key)  # LRU order matters only when bounded
             if host.id.name is None and object_id.name is not None:
                 host.learn_name(object_id)
             return host
@@ -248,29 +249,17 @@ class Dispatcher:
 
     def commit(self, host: ObjectHost) -> int:
         """Hand the host's pending writes to the engine as one batch; its seq (0: nothing)."""
-        batch = host.storage.take_pending()
-        if batch is None:
-            return 0
-        alarm = batch.alarm
+        storage = host.storage
         try:
-            if alarm is None and not batch.delete_all:
-                seq = self.engine.commit(host.key, batch.puts, batch.deletes)
-            else:
-                seq = self.engine.commit(
-                    host.key,
-                    batch.puts,
-                    batch.deletes,
-                    delete_all=batch.delete_all,
-                    alarm=None if alarm is None else alarm.when_ms,
-                    delete_alarm=alarm is not None and alarm.when_ms is None,
-                )
+            seq = storage.commit()
         except StorageError:
             self.reset(host)
             raise
-        self.commits += 1
-        host.storage.committed()
-        if alarm is not None:
-            self._on_alarm_change(host.key, alarm.when_ms)
+        if seq:
+            self.commits += 1
+            alarm = storage.committed_alarm
+            if alarm is not None:
+                self._on_alarm_change(host.key, alarm.when_ms)
         return seq
 
     async def flush(self, host: ObjectHost) -> None:
@@ -303,7 +292,8 @@ class Dispatcher:
             or not host.started.done()
         ):
             return await self.deliver(object_id, partial(_invoke_rpc, method, args, kwargs))
-        self.hosts.move_to_end(key)
+        if self.max_resident is not None:
+            self.hosts.move_to_end(key)
         if host.id.name is None and object_id.name is not None:
             host.learn_name(object_id)
         token = next(self._tokens)

@@ -35,15 +35,6 @@ class AlarmChange(NamedTuple):
     when_ms: int | None
 
 
-class PendingBatch(NamedTuple):
-    """The writes a turn hands to the engine."""
-
-    puts: list[tuple[bytes, bytes]]
-    deletes: list[bytes]
-    delete_all: bool
-    alarm: AlarmChange | None
-
-
 def _check_key(key: str) -> bytes:
     if key.__class__ is not str and not isinstance(key, str):
         raise TypeError(f"storage keys are str, not {type(key).__name__}")
@@ -88,6 +79,7 @@ class Storage:
         self._cleared = False
         self._alarm: AlarmChange | None = None
         self._name_recorded: bool | None = None
+        self.committed_alarm: AlarmChange | None = None
 
     # -- reads ---------------------------------------------------------------
 
@@ -305,11 +297,18 @@ class Storage:
         """Whether there are writes not yet handed to the engine."""
         return bool(self._pending) or self._delete_all or self._alarm is not None
 
-    def take_pending(self) -> PendingBatch | None:
-        """Hand over the pending writes (and forget them); ``None`` if there are none."""
-        pending = self._pending
-        if not pending and not self._delete_all and self._alarm is None:
-            return None
+    def commit(self) -> int:
+        """Hand the pending writes to the engine as one atomic batch; its sequence
+        number, or 0 if there was nothing to write.
+
+        ``committed_alarm`` then holds the alarm change the batch made (``None``
+        if it made none). If the engine refuses the batch, the pending writes
+        stay and the error propagates (the runtime then resets the object).
+        """
+        pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
+        self.committed_alarm = alarm
+        if not pending and alarm is None and not delete_all:
+            return 0
         puts: builtins.list[tuple[bytes, bytes]] = []
         deletes: builtins.list[bytes] = []
         for key, raw in pending.items():
@@ -324,12 +323,23 @@ class Storage:
             and not self._name_is_recorded()
         ):
             puts.append((NAME_KEY, codec.encode(self._name)))
+        if alarm is None and not delete_all:
+            seq = self._engine.commit(self._object_key, puts, deletes)
+        else:
+            seq = self._engine.commit(
+                self._object_key,
+                puts,
+                deletes,
+                delete_all=delete_all,
+                alarm=None if alarm is None else alarm.when_ms,
+                delete_alarm=alarm is not None and alarm.when_ms is None,
+            )
+        if puts and self._name is not None:
             self._name_recorded = True
-        batch = PendingBatch(puts, deletes, self._delete_all, self._alarm)
         self._pending = {}
-        self._delete_all = False
+        self._delete_all = self._cleared = False
         self._alarm = None
-        return batch
+        return seq
 
     def _name_is_recorded(self) -> bool:
         if self._name_recorded is None:
@@ -339,10 +349,6 @@ class Storage:
     def learn_name(self, name: str | None) -> None:
         """Record ``name`` with the next write (the object was first reached by hex id)."""
         self._name = name
-
-    def committed(self) -> None:
-        """The engine accepted the handed-over batch: reads may use it from now on."""
-        self._cleared = False
 
     async def sync(self) -> None:
         """Wait until every write made so far (this turn's too) is durable."""
