@@ -124,8 +124,10 @@ impl TimerWheel {
         }
         self.elapsed = self.elapsed.max(now_ms);
         // Overflow deadlines lie in a later 2^36 ms block than the wheel's
-        // time, so they need a look only once the time has changed block.
-        if self.elapsed >> SPAN_BITS != block && self.heads[OVERFLOW as usize] != NIL {
+        // time, so they need a look only once the time has changed block, or
+        // to make the floor exact again once a cancel left it behind.
+        let stale = self.overflow_floor <= self.elapsed || self.elapsed >> SPAN_BITS != block;
+        if stale && self.heads[OVERFLOW as usize] != NIL {
             self.overflow_floor = i64::MAX;
             self.drain_list(OVERFLOW, now_ms, &mut due);
         }
@@ -185,6 +187,8 @@ impl TimerWheel {
         self.heads[list as usize] = next;
         if next == NIL && list < EXPIRED {
             self.occupied[list as usize / SLOTS] &= !(1u64 << (list as usize % SLOTS));
+        } else if next == NIL && list == OVERFLOW {
+            self.overflow_floor = i64::MAX;
         }
     }
 
@@ -302,6 +306,23 @@ mod tests {
             }
         }
         assert_eq!(clock, NOW + 2 * years);
+    }
+
+    #[test]
+    fn cancelling_the_earliest_far_deadline_does_not_stall_next_deadline() {
+        let mut wheel = TimerWheel::new(NOW);
+        let far = NOW + 4 * (1 << SPAN_BITS);
+        wheel.set(1, far);
+        wheel.set(2, far + 1_000);
+        wheel.cancel(1);
+        let mut clock = NOW;
+        for _ in 0..4 {
+            clock = wheel.next_deadline().unwrap();
+            if wheel.advance(clock) == [2] {
+                break;
+            }
+        }
+        assert_eq!(clock, far + 1_000);
     }
 
     #[test]
