@@ -205,7 +205,7 @@ def run_wrk(url: str, path: str, seconds: int, connections: int, scratch: Path) 
 
 
 @contextmanager
-def _server(args: list[str], env: dict[str, str]) -> Iterator[str]:
+def _server(args: list[str], env: dict[str, str]) -> Iterator[tuple[str, int]]:
     process = subprocess.Popen(
         args, cwd=BENCHES, env={**os.environ, **env}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -215,7 +215,7 @@ def _server(args: list[str], env: dict[str, str]) -> Iterator[str]:
         for line in process.stdout:  # the server says where it listens once it is ready
             match = LISTENING.search(line)
             if match:
-                yield match.group(1).decode()
+                yield match.group(1).decode(), process.pid
                 break
         else:
             raise RuntimeError("the server exited before listening")
@@ -242,12 +242,23 @@ def _drive(url: str, total: int) -> dict[str, Any]:
     return result
 
 
-def _measure(url: str, scratch: Path) -> dict[str, Any]:
-    if _generator() == "wrk":
+def _measure(url: str, pid: int, scratch: Path) -> dict[str, Any]:
+    """Warm up, then measure; also the server's CPU time per request (load-independent)."""
+    wrk = _generator() == "wrk"
+    if wrk:
         run_wrk(url, RPC_PATH, WARMUP_SECONDS, CONNECTIONS, scratch)
-        return run_wrk(url, RPC_PATH, SECONDS, CONNECTIONS, scratch)
-    _drive(url, WARMUP)
-    return _drive(url, REQUESTS)
+    else:
+        _drive(url, WARMUP)
+    cpu_before = _cpu_seconds(pid)
+    result = run_wrk(url, RPC_PATH, SECONDS, CONNECTIONS, scratch) if wrk else _drive(url, REQUESTS)
+    result["cpu_us"] = (_cpu_seconds(pid) - cpu_before) / result["requests"] * 1e6
+    return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pythonpath() -> str:
@@ -264,13 +275,13 @@ def test_durable_increment_rpc_over_http(benchmark: Any, report: Any, tmp_path: 
     env = {"STEAD_BENCH_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": _pythonpath()}
 
     def run() -> dict[str, Any]:
-        with _server(serve, env) as url:
-            return _measure(url, tmp_path)
+        with _server(serve, env) as (url, pid):
+            return _measure(url, pid, tmp_path)
 
     stead_result = benchmark.pedantic(run, rounds=1, iterations=1)
     uvicorn = [sys.executable, "-m", "uvicorn", "--factory", "bench_http:bare_app", "--port", "0"]
-    with _server([*uvicorn, "--no-access-log"], {"PYTHONPATH": _pythonpath()}) as url:
-        bare = _measure(url, tmp_path)
+    with _server([*uvicorn, "--no-access-log"], {"PYTHONPATH": _pythonpath()}) as (url, pid):
+        bare = _measure(url, pid, tmp_path)
 
     assert stead_result["errors"] == 0 and bare["errors"] == 0
     rps = stead_result["rps"]
@@ -278,14 +289,12 @@ def test_durable_increment_rpc_over_http(benchmark: Any, report: Any, tmp_path: 
         f"\nHTTP durable increment, {OBJECTS:,} objects, {CONNECTIONS} keep-alive connections, "
         f"fsync durability, load from {_generator()} in its own process:"
     )
-    report(
-        f"  stead serve:    {rps:8,.0f} req/s  p50 {stead_result['p50_ms']:.2f} ms  "
-        f"p99 {stead_result['p99_ms']:.2f} ms"
-    )
-    report(
-        f"  bare Starlette: {bare['rps']:8,.0f} req/s  p50 {bare['p50_ms']:.2f} ms  "
-        f"p99 {bare['p99_ms']:.2f} ms  (no objects, no storage)"
-    )
+    for label, result in (("stead serve:   ", stead_result), ("bare Starlette:", bare)):
+        report(
+            f"  {label} {result['rps']:8,.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
+            f"p99 {result['p99_ms']:.2f} ms  server CPU {result['cpu_us']:.0f} us/request"
+        )
+    report("  (bare Starlette: plain uvicorn, no objects, no storage)")
     report(
         f"  target >= {TARGET_RPS:,} req/s: ratio {rps / TARGET_RPS:.2f} "
         f"({'met' if rps >= TARGET_RPS else 'NOT met'}); stead / bare Starlette = "
