@@ -71,6 +71,7 @@ class ObjectHost:
         "instance",
         "key",
         "last_used",
+        "ready",
         "reentrant",
         "started",
         "storage",
@@ -90,6 +91,8 @@ class ObjectHost:
         )
         self.ctx = ObjectContext(object_id, self.storage, self)
         self.started: asyncio.Future[None] | None = None
+        # on_start finished: events may run without the start check (hot path flag).
+        self.ready = False
         self.gate: asyncio.Event | None = None
         self.inflight = 0
         self.broken = False
@@ -284,13 +287,7 @@ class Dispatcher:
         called from outside any turn (no extra coroutine layers); else ``deliver``."""
         key = object_id.storage_key
         host = self.hosts.get(key)
-        if (
-            host is None
-            or host.reentrant
-            or _call_chain.get()
-            or host.started is None
-            or not host.started.done()
-        ):
+        if host is None or not host.ready or host.reentrant or _call_chain.get():
             return await self.deliver(object_id, partial(_invoke_rpc, method, args, kwargs))
         if self.max_resident is not None:
             self.hosts.move_to_end(key)
@@ -317,7 +314,9 @@ class Dispatcher:
         finally:
             _call_chain.reset(context_token)
             host.last_used = time.monotonic()
-            self._hand_off(key)
+            next_token = self.mailbox.finish(key)
+            if next_token is not None:
+                self._wake(key, next_token)
         if seq:
             try:
                 durable = self.waiter.future_for(seq)
@@ -380,12 +379,21 @@ class Dispatcher:
             raise
 
     def _hand_off(self, key: bytes) -> None:
+        """End the running event of ``key`` and wake the next queued caller, if any."""
+        token = self.mailbox.finish(key)
+        if token is not None:
+            self._wake(key, token)
+
+    def _wake(self, key: bytes, token: int | None) -> None:
+        # The object stays running across the hand-over; callers that gave up
+        # are skipped.
         mailbox, waiters = self.mailbox, self._waiters
-        while (token := mailbox.finish(key)) is not None:
+        while token is not None:
             future = waiters.pop(token, None)
             if future is not None and not future.done():
                 future.set_result(None)
                 return
+            token = mailbox.finish(key)
 
     def _would_deadlock(self, caller: bytes, target: bytes) -> bool:
         seen: set[bytes] = set()
@@ -425,7 +433,7 @@ class Dispatcher:
 
     async def _invoke(self, host: ObjectHost, invoke: Invoke[Any]) -> tuple[Any, bool]:
         try:
-            if host.started is None or not host.started.done():
+            if not host.ready:
                 await self._start(host)
             return await invoke(host), False
         except (ObjectAborted, Exception) as error:
@@ -461,6 +469,7 @@ class Dispatcher:
             host.started.exception()  # mark retrieved; later waiters re-raise it
             raise
         host.started.set_result(None)
+        host.ready = True
 
     async def _reenter(self, key: bytes, chain: tuple[bytes, ...], invoke: Invoke[T]) -> T:
         """A call back into an object whose turn is on this call chain runs nested in it."""

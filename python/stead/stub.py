@@ -98,8 +98,11 @@ class _BoundCall:
         self._method = method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        stub = self._stub
-        return _send(stub._dispatcher, stub.id, self._method, args, kwargs)
+        stub, method = self._stub, self._method
+        # Copied now, in the caller's context: later mutation by the caller is not seen.
+        if args or kwargs:
+            args, kwargs = method.copy_args(args, kwargs)  # type: ignore[assignment]
+        return stub._dispatcher.call(stub.id, method, args, kwargs)
 
 
 def _send(
