@@ -55,6 +55,23 @@ def _alarm_ms(when: float | datetime) -> int:
 class Storage:
     """The storage of one object (``ctx.storage``). Synchronous unless marked async."""
 
+    # One per resident object: slots keep it small and out of the GC's dict scans.
+    __slots__ = (
+        "_alarm",
+        "_cache",
+        "_cache_bytes",
+        "_cleared",
+        "_delete_all",
+        "_engine",
+        "_max_value_bytes",
+        "_name",
+        "_name_recorded",
+        "_object_key",
+        "_pending",
+        "_syncer",
+        "committed_alarm",
+    )
+
     def __init__(
         self,
         engine: Engine,
