@@ -98,7 +98,7 @@ fn next_batch(
     }
 }
 
-/// Adaptive polling before sleeping: the budget halves each time a poll
+/// Adaptive polling (with `sched_yield`) before sleeping: the budget halves each time a poll
 /// finds nothing (an idle engine stops burning a core within a few groups)
 /// and returns to the maximum when a sleep turns out shorter than the
 /// maximum (a poll would have caught that commit without a futex wake-up).
@@ -126,7 +126,9 @@ impl Spin {
                 }
                 return;
             }
-            std::hint::spin_loop();
+            // Yield rather than spin hard: on a busy 2-core machine the
+            // committing thread may be waiting for this very CPU.
+            std::thread::yield_now();
         }
     }
 
