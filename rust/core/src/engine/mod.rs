@@ -8,19 +8,20 @@
 //! Reads are served from the index: values come from the value cache, from
 //! the pending/in-flight buffers if not yet written, or from the segment file.
 //!
-//! Submodules: [`record`] (formats), [`index`], [`cache`], [`flusher`],
-//! [`recovery`], [`compact`] (compaction and hint files), [`sys`] (OS glue).
+//! Submodules: `options` (settings, stats), `state` (what the threads
+//! share), `record` (formats), `index`, `cache`, `flusher`, `recovery`,
+//! `compact` (compaction and hint files), `sys` (OS glue).
 
 mod cache;
 mod compact;
 mod flusher;
 mod index;
+mod options;
 mod record;
 mod recovery;
+mod state;
 mod sys;
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,248 +34,13 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::{Error, Result};
 use cache::ValueCache;
 pub use index::ListOptions;
-use index::{Index, Loc, Slot};
+use index::{Loc, Slot};
+pub use options::{Durability, Options, Stats, MAX_OBJECT_ID_BYTES};
+use options::{MAX_LATENCY_SAMPLES, MIN_SEGMENT_BYTES};
 pub use record::Op;
 use record::HEADER_LEN;
+pub(crate) use state::{Active, Chunk, SegFile, Shared, State};
 use sys::{DirLock, EventFd};
-
-/// How much a commit promises once `durable_seq` covers it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// write + fdatasync per group: survives power loss.
-    Fsync,
-    /// write only: survives a process crash.
-    Os,
-    /// Durable at once; written in the background, nothing guaranteed.
-    None,
-}
-
-impl Durability {
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "fsync" => Ok(Durability::Fsync),
-            "os" => Ok(Durability::Os),
-            "none" => Ok(Durability::None),
-            other => Err(Error::InvalidArgument(format!(
-                "durability must be 'fsync', 'os' or 'none', not {other:?}"
-            ))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Durability::Fsync => "fsync",
-            Durability::Os => "os",
-            Durability::None => "none",
-        }
-    }
-}
-
-/// Engine settings.
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub durability: Durability,
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    pub cache_bytes: usize,
-    pub segment_bytes: u64,
-    pub compaction: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            durability: Durability::Fsync,
-            max_key_bytes: 2048,
-            max_value_bytes: 2 << 20,
-            cache_bytes: 64 << 20,
-            segment_bytes: 64 << 20,
-            compaction: true,
-        }
-    }
-}
-
-/// The longest object id accepted.
-pub const MAX_OBJECT_ID_BYTES: usize = 65_535;
-/// Smallest segment size accepted (smaller values are raised to it).
-const MIN_SEGMENT_BYTES: u64 = 4096;
-/// Sync latencies kept for `take_sync_latencies` before old ones are dropped.
-const MAX_LATENCY_SAMPLES: usize = 65_536;
-
-/// Counters reported by [`Engine::stats`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub objects: u64,
-    pub keys: u64,
-    pub segments: u64,
-    pub live_bytes: u64,
-    pub index_bytes: u64,
-    pub key_bytes: u64,
-    pub cache_bytes: u64,
-    pub commits: u64,
-    pub syncs: u64,
-    pub compactions: u64,
-    pub last_seq: u64,
-    pub durable_seq: u64,
-}
-
-/// An open segment file.
-pub(crate) struct SegFile {
-    pub file: File,
-    pub seg: u64,
-    pub path: PathBuf,
-    pub compacted: bool,
-}
-
-/// Records appended but not yet handed to the flusher, for one file.
-pub(crate) struct Chunk {
-    pub file: u32,
-    pub seg: u64,
-    /// File offset of `data[0]`.
-    pub start: u64,
-    pub data: Vec<u8>,
-    pub last_seq: u64,
-}
-
-impl Chunk {
-    fn slice(&self, loc: &Loc) -> Option<&[u8]> {
-        let from = loc.off.checked_sub(self.start)? as usize;
-        let to = from + loc.len as usize;
-        (self.file == loc.file && to <= self.data.len()).then(|| &self.data[from..to])
-    }
-}
-
-/// Where the next record goes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Active {
-    pub file: u32,
-    pub seg: u64,
-    pub end: u64,
-}
-
-/// Everything behind the engine's one mutex.
-pub(crate) struct State {
-    pub index: Index,
-    pub cache: ValueCache,
-    pub files: HashMap<u32, Arc<SegFile>>,
-    /// Record bytes per file id (with `Index::dead_bytes`: the garbage ratio).
-    pub file_bytes: HashMap<u32, u64>,
-    pub next_file_id: u32,
-    /// `None` for the in-memory engine.
-    pub active: Option<Active>,
-    pub pending: Vec<Chunk>,
-    pub inflight: Option<Arc<Vec<Chunk>>>,
-    pub last_seq: u64,
-    pub closing: bool,
-    pub flusher_sleeping: bool,
-    pub compaction_wanted: bool,
-    /// A recycled buffer for the next pending chunk.
-    pub spare: Vec<u8>,
-    scratch: Vec<usize>,
-}
-
-impl State {
-    pub fn alloc_file_id(&mut self) -> u32 {
-        self.next_file_id += 1;
-        self.next_file_id
-    }
-
-    /// Start a new segment; the flusher creates its file on first write.
-    fn roll(&mut self) {
-        let file = self.alloc_file_id();
-        let active = self.active.as_mut().expect("disk engine");
-        *active = Active {
-            file,
-            seg: active.seg + 1,
-            end: HEADER_LEN,
-        };
-    }
-
-    /// Whether sealed segments carry enough garbage to be worth compacting.
-    fn garbage_worth_compacting(&self, segment_bytes: u64) -> bool {
-        let Some(active) = self.active else {
-            return false;
-        };
-        let (mut total, mut dead) = (0u64, 0u64);
-        for (id, file) in &self.files {
-            if file.seg < active.seg {
-                total += self.file_bytes.get(id).copied().unwrap_or(0);
-                dead += self.index.dead_bytes(*id);
-            }
-        }
-        total >= segment_bytes && dead * 2 >= total
-    }
-}
-
-/// State shared between the engine handle, the flusher and the compactor.
-pub(crate) struct Shared {
-    pub dir: Option<PathBuf>,
-    pub opts: Options,
-    pub state: Mutex<State>,
-    /// The flusher sleeps here when there is nothing to write.
-    pub work: Condvar,
-    /// The compactor sleeps here until compaction is wanted.
-    pub compact_cv: Condvar,
-    pub compact_lock: Mutex<()>,
-    /// Waiters on `durable_seq` / `written_seq`.
-    pub durable_lock: Mutex<()>,
-    pub durable_cv: Condvar,
-    pub durable_seq: AtomicU64,
-    /// Highest seq whose record is in the file (readable by pread).
-    pub written_seq: AtomicU64,
-    pub has_pending: AtomicBool,
-    pub fail_next: AtomicBool,
-    pub poisoned: AtomicBool,
-    pub poison_reason: Mutex<Option<String>>,
-    pub wakeup: EventFd,
-    pub sync_latencies: Mutex<Vec<u64>>,
-    pub commits: AtomicU64,
-    pub syncs: AtomicU64,
-    pub compactions: AtomicU64,
-}
-
-impl Shared {
-    fn poison_error(&self) -> Error {
-        let reason = self.poison_reason.lock().clone().unwrap_or_default();
-        Error::Closed(format!(
-            "a log flush failed earlier, no further writes: {reason}"
-        ))
-    }
-
-    pub fn poison(&self, reason: String) {
-        eprintln!("stead engine: flush failed, engine poisoned: {reason}");
-        *self.poison_reason.lock() = Some(reason);
-        self.poisoned.store(true, Ordering::SeqCst);
-        self.notify_durable();
-        self.wakeup.signal();
-    }
-
-    pub fn notify_durable(&self) {
-        let _guard = self.durable_lock.lock();
-        self.durable_cv.notify_all();
-    }
-
-    /// Block until `check()` holds, the engine is poisoned, or `deadline` passes.
-    fn wait_until(&self, deadline: Option<Instant>, check: impl Fn() -> bool) -> Result<bool> {
-        let mut guard = self.durable_lock.lock();
-        loop {
-            if check() {
-                return Ok(true);
-            }
-            if self.poisoned.load(Ordering::SeqCst) {
-                return Err(self.poison_error());
-            }
-            match deadline {
-                Some(deadline) => {
-                    if self.durable_cv.wait_until(&mut guard, deadline).timed_out() {
-                        return Ok(check());
-                    }
-                }
-                None => self.durable_cv.wait(&mut guard),
-            }
-        }
-    }
-}
 
 /// A value resolved under the lock, or a file read still to do outside it.
 enum Pending {
