@@ -66,7 +66,9 @@ class Engine:
         ``puts``, then ``alarm`` (epoch ms) or ``delete_alarm``. Reads see the
         batch at once; it is durable once ``durable_seq() >= seq``. Raises
         ``LimitError`` (nothing written) for an empty or oversized key or an
-        oversized value, ``StorageError`` if the engine is closed or poisoned.
+        oversized value, ``ValueError`` for an empty ``object_id`` or both
+        ``alarm`` and ``delete_alarm``, ``StorageError`` if the engine is
+        closed or poisoned (or once after :meth:`fail_next_commit`).
         """
 
     def durable_seq(self) -> int:
