@@ -46,9 +46,14 @@ struct Slot {
 
 type Shard = HashTable<Slot>;
 
+/// A shard's lock on a cache line of its own, so threads working on
+/// different shards do not invalidate each other's lines (false sharing).
+#[repr(align(64))]
+struct Padded(Mutex<Shard>);
+
 /// The mailbox of every object of a runtime.
 pub struct Mailbox {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded]>,
     /// Keyed SipHash: object ids can be chosen by clients.
     hasher: RandomState,
     max_pending: usize,
@@ -63,7 +68,9 @@ impl Mailbox {
             ));
         }
         Ok(Mailbox {
-            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
+            shards: (0..shards)
+                .map(|_| Padded(Mutex::new(Shard::new())))
+                .collect(),
             hasher: RandomState::new(),
             max_pending,
         })
@@ -137,15 +144,14 @@ impl Mailbox {
     /// Queued events over all objects (locks each shard in turn, so only a
     /// snapshot while other threads push).
     pub fn total_depth(&self) -> usize {
-        let queued = |shard: &Mutex<Shard>| -> usize {
-            shard.lock().iter().map(|slot| slot.queue.len()).sum()
-        };
+        let queued =
+            |shard: &Padded| -> usize { shard.0.lock().iter().map(|slot| slot.queue.len()).sum() };
         self.shards.iter().map(queued).sum()
     }
 
     /// Objects that are running (with or without queued events).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().len()).sum()
+        self.shards.iter().map(|shard| shard.0.lock().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,7 +164,7 @@ impl Mailbox {
     fn lock(&self, object: &[u8]) -> (u64, MutexGuard<'_, Shard>) {
         let hash = self.hasher.hash_one(object);
         let index = ((hash & 0xffff_ffff) * self.shards.len() as u64) >> 32;
-        (hash, self.shards[index as usize].lock())
+        (hash, self.shards[index as usize].0.lock())
     }
 }
 
