@@ -144,7 +144,8 @@ def test_durable_puts_concurrent_and_single(
     report(
         f"\nengine concurrent: {rate:,.0f} durable puts/s best of {len(rates)} rounds "
         f"(median {statistics.median(rates):,.0f}; {COMMITTERS} committers, {syncs} syncs, "
-        f"{PUTS / max(syncs, 1):.0f} puts/sync), commit p50 {p50:.0f} us, p99 {p99:.0f} us; "
+        f"{PUTS / max(syncs, 1):.0f} puts/sync), commit p50 {p50:.0f} us, p99 {p99:.0f} us "
+        f"(raw fdatasync p50 {raw:.0f} us); "
         f"target >= {TARGET_PUTS_PER_S:,} -> ratio {rate / TARGET_PUTS_PER_S:.2f}"
     )
     report(
