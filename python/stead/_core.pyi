@@ -207,9 +207,11 @@ class TimerWheel:
         """The deadline of ``token``, or ``None``."""
 
     def next_deadline(self) -> int | None:
-        """When to call :meth:`advance` next (epoch ms), ``None`` if empty: exact
-        within 64 ms of the wheel's time, else a lower bound (the start of the
-        earliest occupied slot), so a caller re-arms after each ``advance``."""
+        """When to call :meth:`advance` next (epoch ms), ``None`` if empty; never
+        after the earliest deadline. Exact for overdue deadlines (a time in the
+        past: call now) and within 64 ms of the wheel's time, else a lower bound
+        (the start of the earliest occupied slot), so a caller re-arms after each
+        ``advance`` and converges on the exact time in at most six steps."""
 
     def advance(self, now_ms: int) -> list[int]:
         """Remove and return every token due at or before ``now_ms``, earliest first."""

@@ -35,8 +35,10 @@ pub struct TimerWheel {
     heads: Vec<u32>,
     /// Bit `s` of `occupied[l]`: slot `s` of level `l` has entries.
     occupied: [u64; LEVELS],
-    /// At most the earliest overflow deadline (cancels may leave it lower).
-    overflow_floor: i64,
+    /// At most the earliest deadline of the expired and the overflow list
+    /// (`i64::MAX` when empty); a cancel may leave it lower until the list is
+    /// next drained.
+    floor: [i64; 2],
 }
 
 impl TimerWheel {
@@ -47,7 +49,7 @@ impl TimerWheel {
             entries: Entries::new(),
             heads: vec![NIL; LISTS],
             occupied: [0; LEVELS],
-            overflow_floor: i64::MAX,
+            floor: [i64::MAX; 2],
         }
     }
 
@@ -89,19 +91,22 @@ impl TimerWheel {
             .map(|at| self.entries.get(at).deadline)
     }
 
-    /// When to call `advance` next, `None` when empty. Exact for deadlines
-    /// within the wheel's current 64 ms; otherwise a lower bound (the start of
-    /// the earliest occupied slot), so a caller that re-arms after every
-    /// `advance` converges on the exact time in at most six steps. O(1).
+    /// When to call `advance` next, `None` when empty; never after the
+    /// earliest deadline. Exact for overdue deadlines (in the past: call now),
+    /// for those within the wheel's current 64 ms and for the earliest
+    /// overflow one; otherwise the start of the earliest occupied slot, so a
+    /// caller that re-arms after every `advance` converges on the exact time
+    /// in at most six steps. O(1).
     pub fn next_deadline(&self) -> Option<i64> {
         if self.heads[EXPIRED as usize] != NIL {
-            return Some(self.elapsed);
+            // Below the wheel's time only if the caller's clock went back.
+            return Some(self.floor[0]);
         }
         if let Some((_, _, start)) = self.next_slot() {
             return Some(start);
         }
         if self.heads[OVERFLOW as usize] != NIL {
-            return Some(self.overflow_floor.max(self.elapsed));
+            return Some(self.floor[1].max(self.elapsed));
         }
         None
     }
@@ -112,6 +117,7 @@ impl TimerWheel {
         let mut due: Vec<(i64, u64)> = Vec::new();
         let block = self.elapsed >> SPAN_BITS;
         if self.heads[EXPIRED as usize] != NIL {
+            self.floor[0] = i64::MAX;
             self.drain_list(EXPIRED, now_ms, &mut due);
         }
         while let Some((level, slot, start)) = self.next_slot() {
@@ -126,9 +132,9 @@ impl TimerWheel {
         // Overflow deadlines lie in a later 2^36 ms block than the wheel's
         // time, so they need a look only once the time has changed block, or
         // to make the floor exact again once a cancel left it behind.
-        let stale = self.overflow_floor <= self.elapsed || self.elapsed >> SPAN_BITS != block;
+        let stale = self.floor[1] <= self.elapsed || self.elapsed >> SPAN_BITS != block;
         if stale && self.heads[OVERFLOW as usize] != NIL {
-            self.overflow_floor = i64::MAX;
+            self.floor[1] = i64::MAX;
             self.drain_list(OVERFLOW, now_ms, &mut due);
         }
         due.sort_unstable();
@@ -169,8 +175,9 @@ impl TimerWheel {
         }
         if list < EXPIRED {
             self.occupied[list as usize / SLOTS] |= 1u64 << (list as usize % SLOTS);
-        } else if list == OVERFLOW {
-            self.overflow_floor = self.overflow_floor.min(deadline);
+        } else {
+            let floor = &mut self.floor[(list - EXPIRED) as usize];
+            *floor = (*floor).min(deadline);
         }
     }
 
@@ -187,8 +194,8 @@ impl TimerWheel {
         self.heads[list as usize] = next;
         if next == NIL && list < EXPIRED {
             self.occupied[list as usize / SLOTS] &= !(1u64 << (list as usize % SLOTS));
-        } else if next == NIL && list == OVERFLOW {
-            self.overflow_floor = i64::MAX;
+        } else if next == NIL {
+            self.floor[(list - EXPIRED) as usize] = i64::MAX;
         }
     }
 
@@ -284,7 +291,7 @@ mod tests {
         let mut wheel = TimerWheel::new(NOW);
         wheel.advance(NOW + 10_000);
         wheel.set(1, NOW);
-        assert_eq!(wheel.next_deadline(), Some(NOW + 10_000));
+        assert_eq!(wheel.next_deadline(), Some(NOW)); // in the past: call now
         assert_eq!(wheel.advance(NOW + 10_000), vec![1]);
     }
 
@@ -306,6 +313,19 @@ mod tests {
             }
         }
         assert_eq!(clock, NOW + 2 * years);
+    }
+
+    #[test]
+    fn a_clock_that_went_back_still_gets_alarms_on_its_time() {
+        let mut wheel = TimerWheel::new(NOW);
+        wheel.advance(NOW + 3_600_000); // the clock then steps back an hour
+        wheel.set(1, NOW + 2_000);
+        wheel.set(2, NOW + 1_000);
+        assert_eq!(wheel.next_deadline(), Some(NOW + 1_000));
+        assert_eq!(wheel.advance(NOW + 999), Vec::<u64>::new());
+        assert_eq!(wheel.advance(NOW + 1_000), vec![2]);
+        assert_eq!(wheel.next_deadline(), Some(NOW + 2_000));
+        assert_eq!(wheel.advance(NOW + 2_000), vec![1]);
     }
 
     #[test]
