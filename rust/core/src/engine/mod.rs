@@ -24,15 +24,14 @@ mod sys;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use cache::ValueCache;
 pub use index::ListOptions;
 use index::{Loc, Slot};
 pub use options::{Durability, Options, Stats, MAX_OBJECT_ID_BYTES};
@@ -40,7 +39,7 @@ use options::{MAX_LATENCY_SAMPLES, MIN_SEGMENT_BYTES};
 pub use record::Op;
 use record::HEADER_LEN;
 pub(crate) use state::{Active, Chunk, SegFile, Shared, State};
-use sys::{DirLock, EventFd};
+use sys::DirLock;
 
 /// A value resolved under the lock, or a file read still to do outside it.
 enum Pending {
@@ -76,45 +75,9 @@ impl Engine {
         recovered: recovery::Recovered,
     ) -> Result<Engine> {
         let on_disk = dir.is_some();
-        let last_seq = recovered.last_seq;
-        let state = State {
-            index: recovered.index,
-            cache: ValueCache::new(opts.cache_bytes),
-            files: recovered.files,
-            file_bytes: recovered.file_bytes,
-            next_file_id: recovered.next_file_id,
-            active: recovered.active,
-            pending: Vec::new(),
-            inflight: None,
-            last_seq,
-            closing: false,
-            flusher_sleeping: false,
-            compaction_wanted: false,
-            spare: Vec::new(),
-            scratch: Vec::new(),
-        };
         let compaction = opts.compaction;
-        let shared = Arc::new(Shared {
-            dir,
-            opts,
-            state: Mutex::new(state),
-            work: Condvar::new(),
-            compact_cv: Condvar::new(),
-            compact_lock: Mutex::new(()),
-            durable_lock: Mutex::new(()),
-            durable_cv: Condvar::new(),
-            durable_seq: AtomicU64::new(last_seq),
-            written_seq: AtomicU64::new(last_seq),
-            has_pending: AtomicBool::new(false),
-            fail_next: AtomicBool::new(false),
-            poisoned: AtomicBool::new(false),
-            poison_reason: Mutex::new(None),
-            wakeup: EventFd::new()?,
-            sync_latencies: Mutex::new(Vec::new()),
-            commits: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-            compactions: AtomicU64::new(0),
-        });
+        let state = State::new(recovered, opts.cache_bytes);
+        let shared = Arc::new(Shared::new(dir, opts, state)?);
         let mut threads = Vec::new();
         if on_disk {
             threads.push(spawn("stead-flusher", &shared, flusher::run)?);

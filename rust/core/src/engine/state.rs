@@ -14,6 +14,7 @@ use parking_lot::{Condvar, Mutex};
 use super::cache::ValueCache;
 use super::index::{Index, Loc};
 use super::record::HEADER_LEN;
+use super::recovery::Recovered;
 use super::sys::EventFd;
 use super::Options;
 use crate::error::{Error, Result};
@@ -75,6 +76,25 @@ pub(crate) struct State {
 }
 
 impl State {
+    pub fn new(recovered: Recovered, cache_bytes: usize) -> Self {
+        State {
+            index: recovered.index,
+            cache: ValueCache::new(cache_bytes),
+            files: recovered.files,
+            file_bytes: recovered.file_bytes,
+            next_file_id: recovered.next_file_id,
+            active: recovered.active,
+            pending: Vec::new(),
+            inflight: None,
+            last_seq: recovered.last_seq,
+            closing: false,
+            flusher_sleeping: false,
+            compaction_wanted: false,
+            spare: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
     pub fn alloc_file_id(&mut self) -> u32 {
         self.next_file_id += 1;
         self.next_file_id
@@ -135,6 +155,31 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub fn new(dir: Option<PathBuf>, opts: Options, state: State) -> Result<Self> {
+        let last_seq = state.last_seq;
+        Ok(Shared {
+            dir,
+            opts,
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            compact_cv: Condvar::new(),
+            compact_lock: Mutex::new(()),
+            durable_lock: Mutex::new(()),
+            durable_cv: Condvar::new(),
+            durable_seq: AtomicU64::new(last_seq),
+            written_seq: AtomicU64::new(last_seq),
+            has_pending: AtomicBool::new(false),
+            fail_next: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+            poison_reason: Mutex::new(None),
+            wakeup: EventFd::new()?,
+            sync_latencies: Mutex::new(Vec::new()),
+            commits: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+        })
+    }
+
     pub fn poison_error(&self) -> Error {
         let reason = self.poison_reason.lock().clone().unwrap_or_default();
         Error::Closed(format!(
