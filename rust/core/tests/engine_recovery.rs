@@ -326,3 +326,37 @@ fn reserved_zero_tail_is_a_clean_end_but_a_torn_record_before_it_is_truncated() 
     assert_eq!(engine.last_seq(), 2);
     assert_eq!(fs::metadata(&seg).unwrap().len(), ends[1]);
 }
+
+#[test]
+fn append_only_log_is_compacted_to_bound_startup_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        durability: Durability::Os,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    for i in 0..2000u32 {
+        // Distinct keys only: no garbage, so only the replay bound can trigger.
+        engine
+            .commit(b"o", &[Op::Put(&i.to_be_bytes(), &[9u8; 100])])
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.stats().compactions == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background compaction"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    engine.close().unwrap();
+    let segments_left = segments(dir.path()).len();
+    assert!(segments_left < 80, "{segments_left} segments, ~80 written");
+    let reopened = Engine::open(Some(dir.path()), opts).unwrap();
+    assert_eq!(reopened.stats().keys, 2000);
+    assert_eq!(
+        reopened.get(b"o", &1999u32.to_be_bytes()).unwrap().unwrap(),
+        vec![9u8; 100]
+    );
+}

@@ -193,7 +193,7 @@ impl Engine {
         if active.end > HEADER_LEN && active.end + len > shared.opts.segment_bytes {
             state.roll();
             active = state.active.expect("disk engine");
-            if shared.opts.compaction && state.garbage_worth_compacting(shared.opts.segment_bytes) {
+            if shared.opts.compaction && state.compaction_worthwhile(shared.opts.segment_bytes) {
                 state.compaction_wanted = true;
                 shared.compact_cv.notify_one();
             }

@@ -19,6 +19,9 @@ use super::sys::EventFd;
 use super::Options;
 use crate::error::{Error, Result};
 
+/// Plain sealed segments tolerated before compaction bounds startup replay.
+const REPLAY_SEGMENTS: u64 = 8;
+
 /// An open segment file.
 pub(crate) struct SegFile {
     pub file: File,
@@ -111,19 +114,30 @@ impl State {
         };
     }
 
-    /// Whether sealed segments carry enough garbage to be worth compacting.
-    pub fn garbage_worth_compacting(&self, segment_bytes: u64) -> bool {
+    /// Whether compacting the sealed segments is worth it: they hold at least
+    /// a segment's worth of bytes of which half is garbage, or the plain
+    /// (never compacted) ones that startup would replay record by record
+    /// outgrow both `REPLAY_SEGMENTS` segments and the compacted base (which
+    /// bounds replay while keeping rewrite cost at most ~2x for data that is
+    /// only ever added).
+    pub fn compaction_worthwhile(&self, segment_bytes: u64) -> bool {
         let Some(active) = self.active else {
             return false;
         };
-        let (mut total, mut dead) = (0u64, 0u64);
+        let (mut total, mut dead, mut plain) = (0u64, 0u64, 0u64);
         for (id, file) in &self.files {
             if file.seg < active.seg {
-                total += self.file_bytes.get(id).copied().unwrap_or(0);
+                let bytes = self.file_bytes.get(id).copied().unwrap_or(0);
+                total += bytes;
                 dead += self.index.dead_bytes(*id);
+                if !file.compacted {
+                    plain += bytes;
+                }
             }
         }
-        total >= segment_bytes && dead * 2 >= total
+        let garbage = total >= segment_bytes && dead * 2 >= total;
+        let base = total - plain;
+        garbage || plain >= (REPLAY_SEGMENTS * segment_bytes).max(base)
     }
 }
 
