@@ -37,12 +37,15 @@ class CommitWaiter:
         self._failure: StorageError | None = None
         # In memory and in "none" mode a commit is durable when it returns.
         self._immediate = engine.data_dir is None or engine.durability == "none"
+        # The durable seq as of the last drained wakeup. A newer durable seq not
+        # yet drained is still announced: the eventfd stays readable until drained.
+        self._durable = engine.durable_seq()
         self._fd = engine.wakeup_fd()
         self._loop.add_reader(self._fd, self._on_wakeup)
 
     def is_durable(self, seq: int) -> bool:
         """Whether ``seq`` is already durable (no waiting needed)."""
-        return self._engine.durable_seq() >= seq
+        return seq <= self._durable or self._engine.durable_seq() >= seq
 
     async def wait(self, seq: int) -> None:
         """Return once every batch up to ``seq`` is durable (``StorageError`` if never)."""
@@ -57,7 +60,7 @@ class CommitWaiter:
         """
         if self._failure is not None:
             raise self._failure
-        if self._immediate or self._engine.durable_seq() >= seq:
+        if seq <= self._durable or self._immediate:
             return None
         future: asyncio.Future[None] = self._loop.create_future()
         if not self._waiting or self._waiting[-1][0] <= seq:
@@ -74,6 +77,7 @@ class CommitWaiter:
         except StorageError as error:
             self._fail_all(error)
             return
+        self._durable = durable
         waiting = self._waiting
         while waiting and waiting[0][0] <= durable:
             _, future = waiting.popleft()
