@@ -88,7 +88,10 @@ async def test_env_exposes_bindings_and_vars(data_dir: str) -> None:
 
 
 async def test_in_memory_runtime_needs_no_data_dir() -> None:
-    async with stead.Runtime({"T": Tracked}) as rt:
+    runtime = stead.Runtime({"T": Tracked})
+    assert not runtime.started and runtime.plugins is None
+    async with runtime as rt:
+        assert rt.started
         await rt.env.T.get_by_name("m").set_greeting("hi")
         assert await rt.env.T.get_by_name("m").greet() == "hi"
 

@@ -204,6 +204,16 @@ class Runtime:
         return self._env
 
     @property
+    def started(self) -> bool:
+        """Whether ``start()`` has run and ``close()`` has not."""
+        return self._engine is not None
+
+    @property
+    def plugins(self) -> Plugins | None:
+        """The loaded plugins (``plugins=True``, once started), else ``None``."""
+        return self._plugins
+
+    @property
     def bindings(self) -> Mapping[str, type[DurableObject]]:
         """Binding name -> object class."""
         return dict(self._classes)

@@ -152,6 +152,8 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
 
 
 def _plugin_routes(runtime: Runtime, plugins: Plugins | None) -> list[BaseRoute]:
+    if plugins is None:
+        plugins = runtime.plugins  # already loaded when the runtime was started first
     if plugins is None and runtime.use_plugins:
         from stead.plugins import Plugins
 
@@ -162,18 +164,10 @@ def _plugin_routes(runtime: Runtime, plugins: Plugins | None) -> list[BaseRoute]
 def _lifespan(runtime: Runtime) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if _started(runtime):
+        if runtime.started:
             yield
             return
         async with runtime:
             yield
 
     return lifespan
-
-
-def _started(runtime: Runtime) -> bool:
-    try:
-        runtime.engine  # noqa: B018  (raises RuntimeError unless started)
-    except RuntimeError:
-        return False
-    return True
