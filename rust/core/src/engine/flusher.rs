@@ -258,7 +258,19 @@ fn open_segment(shared: &Shared, chunk: &Chunk) -> Result<Current> {
         path,
         compacted: false,
     });
-    shared.state.lock().files.insert(chunk.file, seg.clone());
+    let mut state = shared.state.lock();
+    state.files.insert(chunk.file, seg.clone());
+    // Rolls decide on compaction from the files the flusher has opened; when
+    // commits run ahead of the flusher, a roll can miss segments not yet
+    // opened, so look again once this one is known.
+    if shared.opts.compaction
+        && !state.compaction_wanted
+        && state.compaction_worthwhile(shared.opts.segment_bytes)
+    {
+        state.compaction_wanted = true;
+        shared.compact_cv.notify_one();
+    }
+    drop(state);
     Ok(Current {
         id: chunk.file,
         file: seg,
