@@ -193,3 +193,66 @@ async def test_acknowledged_alarms_fire_after_sigkill(data_dir: str) -> None:
         for name, when in acknowledged.items():
             status = await rt.env.R.get_by_name(name).status()
             assert status["fired_at"] >= float(when) - 0.001
+
+
+class BrokenStart(stead.DurableObject):
+    starts = 0
+    fired: list[float] = []
+
+    async def on_start(self) -> None:
+        BrokenStart.starts += 1
+        if BrokenStart.starts == 2:  # the instance the alarm wakes fails to start once
+            raise RuntimeError("not ready yet")
+
+    def arm(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        BrokenStart.fired.append(time.time())
+
+
+async def test_alarm_survives_an_object_that_fails_to_start(
+    data_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stead.alarms
+
+    monkeypatch.setattr(stead.alarms, "_FAILED_START_DELAY_MS", 50)
+    BrokenStart.starts, BrokenStart.fired = 0, []
+    async with stead.Runtime({"B": BrokenStart}, data_dir=data_dir, idle_timeout=0.01) as rt:
+        await rt.env.B.get_by_name("b").arm(time.time() + 0.1)
+
+        async def fired() -> bool:
+            return len(BrokenStart.fired) == 1
+
+        await eventually(fired)
+        assert BrokenStart.starts >= 3  # armed, failed start, successful retry
+
+
+class Busy(stead.DurableObject):
+    log: list[str] = []
+
+    def arm_soon(self) -> None:
+        # Arms the scheduler's timer from inside this turn.
+        self.ctx.storage.set_alarm(time.time() + 0.05)
+
+    async def hold(self) -> None:
+        Busy.log.append("hold-start")
+        await asyncio.sleep(0.3)
+        Busy.log.append("hold-end")
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Busy.log.append("alarm")
+
+
+async def test_an_alarm_waits_for_the_running_turn(data_dir: str) -> None:
+    Busy.log = []
+    async with stead.Runtime({"B": Busy}, data_dir=data_dir) as rt:
+        busy = rt.env.B.get_by_name("b")
+        await busy.arm_soon()
+        await busy.hold()  # the alarm comes due in the middle of this turn
+
+        async def fired() -> bool:
+            return "alarm" in Busy.log
+
+        await eventually(fired)
+        assert Busy.log == ["hold-start", "hold-end", "alarm"]

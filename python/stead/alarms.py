@@ -19,6 +19,7 @@ import msgspec
 
 from stead._core import Engine, TimerWheel
 from stead.context import ObjectAborted
+from stead.dispatch import context_outside_turns
 from stead.errors import OverloadedError, StorageError
 from stead.ids import IdFactory
 
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 RETRY_KEY = b"alarm-retry"
 # A delivery that could not start (object overloaded, engine hiccup) is tried again this soon.
 _REDELIVERY_DELAY_MS = 100
+# An object whose constructor or on_start raised is tried again this much later.
+_FAILED_START_DELAY_MS = 5_000
 
 
 class AlarmInfo(msgspec.Struct, frozen=True):
@@ -116,7 +119,11 @@ class AlarmScheduler:
             self._timer.cancel()
         delay = max(0.0, (deadline - self._now_ms()) / 1000)
         self._timer_at = deadline
-        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+        # The timer is often armed from inside a turn (a commit set the alarm);
+        # alarm events must not inherit that turn's call chain.
+        self._timer = asyncio.get_running_loop().call_later(
+            delay, self._fire, context=context_outside_turns()
+        )
 
     def _fire(self) -> None:
         self._timer = self._timer_at = None
@@ -141,9 +148,17 @@ class AlarmScheduler:
             await self._dispatcher.deliver(object_id, self._run)
         except (OverloadedError, StorageError) as error:
             logger.warning("alarm of %r not delivered (%s); trying again", object_id, error)
-            if key in self._token_of and not self._closed:
-                self._wheel.set(self._token_of[key], self._now_ms() + _REDELIVERY_DELAY_MS)
-                self._rearm()
+            self._redeliver_soon(key)
+        except Exception:
+            # The handler's own errors are retried inside the turn; this is the
+            # object failing to start (constructor or on_start). Keep the alarm.
+            logger.exception("alarm of %r could not run; trying again", object_id)
+            self._redeliver_soon(key, _FAILED_START_DELAY_MS)
+
+    def _redeliver_soon(self, key: bytes, delay_ms: int = _REDELIVERY_DELAY_MS) -> None:
+        if key in self._token_of and not self._closed:
+            self._wheel.set(self._token_of[key], self._now_ms() + delay_ms)
+            self._rearm()
 
     async def _run(self, host: ObjectHost) -> None:
         """The alarm event, run as a turn of the object."""

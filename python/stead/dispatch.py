@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from stead.objects import DurableObject
     from stead.runtime import Env
 
-__all__ = ["Dispatcher", "ObjectHost"]
+__all__ = ["Dispatcher", "ObjectHost", "context_outside_turns"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,7 +119,7 @@ class ObjectHost:
             gate.set()
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
-        future = asyncio.ensure_future(awaitable)
+        future = context_outside_turns().run(asyncio.ensure_future, awaitable)
         self.background.add(future)
         self._dispatcher.background.add(future)
         future.add_done_callback(self._background_done)
@@ -129,6 +129,15 @@ class ObjectHost:
         self._dispatcher.background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("wait_until task of %r failed", self.id, exc_info=future.exception())
+
+
+def context_outside_turns() -> contextvars.Context:
+    """A copy of the current context with no call chain: work started from a
+    turn but not part of it (background tasks, timers) must not count as
+    re-entry into the objects whose turns happened to be running."""
+    context = contextvars.copy_context()
+    context.run(_call_chain.set, ())
+    return context
 
 
 async def _invoke_rpc(
@@ -473,7 +482,9 @@ class Dispatcher:
 
     async def _reenter(self, key: bytes, chain: tuple[bytes, ...], invoke: Invoke[T]) -> T:
         """A call back into an object whose turn is on this call chain runs nested in it."""
-        host = self.hosts[key]
+        host = self.hosts.get(key)
+        if host is None:
+            raise StorageError("the object was reset while this call chain was running")
         outcome, failed = await self._invoke(host, invoke)
         seq = self._end_turn(host, failed)
         if seq:
