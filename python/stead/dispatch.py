@@ -280,6 +280,14 @@ class Dispatcher:
         if seq:
             await self._await_durable(host, seq)
 
+    async def _release(self, host: ObjectHost, seq: int, outcome: Any, failed: bool) -> Any:
+        """The output gate: hand the caller its result (or error) once ``seq`` is durable."""
+        if seq:
+            await self._await_durable(host, seq)
+        if failed:
+            raise outcome
+        return outcome
+
     async def _await_durable(self, host: ObjectHost, seq: int) -> None:
         try:
             await self.waiter.wait(seq)
@@ -434,11 +442,7 @@ class Dispatcher:
             _call_chain.reset(context_token)
             host.last_used = time.monotonic()
             self._hand_off(host.key)
-        if seq:
-            await self._await_durable(host, seq)
-        if failed:
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
 
     async def _invoke(self, host: ObjectHost, invoke: Invoke[Any]) -> tuple[Any, bool]:
         try:
@@ -487,11 +491,7 @@ class Dispatcher:
             raise StorageError("the object was reset while this call chain was running")
         outcome, failed = await self._invoke(host, invoke)
         seq = self._end_turn(host, failed)
-        if seq:
-            await self._await_durable(host, seq)
-        if failed:
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
 
     async def _deliver_interleaved(
         self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T]
@@ -510,11 +510,7 @@ class Dispatcher:
             _call_chain.reset(context_token)
             host.inflight -= 1
             host.last_used = time.monotonic()
-        if seq:
-            await self._await_durable(host, seq)
-        if failed:
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
 
     # -- shutdown ------------------------------------------------------------
 
