@@ -71,6 +71,9 @@ class Engine:
         closed or poisoned (or once after :meth:`fail_next_commit`).
         """
 
+    def commit_writes(self, object_id: bytes, writes: dict[bytes, bytes | None]) -> int:
+        """Like ``commit`` with ``{key: value}`` puts and ``{key: None}`` deletes in one dict."""
+
     def durable_seq(self) -> int:
         """The highest sequence number known durable under the durability mode."""
 

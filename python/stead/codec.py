@@ -13,7 +13,7 @@ import msgspec
 
 from stead.errors import SerializationError
 
-__all__ = ["can_decode_into", "copy", "decode", "encode"]
+__all__ = ["INT_RANGE", "can_decode_into", "copy", "decode", "encode", "passthrough_types"]
 
 _encoder = msgspec.msgpack.Encoder()
 _untyped_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
@@ -22,6 +22,7 @@ _typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 # Immutable values that always survive the codec unchanged (ints within MessagePack's range).
 _IMMUTABLE = frozenset({int, float, bool, type(None)})
 _INT_MIN, _INT_MAX = -(2**63), 2**64
+INT_RANGE = range(_INT_MIN, _INT_MAX)
 # Values of these types decode back to an equal value of the same type without a type hint.
 _SELF_DESCRIBING = frozenset({int, float, str, bool, type(None), bytes, list, dict})
 
@@ -58,6 +59,17 @@ def can_decode_into(type: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def passthrough_types(type: Any = None) -> frozenset[type]:
+    """The value classes that ``copy(value, type)`` returns unchanged (ints only
+    when in ``INT_RANGE``)."""
+    if type is None:
+        return _IMMUTABLE
+    try:
+        return frozenset({type}) & _IMMUTABLE
+    except TypeError:  # an unhashable hint (a Literal of lists, say): always copy
+        return frozenset()
 
 
 def copy(value: Any, type: Any = None) -> Any:

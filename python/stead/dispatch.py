@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from stead import codec
 from stead._core import Engine, Mailbox
+from stead.codec import INT_RANGE
 from stead.context import ObjectAborted, ObjectContext
 from stead.durability import CommitWaiter
 from stead.errors import (
@@ -317,19 +318,30 @@ class Dispatcher:
                 return await self._run_turn(
                     self.host(object_id), (), partial(_invoke_rpc, method, args, kwargs)
                 )
-        context_token = _call_chain.set((key,))
+        # A sync handler cannot await, so nothing can observe the call chain
+        # during it (and tasks it spawns run after the turn, outside it).
+        is_async = method.is_async
+        context_token = _call_chain.set((key,)) if is_async else None
         seq = 0
         try:
             try:
                 result = getattr(host.instance, method.name)(*args, **kwargs)
-                if method.is_async:
+                if is_async:
                     result = await result
-                outcome, failed = method.copy_result(result), False
+                result_class = result.__class__
+                if result_class in method.passthrough_results and (
+                    result_class is not int or result in INT_RANGE
+                ):
+                    outcome = result  # immutable: its codec copy would be itself
+                else:
+                    outcome = method.copy_result(result)
+                failed = False
             except (ObjectAborted, Exception) as error:
                 outcome, failed = self._failure(host, error), True
-            seq = self._end_turn(host, failed)
+            seq = self._end_turn(host, failed) if host.broken else self.commit(host)
         finally:
-            _call_chain.reset(context_token)
+            if context_token is not None:
+                _call_chain.reset(context_token)
             host.last_used = time.monotonic()
             next_token = self.mailbox.finish(key)
             if next_token is not None:

@@ -56,7 +56,15 @@ class RpcMethod:
     ``SerializationError``, as it would over HTTP.
     """
 
-    __slots__ = ("function", "is_async", "keyword_types", "name", "positional_types", "result_type")
+    __slots__ = (
+        "function",
+        "is_async",
+        "keyword_types",
+        "name",
+        "passthrough_results",
+        "positional_types",
+        "result_type",
+    )
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
@@ -70,6 +78,9 @@ class RpcMethod:
         ]
         self.keyword_types = {p.name: _decodable(hints.get(p.name)) for p in parameters}
         self.result_type = _decodable(hints.get("return"))
+        # Result classes whose codec copy is the value itself (ints only within
+        # MessagePack's range): the dispatcher's hot path skips the copy call.
+        self.passthrough_results = codec.passthrough_types(self.result_type)
 
     def copy_args(
         self, args: Sequence[Any], kwargs: Mapping[str, Any]

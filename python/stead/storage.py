@@ -35,11 +35,22 @@ class AlarmChange(NamedTuple):
     when_ms: int | None
 
 
+# Encoded forms of recently used short keys: most objects use a handful of
+# fixed key names, and the hot path (get/put) then skips a call and an encode.
+_encoded_keys: dict[str, bytes] = {}
+_ENCODED_KEYS_MAX = 4096
+_ENCODED_KEY_MAX_BYTES = 64
+
+
 def _check_key(key: str) -> bytes:
     if key.__class__ is not str and not isinstance(key, str):
         raise TypeError(f"storage keys are str, not {type(key).__name__}")
     encoded = key.encode()
     if 0 < len(encoded) <= MAX_KEY_BYTES:
+        if len(encoded) <= _ENCODED_KEY_MAX_BYTES and key.__class__ is str:
+            if len(_encoded_keys) >= _ENCODED_KEYS_MAX:
+                _encoded_keys.clear()
+            _encoded_keys[key] = encoded
         return encoded
     raise LimitError(f"storage keys are 1 to {MAX_KEY_BYTES} UTF-8 bytes, got {len(encoded)}")
 
@@ -118,7 +129,10 @@ class Storage:
 
     def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The value of ``key`` (decoded into ``type`` if given), or ``default``."""
-        encoded = _check_key(key)
+        try:
+            encoded = _encoded_keys[key]
+        except (KeyError, TypeError):  # not seen lately, or not a str at all
+            encoded = _check_key(key)
         cache = self._cache
         raw = cache[encoded] if encoded in cache else self._raw(encoded)
         if raw is None:
@@ -203,12 +217,19 @@ class Storage:
 
     def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` (committed when the turn ends)."""
-        encoded = _check_key(key)
+        try:
+            encoded = _encoded_keys[key]
+        except (KeyError, TypeError):
+            encoded = _check_key(key)
         raw = codec.encode(value)
         if len(raw) > self._max_value_bytes:
             self._encode_value(value)  # raises LimitError with the message
         self._pending[encoded] = raw
-        self._remember(encoded, raw)
+        if self._cache_bytes > _CACHE_BUDGET:
+            self._remember(encoded, raw)
+        else:  # _remember, inlined: put is the hot path of most handlers
+            self._cache[encoded] = raw
+            self._cache_bytes += len(raw)
 
     def put_many(self, entries: Mapping[str, Any]) -> None:
         """Store every entry, or none if any key or value is invalid."""
@@ -324,8 +345,14 @@ class Storage:
         """
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
         self.committed_alarm = alarm
-        if not pending and alarm is None and not delete_all:
-            return 0
+        if alarm is None and not delete_all:
+            if not pending:
+                return 0
+            if self._name_recorded is True or self._name is None:
+                # The common turn: plain writes, nothing else to record.
+                seq = self._engine.commit_writes(self._object_key, pending)
+                self._pending = {}
+                return seq
         puts: builtins.list[tuple[bytes, bytes]] = []
         deletes: builtins.list[bytes] = []
         for key, raw in pending.items():

@@ -91,18 +91,18 @@ def _build_request(
 class _BoundCall:
     """``stub.method``: calling it sends one RPC."""
 
-    __slots__ = ("_method", "_stub")
+    __slots__ = ("_call", "_id", "_method")
 
     def __init__(self, stub: Stub, method: RpcMethod) -> None:
-        self._stub = stub
+        self._call = stub._dispatcher.call
+        self._id = stub.id
         self._method = method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        stub, method = self._stub, self._method
         # Copied now, in the caller's context: later mutation by the caller is not seen.
         if args or kwargs:
-            args, kwargs = method.copy_args(args, kwargs)  # type: ignore[assignment]
-        return stub._dispatcher.call(stub.id, method, args, kwargs)
+            args, kwargs = self._method.copy_args(args, kwargs)  # type: ignore[assignment]
+        return self._call(self._id, self._method, args, kwargs)
 
 
 def _send(

@@ -139,6 +139,31 @@ impl Engine {
         self.inner.commit(object_id, &ops).map_err(to_py_err)
     }
 
+    /// Commit `{key: value or None}` (None deletes) as one batch: the shape a
+    /// turn's pending writes already have, so the hot path builds no lists.
+    fn commit_writes(&self, object_id: &[u8], writes: &Bound<'_, PyDict>) -> PyResult<u64> {
+        let entries: Vec<(Bound<'_, PyBytes>, Option<Bound<'_, PyBytes>>)> = writes
+            .iter()
+            .map(|(key, value)| {
+                let key = key.cast_into::<PyBytes>()?;
+                let value = if value.is_none() {
+                    None
+                } else {
+                    Some(value.cast_into::<PyBytes>()?)
+                };
+                Ok((key, value))
+            })
+            .collect::<PyResult<_>>()?;
+        let ops: Vec<Op<'_>> = entries
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => Op::Put(key.as_bytes(), value.as_bytes()),
+                None => Op::Delete(key.as_bytes()),
+            })
+            .collect();
+        self.inner.commit(object_id, &ops).map_err(to_py_err)
+    }
+
     fn durable_seq(&self) -> u64 {
         self.inner.durable_seq()
     }
