@@ -20,7 +20,7 @@ _untyped_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 _typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 # Immutable values that always survive the codec unchanged (ints within MessagePack's range).
-_IMMUTABLE = frozenset({int, float, bool, type(None)})
+_IMMUTABLE: frozenset[type] = frozenset({int, float, bool, type(None)})
 _INT_MIN, _INT_MAX = -(2**63), 2**64
 INT_RANGE = range(_INT_MIN, _INT_MAX)
 # Values of these types decode back to an equal value of the same type without a type hint.

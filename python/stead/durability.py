@@ -62,7 +62,8 @@ class CommitWaiter:
             raise self._failure
         if seq <= self._durable or self._immediate:
             return None
-        future: asyncio.Future[None] = self._loop.create_future()
+        # Future(loop=...) is loop.create_future() without its Python-level frame.
+        future: asyncio.Future[None] = asyncio.Future(loop=self._loop)
         if not self._waiting or self._waiting[-1][0] <= seq:
             self._waiting.append((seq, future))
         else:

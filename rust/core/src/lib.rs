@@ -10,3 +10,8 @@ pub mod mailbox;
 pub mod wheel;
 
 pub use error::{Error, Result};
+
+/// A hash map with a fast per-process seeded hasher (foldhash) instead of
+/// SipHash: the keys hashed on the hot path are HMAC-derived object ids,
+/// file ids and file locations, none of them shaped by clients.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

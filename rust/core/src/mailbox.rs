@@ -10,7 +10,9 @@
 //! the same hash picks the shard and probes the shard's table.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
@@ -54,7 +56,7 @@ struct Padded(Mutex<Shard>);
 /// The mailbox of every object of a runtime.
 pub struct Mailbox {
     shards: Box<[Padded]>,
-    /// Keyed SipHash: object ids can be chosen by clients.
+    /// Seeded per mailbox; object ids are HMAC outputs, not chosen bit patterns.
     hasher: RandomState,
     max_pending: usize,
 }
@@ -71,7 +73,7 @@ impl Mailbox {
             shards: (0..shards)
                 .map(|_| Padded(Mutex::new(Shard::new())))
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             max_pending,
         })
     }

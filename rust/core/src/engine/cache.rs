@@ -3,7 +3,9 @@
 //! Keyed by file location: a location's bytes never change, so entries never
 //! go stale; locations that are no longer referenced simply age out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 use std::sync::Arc;
 
 use super::index::Loc;
@@ -14,7 +16,7 @@ const ENTRY_OVERHEAD: usize = 64;
 pub(crate) struct ValueCache {
     budget: usize,
     used: usize,
-    entries: HashMap<Loc, (Arc<[u8]>, bool)>,
+    entries: FastMap<Loc, (Arc<[u8]>, bool)>,
     ring: VecDeque<Loc>,
 }
 
@@ -23,7 +25,7 @@ impl ValueCache {
         ValueCache {
             budget,
             used: 0,
-            entries: HashMap::new(),
+            entries: FastMap::default(),
             ring: VecDeque::new(),
         }
     }

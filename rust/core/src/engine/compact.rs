@@ -11,7 +11,9 @@
 //! Entries changed while compaction runs already point into newer segments;
 //! the index swap only moves entries that still point where they did.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::FastMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Bound;
@@ -79,7 +81,7 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
     })?;
     let (sources, alarms, new_id) = {
         let mut state = shared.state.lock();
-        let sources: HashMap<u32, Arc<SegFile>> = state
+        let sources: FastMap<u32, Arc<SegFile>> = state
             .files
             .iter()
             .filter(|(_, f)| f.seg <= k)
@@ -137,7 +139,7 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
 /// order. Taken a few thousand entries per lock acquisition so that commits
 /// (which hold the GIL while they wait for the lock) never stall for long;
 /// anything changed in between already points into newer segments.
-fn snapshot(shared: &Shared, sources: &HashMap<u32, Arc<SegFile>>) -> Entries {
+fn snapshot(shared: &Shared, sources: &FastMap<u32, Arc<SegFile>>) -> Entries {
     let mut entries: Entries = Vec::new();
     let mut after: Option<Box<[u8]>> = None;
     loop {
@@ -175,7 +177,7 @@ fn write_segment(
     header: SegHeader,
     entries: &Entries,
     alarms: &BTreeMap<Box<[u8]>, i64>,
-    sources: &HashMap<u32, Arc<SegFile>>,
+    sources: &FastMap<u32, Arc<SegFile>>,
     new_id: u32,
 ) -> Result<(File, Vec<Vec<Loc>>, u64)> {
     let io = |e| Error::io(format!("write {}", path.display()), e);
@@ -262,7 +264,7 @@ fn swap_in(
     bytes: u64,
     entries: &Entries,
     new_locs: &[Vec<Loc>],
-    sources: &HashMap<u32, Arc<SegFile>>,
+    sources: &FastMap<u32, Arc<SegFile>>,
 ) {
     {
         let mut state = shared.state.lock();

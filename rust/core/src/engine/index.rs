@@ -5,10 +5,11 @@
 //! points into a segment file, so memory grows with the number and size of
 //! keys, never with the size of values.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use super::record::Op;
+use crate::FastMap;
 
 /// Where a value lives in a segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,7 +43,7 @@ pub struct ListOptions {
 pub(crate) struct Index {
     /// Per object, its keys. Hashed: every commit looks its object up, and a
     /// B-tree of ids costs a dozen key comparisons per lookup.
-    objects: HashMap<Box<[u8]>, Keys>,
+    objects: FastMap<Box<[u8]>, Keys>,
     /// The same object ids in order, for `objects()` and compaction.
     order: BTreeSet<Box<[u8]>>,
     alarms: BTreeMap<Box<[u8]>, i64>,
@@ -55,7 +56,7 @@ pub(crate) struct Index {
     /// Heap bytes of the object id allocations.
     object_alloc: usize,
     /// Bytes of overwritten or deleted entries per segment file id (drives compaction).
-    dead: HashMap<u32, u64>,
+    dead: FastMap<u32, u64>,
 }
 
 impl Index {

@@ -156,7 +156,9 @@ impl Engine {
         if state.closing {
             return Err(Error::Closed("the engine is closed".into()));
         }
-        if shared.fail_next.swap(false, Ordering::SeqCst) {
+        if shared.fail_next.load(Ordering::Relaxed)
+            && shared.fail_next.swap(false, Ordering::SeqCst)
+        {
             return Err(Error::InjectedFault);
         }
         let seq = state.last_seq + 1;
@@ -172,11 +174,14 @@ impl Engine {
             }
         }
         state.last_seq = seq;
-        shared.commits.fetch_add(1, Ordering::Relaxed);
+        state.commits += 1;
         if state.active.is_none() || shared.opts.durability == Durability::None {
             shared.durable_seq.store(seq, Ordering::SeqCst);
         }
-        if state.active.is_some() {
+        // The flag only changes under the state lock, which we hold: store only
+        // when it flips, so a run of commits does not keep stealing the cache
+        // line the polling flusher reads.
+        if state.active.is_some() && !shared.has_pending.load(Ordering::Relaxed) {
             shared.has_pending.store(true, Ordering::SeqCst);
             if state.flusher_sleeping {
                 shared.work.notify_one();
@@ -388,7 +393,7 @@ impl Engine {
             index_bytes: state.index.heap_bytes() as u64,
             key_bytes: state.index.key_bytes() as u64,
             cache_bytes: state.cache.used() as u64,
-            commits: shared.commits.load(Ordering::Relaxed),
+            commits: state.commits,
             syncs: shared.syncs.load(Ordering::Relaxed),
             compactions: shared.compactions.load(Ordering::Relaxed),
             last_seq: state.last_seq,

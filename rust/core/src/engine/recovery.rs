@@ -8,7 +8,7 @@
 //! so it is truncated and logged. Damage followed by a valid record is corruption: recovery refuses
 //! to open rather than silently drop acknowledged batches.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 
 pub(crate) struct Recovered {
     pub index: Index,
-    pub files: HashMap<u32, Arc<SegFile>>,
-    pub file_bytes: HashMap<u32, u64>,
+    pub files: FastMap<u32, Arc<SegFile>>,
+    pub file_bytes: FastMap<u32, u64>,
     pub next_file_id: u32,
     pub active: Option<Active>,
     pub last_seq: u64,
@@ -32,8 +32,8 @@ impl Recovered {
     pub fn empty() -> Self {
         Recovered {
             index: Index::default(),
-            files: HashMap::new(),
-            file_bytes: HashMap::new(),
+            files: FastMap::default(),
+            file_bytes: FastMap::default(),
             next_file_id: 0,
             active: None,
             last_seq: 0,

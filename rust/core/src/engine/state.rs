@@ -2,7 +2,7 @@
 //! one mutex over the index, cache, file table and pending buffers, plus the
 //! atomics and condvars the threads signal each other with.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,15 +60,18 @@ pub(crate) struct Active {
 pub(crate) struct State {
     pub index: Index,
     pub cache: ValueCache,
-    pub files: HashMap<u32, Arc<SegFile>>,
+    pub files: FastMap<u32, Arc<SegFile>>,
     /// Record bytes per file id (with `Index::dead_bytes`: the garbage ratio).
-    pub file_bytes: HashMap<u32, u64>,
+    pub file_bytes: FastMap<u32, u64>,
     pub next_file_id: u32,
     /// `None` for the in-memory engine.
     pub active: Option<Active>,
     pub pending: Vec<Chunk>,
     pub inflight: Option<Arc<Vec<Chunk>>>,
     pub last_seq: u64,
+    /// Commits since open (under the lock: an atomic shared with the flusher
+    /// would bounce a cache line between cores on every commit).
+    pub commits: u64,
     pub closing: bool,
     pub flusher_sleeping: bool,
     pub compaction_wanted: bool,
@@ -90,6 +93,7 @@ impl State {
             pending: Vec::new(),
             inflight: None,
             last_seq: recovered.last_seq,
+            commits: 0,
             closing: false,
             flusher_sleeping: false,
             compaction_wanted: false,
@@ -163,7 +167,6 @@ pub(crate) struct Shared {
     pub poison_reason: Mutex<Option<String>>,
     pub wakeup: EventFd,
     pub sync_latencies: Mutex<Vec<u64>>,
-    pub commits: AtomicU64,
     pub syncs: AtomicU64,
     pub compactions: AtomicU64,
 }
@@ -188,7 +191,6 @@ impl Shared {
             poison_reason: Mutex::new(None),
             wakeup: EventFd::new()?,
             sync_latencies: Mutex::new(Vec::new()),
-            commits: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
         })
