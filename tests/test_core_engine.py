@@ -50,6 +50,18 @@ def test_commit_is_visible_at_once_and_becomes_durable(engine: Engine) -> None:
     assert engine.durable_seq() >= seq
 
 
+def test_commit_writes_puts_and_deletes_from_one_dict(engine: Engine) -> None:
+    engine.commit(b"o", [(b"a", b"1"), (b"b", b"2")])
+    seq = engine.commit_writes(b"o", {b"a": None, b"c": b"3", b"b": b"22"})
+    assert engine.list(b"o") == [(b"b", b"22"), (b"c", b"3")]
+    assert engine.wait_durable(seq, timeout=10)
+    with pytest.raises(TypeError):
+        engine.commit_writes(b"o", {b"k": "not bytes"})  # type: ignore[dict-item]
+    with pytest.raises(LimitError):
+        engine.commit_writes(b"o", {b"": b"x"})
+    assert engine.last_seq() == seq  # refused batches write nothing
+
+
 def test_batch_order_delete_all_then_deletes_then_puts(engine: Engine) -> None:
     engine.commit(b"o", [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")], alarm=50)
     engine.commit(b"o", [(b"b", b"new"), (b"d", b"4")], [b"b", b"c"], delete_all=True)

@@ -192,6 +192,44 @@ async def test_limits_raise_before_anything_is_written(
         assert rt.engine.last_seq() == before
 
 
+class Keys(stead.DurableObject):
+    def put_get(self, key: Any) -> Any:
+        self.ctx.storage.put(key, 1)
+        return self.ctx.storage.get(key)
+
+    def get(self, key: Any) -> Any:
+        return self.ctx.storage.get(key)
+
+
+class Label(str):
+    pass
+
+
+@pytest.mark.parametrize("key", [b"bytes", 7, None, ["list"]])
+async def test_non_str_keys_raise_type_error_every_time(data_dir: str, key: Any) -> None:
+    # Also after the same text was used as a str key (encoded keys are cached).
+    async with stead.Runtime({"K": Keys}, data_dir=data_dir) as rt:
+        keys = rt.env.K.get_by_name("k")
+        await keys.put_get("bytes")
+        for _ in range(2):
+            with pytest.raises(TypeError, match="storage keys are str"):
+                await keys.get(key)
+
+
+async def test_str_subclass_keys_address_the_same_value(data_dir: str) -> None:
+    class Tagged(stead.DurableObject):
+        def put_tagged(self) -> None:
+            self.ctx.storage.put(Label("name"), "v")
+
+        def get_plain(self) -> Any:
+            return self.ctx.storage.get("name")
+
+    async with stead.Runtime({"T": Tagged}, data_dir=data_dir) as rt:
+        tagged = rt.env.T.get_by_name("t")
+        await tagged.put_tagged()
+        assert await tagged.get_plain() == "v"
+
+
 async def test_max_length_key_is_accepted(data_dir: str) -> None:
     async with stead.Runtime({"B": Box}, data_dir=data_dir) as rt:
         box = rt.env.B.get_by_name("b")

@@ -102,6 +102,43 @@ async def test_non_encodable_arguments_and_results_raise_serialization_error(
         assert isinstance(stead.SerializationError("x"), TypeError)
 
 
+class Typed(stead.DurableObject):
+    def count(self, value: Any) -> int:
+        return value  # type: ignore[no-any-return]
+
+    def ratio(self, value: Any) -> float:
+        return value  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "expected"),
+    [
+        ("count", 3, 3),
+        ("count", 2**64 - 1, 2**64 - 1),
+        ("ratio", 0.5, 0.5),
+        ("ratio", 2, 2.0),  # msgspec accepts an int where a float is declared
+    ],
+)
+async def test_results_arrive_as_the_declared_type(
+    data_dir: str, method: str, value: Any, expected: Any
+) -> None:
+    async with stead.Runtime({"T": Typed}, data_dir=data_dir) as rt:
+        result = await getattr(rt.env.T.get_by_name("t"), method)(value)
+        assert result == expected
+        assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("method", "value"), [("count", True), ("count", 2**64), ("count", "3"), ("ratio", "x")]
+)
+async def test_results_that_do_not_fit_the_declared_type_raise(
+    data_dir: str, method: str, value: Any
+) -> None:
+    async with stead.Runtime({"T": Typed}, data_dir=data_dir) as rt:
+        with pytest.raises(stead.SerializationError):
+            await getattr(rt.env.T.get_by_name("t"), method)(value)
+
+
 async def test_unknown_and_private_methods(data_dir: str) -> None:
     async with stead.Runtime({"S": Shop}, data_dir=data_dir) as rt:
         shop = rt.env.S.get_by_name("s")
