@@ -31,9 +31,12 @@ class CommitWaiter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._loop = asyncio.get_running_loop()
-        # (seq, future) in ascending seq order: commits are issued in order, so
-        # appends are almost always at the right end.
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # Waiting seqs in ascending order, and their futures at the same
+        # positions: commits are issued in order, so appends are almost always
+        # at the right end. Two deques rather than one of (seq, future) pairs:
+        # no tuple per commit for the garbage collector to count and traverse.
+        self._seqs: deque[int] = deque()
+        self._futures: deque[asyncio.Future[None]] = deque()
         self._failure: StorageError | None = None
         # In memory and in "none" mode a commit is durable when it returns.
         self._immediate = engine.data_dir is None or engine.durability == "none"
@@ -64,12 +67,14 @@ class CommitWaiter:
             return None
         # Future(loop=...) is loop.create_future() without its Python-level frame.
         future: asyncio.Future[None] = asyncio.Future(loop=self._loop)
-        if not self._waiting or self._waiting[-1][0] <= seq:
-            self._waiting.append((seq, future))
-        else:
-            entries = list(self._waiting)
-            bisect.insort(entries, (seq, future), key=lambda entry: entry[0])
-            self._waiting = deque(entries)
+        seqs = self._seqs
+        if not seqs or seqs[-1] <= seq:
+            seqs.append(seq)
+            self._futures.append(future)
+        else:  # an older seq (a sync() after later commits): keep the order
+            at = bisect.bisect_right(seqs, seq)
+            seqs.insert(at, seq)
+            self._futures.insert(at, future)
         return future
 
     def _on_wakeup(self) -> None:
@@ -79,25 +84,27 @@ class CommitWaiter:
             self._fail_all(error)
             return
         self._durable = durable
-        waiting = self._waiting
-        while waiting and waiting[0][0] <= durable:
-            _, future = waiting.popleft()
+        seqs, futures = self._seqs, self._futures
+        while seqs and seqs[0] <= durable:
+            seqs.popleft()
+            future = futures.popleft()
             if not future.done():
                 future.set_result(None)
 
     def _fail_all(self, error: StorageError) -> None:
         logger.error("storage engine failed; failing %d waiting commits: %s", len(self), error)
         self._failure = error
-        while self._waiting:
-            _, future = self._waiting.popleft()
+        self._seqs.clear()
+        while self._futures:
+            future = self._futures.popleft()
             if not future.done():
                 future.set_exception(error)
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._futures)
 
     def close(self) -> None:
         """Stop watching the engine; pending waiters fail with ``StorageError``."""
         self._loop.remove_reader(self._fd)
-        if self._waiting:
+        if self._futures:
             self._fail_all(StorageError("storage engine closed before the commit was durable"))
