@@ -62,6 +62,28 @@ async def test_events_run_in_fifo_order(data_dir: str) -> None:
         assert await log.items() == list(range(50))
 
 
+async def test_sync_calls_wait_for_a_running_async_turn(data_dir: str) -> None:
+    # Sync handlers on an idle object skip the mailbox; behind a running turn they queue.
+    class Half(stead.DurableObject):
+        async def write_in_two_steps(self) -> None:
+            self.ctx.storage.put("step", 1)
+            await asyncio.sleep(0.01)
+            self.ctx.storage.put("step", 2)
+
+        def step(self) -> int:
+            return int(self.ctx.storage.get("step", 0))
+
+    async with stead.Runtime({"H": Half}, data_dir=data_dir) as rt:
+        half = rt.env.H.get_by_name("h")
+        assert await half.step() == 0
+        writing = asyncio.ensure_future(half.write_in_two_steps())
+        await asyncio.sleep(0.001)  # the async turn is now inside its sleep
+        assert not rt.dispatcher.mailbox.is_idle(half.id.storage_key)
+        assert await asyncio.gather(half.step(), half.step()) == [2, 2]
+        await writing
+        assert rt.dispatcher.mailbox.is_idle(half.id.storage_key)
+
+
 class Gate(stead.DurableObject):
     """Blocks its turn until released, to fill its mailbox."""
 

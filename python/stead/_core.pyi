@@ -177,6 +177,9 @@ class Mailbox:
     def depth(self, object_id: bytes) -> int:
         """Events queued behind the running one."""
 
+    def is_idle(self, object_id: bytes) -> bool:
+        """Whether no event runs for ``object_id`` (``state(...) == "idle"``, cheaper)."""
+
     def state(self, object_id: bytes) -> str:
         """``"idle"`` (no event runs), ``"running"`` (one event runs, none
         waits) or ``"queued"`` (one event runs and others wait behind it)."""

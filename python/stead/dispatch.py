@@ -144,7 +144,7 @@ def context_outside_turns() -> contextvars.Context:
 async def _invoke_rpc(
     method: RpcMethod, args: Sequence[Any], kwargs: Mapping[str, Any], host: ObjectHost
 ) -> Any:
-    result = getattr(host.instance, method.name)(*args, **kwargs)
+    result = method.function(host.instance, *args, **kwargs)
     if method.is_async:
         result = await result
     return method.copy_result(result)
@@ -311,21 +311,27 @@ class Dispatcher:
             self.hosts.move_to_end(key)
         if host.id.name is None and object_id.name is not None:
             host.learn_name(object_id)
-        token = next(self._tokens)
-        if not self.mailbox.push(key, token):
-            await self._wait_turn(key, token, None)
-            if self.hosts.get(key) is not host:  # reset or evicted while we queued
-                return await self._run_turn(
-                    self.host(object_id), (), partial(_invoke_rpc, method, args, kwargs)
-                )
-        # A sync handler cannot await, so nothing can observe the call chain
-        # during it (and tasks it spawns run after the turn, outside it).
+        # A sync handler cannot await: on an idle object its whole turn runs
+        # before any other event can start, so it need not claim the mailbox,
+        # and nothing can observe the call chain during it (tasks it spawns run
+        # after the turn, outside it).
         is_async = method.is_async
+        claimed = is_async or not self.mailbox.is_idle(key)
+        if claimed:
+            token = next(self._tokens)
+            if not self.mailbox.push(key, token):
+                await self._wait_turn(key, token, None)
+                if self.hosts.get(key) is not host:  # reset or evicted while we queued
+                    return await self._run_turn(
+                        self.host(object_id), (), partial(_invoke_rpc, method, args, kwargs)
+                    )
         context_token = _call_chain.set((key,)) if is_async else None
         seq = 0
         try:
             try:
-                result = getattr(host.instance, method.name)(*args, **kwargs)
+                # The class's function, not getattr(instance, name): no bound
+                # method per call.
+                result = method.function(host.instance, *args, **kwargs)
                 if is_async:
                     result = await result
                 result_class = result.__class__
@@ -343,9 +349,10 @@ class Dispatcher:
             if context_token is not None:
                 _call_chain.reset(context_token)
             host.last_used = time.monotonic()
-            next_token = self.mailbox.finish(key)
-            if next_token is not None:
-                self._wake(key, next_token)
+            if claimed:
+                next_token = self.mailbox.finish(key)
+                if next_token is not None:
+                    self._wake(key, next_token)
         if seq:
             try:
                 durable = self.waiter.future_for(seq)

@@ -36,6 +36,10 @@ impl Mailbox {
         self.inner.depth(object_id)
     }
 
+    fn is_idle(&self, object_id: &[u8]) -> bool {
+        self.inner.is_idle(object_id)
+    }
+
     fn state(&self, object_id: &[u8]) -> &'static str {
         self.inner.state(object_id).as_str()
     }
