@@ -74,6 +74,7 @@ fn check(mailbox: &Mailbox, model: &Model) {
         };
         assert_eq!(mailbox.depth(&id(object)), depth);
         assert_eq!(mailbox.state(&id(object)), state);
+        assert_eq!(mailbox.is_idle(&id(object)), state == MailboxState::Idle);
     }
     assert_eq!(mailbox.len(), model.len());
     assert_eq!(
