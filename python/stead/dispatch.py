@@ -299,10 +299,17 @@ class Dispatcher:
     # -- delivery ------------------------------------------------------------
 
     async def call(
-        self, object_id: ObjectId, method: RpcMethod, args: Sequence[Any], kwargs: Mapping[str, Any]
+        self, object_id: ObjectId, method: RpcMethod, /, *args: Any, **kwargs: Any
     ) -> Any:
         """An RPC call: the hot path of ``deliver`` for a started, turn-based object
-        called from outside any turn (no extra coroutine layers); else ``deliver``."""
+        called from outside any turn (no extra coroutine layers); else ``deliver``.
+
+        Stubs bind it with ``functools.partial``, so ``stub.method(...)`` creates
+        this coroutine without a Python frame of its own. The arguments are
+        copied through the codec as the call starts, before anything can run.
+        """
+        if args or kwargs:
+            args, kwargs = method.copy_args(args, kwargs)  # type: ignore[assignment]
         key = object_id.storage_key
         host = self.hosts.get(key)
         if host is None or not host.ready or host.reentrant or _call_chain.get():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -10,7 +11,7 @@ import msgspec
 from stead.errors import UnknownMethodError
 from stead.ids import ObjectId
 from stead.messages import Request, Response
-from stead.objects import RpcMethod, rpc_methods
+from stead.objects import rpc_methods
 
 if TYPE_CHECKING:
     from stead.dispatch import Dispatcher, ObjectHost
@@ -32,15 +33,17 @@ class Stub:
         self._rpc = rpc_methods(dispatcher.classes[object_id.binding])
         self.id = object_id
 
-    def __getattr__(self, name: str) -> _BoundCall:
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         # Only reached on the first use of a name: the bound call is then kept
-        # in the instance dict, so later lookups are plain attribute reads.
+        # in the instance dict, so later lookups are plain attribute reads. It
+        # is a C-level partial: calling it creates the dispatcher's coroutine
+        # with no Python frame in between.
         if name.startswith("_"):
             raise AttributeError(name)
         method = self._rpc.get(name)
         if method is None:
             raise UnknownMethodError(f"{self.id.binding} has no RPC method {name!r}")
-        call = _BoundCall(self, method)
+        call = partial(self._dispatcher.call, self.id, method)
         self.__dict__[name] = call
         return call
 
@@ -88,36 +91,6 @@ def _build_request(
     return Request(method, request_or_path, merged, payload)
 
 
-class _BoundCall:
-    """``stub.method``: calling it sends one RPC."""
-
-    __slots__ = ("_call", "_id", "_method")
-
-    def __init__(self, stub: Stub, method: RpcMethod) -> None:
-        self._call = stub._dispatcher.call
-        self._id = stub.id
-        self._method = method
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        # Copied now, in the caller's context: later mutation by the caller is not seen.
-        if args or kwargs:
-            args, kwargs = self._method.copy_args(args, kwargs)  # type: ignore[assignment]
-        return self._call(self._id, self._method, args, kwargs)
-
-
-def _send(
-    dispatcher: Dispatcher,
-    object_id: ObjectId,
-    method: RpcMethod,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-) -> Awaitable[Any]:
-    # Copied now, in the caller's context: later mutation by the caller is not seen.
-    if args or kwargs:
-        args, kwargs = method.copy_args(args, kwargs)
-    return dispatcher.call(object_id, method, args, kwargs)
-
-
 def invoke(
     stub: Stub, method: str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> Awaitable[Any]:
@@ -125,4 +98,4 @@ def invoke(
     rpc = stub._rpc.get(method)
     if rpc is None:
         raise UnknownMethodError(f"{stub.id.binding} has no RPC method {method!r}")
-    return _send(stub._dispatcher, stub.id, rpc, args, kwargs)
+    return stub._dispatcher.call(stub.id, rpc, *args, **kwargs)
