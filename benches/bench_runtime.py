@@ -109,10 +109,13 @@ def _run(
 
 
 def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report: Report) -> None:
-    """Rounds alternate stead and the baseline on each loop, so a noisy moment on a
-    shared machine hits both sides alike; the best round of each is compared."""
+    """Rounds alternate the baseline and stead on each loop, so a noisy moment on a
+    shared machine hits both sides alike. The best round of each side is
+    reported, and the ratio is the median of the rounds' paired ratios. The
+    ratio target applies on asyncio's own loop (the issue's pure-asyncio
+    baseline); uvloop is shown for reference and counts for the absolute figure."""
     plan = _plan()
-    results: dict[str, tuple[float, float]] = {}
+    results: dict[str, tuple[float, float, float]] = {}
     for name, factory in _loops().items():
         durable_rounds, baseline_rounds = [], []
         for round_ in range(ROUNDS):
@@ -120,11 +123,17 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
             data_dir = str(tmp_path / f"{name}-{round_}")
             durable_rounds.append(_run(factory, _stead(plan, data_dir)))
         durable, baseline = max(durable_rounds), max(baseline_rounds)
-        results[name] = (durable, baseline)
+        # Each round runs the baseline and stead back to back: the median of the
+        # per-round ratios is steadier than a ratio of bests when the machine's
+        # speed drifts between rounds.
+        pairs = zip(durable_rounds, baseline_rounds, strict=True)
+        ratio = statistics.median(durable_round / base for durable_round, base in pairs)
+        results[name] = (durable, baseline, ratio)
+        target = "target >= 0.40" if name == "asyncio" else "for reference"
         report(
             f"\n[runtime] {name} loop: {CALLS:,} durable increment() over {OBJECTS:,} objects, "
-            f"{CALLERS:,} callers, fsync: {durable:,.0f} calls/s; in-memory asyncio baseline "
-            f"{baseline:,.0f} calls/s; ratio {durable / baseline:.2f} (target >= 0.40)\n"
+            f"{CALLERS:,} callers, fsync: best {durable:,.0f} calls/s; in-memory baseline best "
+            f"{baseline:,.0f} calls/s; ratio (median of rounds) {ratio:.2f} ({target})\n"
             f"[runtime]   rounds: stead {', '.join(f'{r:,.0f}' for r in durable_rounds)}; "
             f"baseline {', '.join(f'{r:,.0f}' for r in baseline_rounds)}"
         )
@@ -136,11 +145,11 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
     benchmark.extra_info.update(  # type: ignore[attr-defined]
         {
             f"{name}_{figure}": value
-            for name, (durable, baseline) in results.items()
+            for name, (durable, baseline, ratio) in results.items()
             for figure, value in (
                 ("durable_calls_per_s", durable),
                 ("baseline_calls_per_s", baseline),
-                ("ratio", durable / baseline),
+                ("ratio", ratio),
             )
         }
     )
