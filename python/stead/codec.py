@@ -21,8 +21,7 @@ _typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 # Immutable values that always survive the codec unchanged (ints within MessagePack's range).
 _IMMUTABLE: frozenset[type] = frozenset({int, float, bool, type(None)})
-_INT_MIN, _INT_MAX = -(2**63), 2**64
-INT_RANGE = range(_INT_MIN, _INT_MAX)
+INT_RANGE = range(-(2**63), 2**64)
 # Values of these types decode back to an equal value of the same type without a type hint.
 _SELF_DESCRIBING = frozenset({int, float, str, bool, type(None), bytes, list, dict})
 
@@ -83,7 +82,7 @@ def copy(value: Any, type: Any = None) -> Any:
     if (
         value_type in _IMMUTABLE
         and (type is None or type is value_type)
-        and (value_type is not int or _INT_MIN <= value < _INT_MAX)
+        and (value_type is not int or value in INT_RANGE)
     ):
         return value  # immutable and encodable: the copy would be equal and identical in use
     data = encode(value)
