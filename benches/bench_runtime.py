@@ -68,7 +68,7 @@ async def _baseline(plan: list[list[int]]) -> float:
     return CALLS / elapsed
 
 
-async def _stead(plan: list[list[int]], data_dir: str) -> float:
+async def _stead(plan: list[list[int]], data_dir: str | None) -> float:
     async with stead.Runtime({"C": Counter}, data_dir=data_dir, durability="fsync") as rt:
         stubs = [rt.env.C.get_by_name(f"c{i}") for i in range(OBJECTS)]
 

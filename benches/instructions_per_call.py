@@ -3,17 +3,17 @@ noise of a shared machine cannot move, for comparing changes to the hot path.
 
 Run: python benches/instructions_per_call.py   (needs valgrind; about 6 minutes)
 
-Each side runs twice, with 10 and with 40 calls per caller (1,000 callers over
-1,000 objects); the difference divided by the extra 30,000 calls removes start-up
-costs. Counts vary by a few percent with how commits group (the flusher thread
-runs serialized under valgrind); the in-memory row is exact.
+Each side runs the workload of benches/bench_runtime.py twice, with 10 and with
+40 calls per caller (1,000 callers over 1,000 objects); the difference divided
+by the extra 30,000 calls removes start-up and object-creation costs. Counts
+vary by a few percent with how commits group (the flusher thread runs
+serialized under valgrind); the in-memory row is exact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -22,7 +22,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 import bench_runtime  # the script's directory is on sys.path
-import stead
 
 SIDES = {
     "stead, fsync": "fsync",
@@ -32,38 +31,17 @@ SIDES = {
 SHORT, LONG = 10, 40
 
 
-def _plan(per_caller: int) -> list[list[int]]:
-    rng = random.Random(7)
-    return [
-        [rng.randrange(bench_runtime.OBJECTS) for _ in range(per_caller)]
-        for _ in range(bench_runtime.CALLERS)
-    ]
-
-
-async def _stead(plan: list[list[int]], data_dir: str | None) -> None:
-    async with stead.Runtime(
-        {"C": bench_runtime.Counter}, data_dir=data_dir, durability="fsync"
-    ) as rt:
-        stubs = [rt.env.C.get_by_name(f"c{i}") for i in range(bench_runtime.OBJECTS)]
-        for stub in stubs:
-            await stub.increment()
-
-        async def caller(targets: list[int]) -> None:
-            for target in targets:
-                await stubs[target].increment()
-
-        await asyncio.gather(*(caller(targets) for targets in plan))
-
-
 def _worker(side: str, per_caller: int, loop: str) -> None:
-    plan = _plan(per_caller)
+    # The throughput benchmark's own workload, scaled down: the same seeded plan
+    # and the same stead and baseline runners.
     bench_runtime.CALLS = per_caller * bench_runtime.CALLERS
-    main: Coroutine[Any, Any, object]
+    plan = bench_runtime._plan()
+    main: Coroutine[Any, Any, float]
     if side == "baseline":
         main = bench_runtime._baseline(plan)
     else:
         data_dir = None if side == "memory" else tempfile.mkdtemp() + "/data"
-        main = _stead(plan, data_dir)
+        main = bench_runtime._stead(plan, data_dir)
     if loop == "uvloop":
         import uvloop
 
