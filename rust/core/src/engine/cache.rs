@@ -4,11 +4,10 @@
 //! go stale; locations that are no longer referenced simply age out.
 
 use std::collections::VecDeque;
-
-use crate::FastMap;
 use std::sync::Arc;
 
 use super::index::Loc;
+use crate::FastMap;
 
 /// Bytes charged per entry on top of the value (map slot, ring slot, Arc header).
 const ENTRY_OVERHEAD: usize = 64;

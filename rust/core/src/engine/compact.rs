@@ -12,8 +12,6 @@
 //! the index swap only moves entries that still point where they did.
 
 use std::collections::BTreeMap;
-
-use crate::FastMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Bound;
@@ -25,6 +23,7 @@ use super::index::{Index, Keys, Loc, Slot};
 use super::record::{self, Op, SegHeader, FLAG_COMPACTED, HEADER_LEN};
 use super::{hint_path, read_at, segment_path, sys, SegFile, Shared};
 use crate::error::{Error, Result};
+use crate::FastMap;
 
 const HINT_MAGIC: &[u8; 8] = b"STEADHNT";
 const HINT_VERSION: u32 = 1;

@@ -8,7 +8,6 @@
 //! so it is truncated and logged. Damage followed by a valid record is corruption: recovery refuses
 //! to open rather than silently drop acknowledged batches.
 
-use crate::FastMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use super::index::{Index, Loc, Slot};
 use super::record::{self, Op, SegHeader, HEADER_LEN, REC_HEADER, REC_MAGIC};
 use super::{hint_path, sys, Active, Options, SegFile};
 use crate::error::{Error, Result};
+use crate::FastMap;
 
 pub(crate) struct Recovered {
     pub index: Index,

@@ -2,7 +2,6 @@
 //! one mutex over the index, cache, file table and pending buffers, plus the
 //! atomics and condvars the threads signal each other with.
 
-use crate::FastMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +17,7 @@ use super::recovery::Recovered;
 use super::sys::EventFd;
 use super::Options;
 use crate::error::{Error, Result};
+use crate::FastMap;
 
 /// Plain sealed segments tolerated before compaction bounds startup replay.
 const REPLAY_SEGMENTS: u64 = 8;
