@@ -37,11 +37,11 @@ class Counter(stead.DurableObject):
         return count
 
 
-def _plan(seed: int = 7) -> list[list[int]]:
+def _plan(seed: int = 7, objects: int = OBJECTS) -> list[list[int]]:
     """Which object each call of each caller goes to (the same for both sides)."""
     rng = random.Random(seed)
     per_caller = CALLS // CALLERS
-    return [[rng.randrange(OBJECTS) for _ in range(per_caller)] for _ in range(CALLERS)]
+    return [[rng.randrange(objects) for _ in range(per_caller)] for _ in range(CALLERS)]
 
 
 async def _baseline(plan: list[list[int]]) -> float:
@@ -68,9 +68,9 @@ async def _baseline(plan: list[list[int]]) -> float:
     return CALLS / elapsed
 
 
-async def _stead(plan: list[list[int]], data_dir: str | None) -> float:
+async def _stead(plan: list[list[int]], data_dir: str | None, objects: int = OBJECTS) -> float:
     async with stead.Runtime({"C": Counter}, data_dir=data_dir, durability="fsync") as rt:
-        stubs = [rt.env.C.get_by_name(f"c{i}") for i in range(OBJECTS)]
+        stubs = [rt.env.C.get_by_name(f"c{i}") for i in range(objects)]
 
         async def caller(targets: list[int]) -> None:
             for obj in targets:
@@ -79,7 +79,7 @@ async def _stead(plan: list[list[int]], data_dir: str | None) -> float:
         start = time.perf_counter()
         await asyncio.gather(*(caller(t) for t in plan))
         elapsed = time.perf_counter() - start
-        total = sum([await s.increment() for s in stubs]) - OBJECTS
+        total = sum([await s.increment() for s in stubs]) - objects
         assert total == CALLS
     return CALLS / elapsed
 
@@ -153,6 +153,29 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
             )
         }
     )
+    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+
+
+def test_throughput_by_hot_set(benchmark: object, tmp_path: Path, report: Report) -> None:
+    """The same 200,000 durable calls from 1,000 callers, spread over fewer or
+    more distinct objects: what a call costs depends on how much per-object
+    state the calls cycle through, not only on the code they run. Sizes
+    alternate within each round so machine noise hits them alike. At 10,000
+    objects each object is also created during the run (20 calls each)."""
+    loop_name, factory = list(_loops().items())[-1]  # uvloop when installed
+    sizes = (100, 1_000, 10_000)
+    rounds: dict[int, list[float]] = {size: [] for size in sizes}
+    for round_ in range(2):
+        for size in sizes:
+            data_dir = str(tmp_path / f"hot-{size}-{round_}")
+            rounds[size].append(_run(factory, _stead(_plan(objects=size), data_dir, size)))
+    best = {size: max(figures) for size, figures in rounds.items()}
+    for size in sizes:
+        report(
+            f"[runtime] hot set of {size:>6,} objects ({loop_name}): best {best[size]:,.0f} "
+            f"durable calls/s; {best[size] / best[OBJECTS]:.2f} x the 1,000-object figure"
+        )
+    benchmark.extra_info.update({f"objects_{size}": figure for size, figure in best.items()})  # type: ignore[attr-defined]
     benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
 
 
