@@ -16,7 +16,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -158,24 +158,42 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
     benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
 
 
+Variant = TypeVar("Variant")
+
+
+def _best_of_alternating_rounds(
+    variants: dict[Variant, Callable[[str], Coroutine[Any, Any, float]]],
+    tmp_path: Path,
+    rounds: int = 2,
+) -> tuple[str, dict[Variant, float]]:
+    """Each variant's best calls/s on the fastest loop installed (uvloop if any).
+    Variants take turns within each round, so machine noise hits them alike;
+    each run gets a fresh data dir."""
+    loop_name, factory = list(_loops().items())[-1]
+    figures: dict[Variant, list[float]] = {variant: [] for variant in variants}
+    for round_ in range(rounds):
+        for index, (variant, run) in enumerate(variants.items()):
+            data_dir = str(tmp_path / f"variant{index}-round{round_}")
+            figures[variant].append(_run(factory, run(data_dir)))
+    return loop_name, {variant: max(runs) for variant, runs in figures.items()}
+
+
 def test_throughput_by_hot_set(benchmark: object, tmp_path: Path, report: Report) -> None:
     """The same 200,000 durable calls from 1,000 callers, spread over fewer or
     more distinct objects: what a call costs depends on how much per-object
-    state the calls cycle through, not only on the code they run. Sizes
-    alternate within each round so machine noise hits them alike. At 10,000
+    state the calls cycle through, not only on the code they run. At 10,000
     objects each object is also created during the run (20 calls each)."""
-    loop_name, factory = list(_loops().items())[-1]  # uvloop when installed
-    sizes = (100, 1_000, 10_000)
-    rounds: dict[int, list[float]] = {size: [] for size in sizes}
-    for round_ in range(2):
-        for size in sizes:
-            data_dir = str(tmp_path / f"hot-{size}-{round_}")
-            rounds[size].append(_run(factory, _stead(_plan(objects=size), data_dir, size)))
-    best = {size: max(figures) for size, figures in rounds.items()}
-    for size in sizes:
+
+    def over(size: int) -> Callable[[str], Coroutine[Any, Any, float]]:
+        return lambda data_dir: _stead(_plan(objects=size), data_dir, size)
+
+    loop_name, best = _best_of_alternating_rounds(
+        {size: over(size) for size in (100, 1_000, 10_000)}, tmp_path
+    )
+    for size, figure in best.items():
         report(
-            f"[runtime] hot set of {size:>6,} objects ({loop_name}): best {best[size]:,.0f} "
-            f"durable calls/s; {best[size] / best[OBJECTS]:.2f} x the 1,000-object figure"
+            f"[runtime] hot set of {size:>6,} objects ({loop_name}): best {figure:,.0f} "
+            f"durable calls/s; {figure / best[OBJECTS]:.2f} x the 1,000-object figure"
         )
     benchmark.extra_info.update({f"objects_{size}": figure for size, figure in best.items()})  # type: ignore[attr-defined]
     benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
@@ -187,19 +205,18 @@ def test_throughput_by_durability(benchmark: object, tmp_path: Path, report: Rep
     a caller runs its calls back to back; with "os" and "fsync" every call
     waits for the flusher (a task suspension per call, and 1,000 callers
     cycling through their objects' state between two of their calls)."""
-    loop_name, factory = list(_loops().items())[-1]  # uvloop when installed
     plan = _plan()
-    modes = ("none", "os", "fsync")
-    rounds: dict[str, list[float]] = {mode: [] for mode in modes}
-    for round_ in range(2):
-        for mode in modes:
-            data_dir = str(tmp_path / f"{mode}-{round_}")
-            rounds[mode].append(_run(factory, _stead(plan, data_dir, durability=mode)))
-    best = {mode: max(figures) for mode, figures in rounds.items()}
-    for mode in modes:
+
+    def under(mode: str) -> Callable[[str], Coroutine[Any, Any, float]]:
+        return lambda data_dir: _stead(plan, data_dir, durability=mode)
+
+    loop_name, best = _best_of_alternating_rounds(
+        {mode: under(mode) for mode in ("none", "os", "fsync")}, tmp_path
+    )
+    for mode, figure in best.items():
         report(
-            f"[runtime] durability={mode!r:8} ({loop_name}): best {best[mode]:,.0f} calls/s; "
-            f"{best[mode] / best['fsync']:.2f} x fsync"
+            f"[runtime] durability={mode!r:8} ({loop_name}): best {figure:,.0f} calls/s; "
+            f"{figure / best['fsync']:.2f} x fsync"
         )
     benchmark.extra_info.update({f"durability_{mode}": figure for mode, figure in best.items()})  # type: ignore[attr-defined]
     benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
