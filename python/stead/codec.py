@@ -13,11 +13,27 @@ import msgspec
 
 from stead.errors import SerializationError
 
-__all__ = ["INT_RANGE", "can_decode_into", "copy", "decode", "encode", "passthrough_types"]
+__all__ = [
+    "INT_RANGE",
+    "can_decode_into",
+    "copy",
+    "decode",
+    "encode",
+    "fast_decode",
+    "fast_encode",
+    "passthrough_types",
+]
 
 _encoder = msgspec.msgpack.Encoder()
 _untyped_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 _typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+# The C methods themselves, for hot paths that cannot afford a Python frame per
+# value (storage get/put). fast_encode raises msgspec's own errors: call encode
+# on failure to raise SerializationError. fast_decode is untyped and for bytes
+# this module encoded, which always decode.
+fast_encode = _encoder.encode
+fast_decode = _untyped_decoder.decode
 
 # Immutable values that always survive the codec unchanged (ints within MessagePack's range).
 _IMMUTABLE: frozenset[type] = frozenset({int, float, bool, type(None)})

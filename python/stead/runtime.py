@@ -246,7 +246,7 @@ class Runtime:
         return {
             "resident_objects": len(dispatcher.hosts),
             "mailbox_depth": dispatcher.mailbox.total_depth(),
-            "commits": dispatcher.commits,
+            "commits": stored.get("commits", 0),
             "syncs": stored.get("syncs", 0),
             "keys": stored.get("keys", 0),
             "objects": stored.get("objects", 0),

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from stead import codec
 from stead._core import Engine
+from stead.codec import fast_decode, fast_encode
 from stead.errors import LimitError
 
 __all__ = ["INTERNAL_PREFIX", "MAX_KEY_BYTES", "AlarmChange", "Storage"]
@@ -78,9 +79,9 @@ class Storage:
         "_name",
         "_name_recorded",
         "_object_key",
+        "_on_alarm_committed",
         "_pending",
         "_syncer",
-        "committed_alarm",
     )
 
     def __init__(
@@ -91,12 +92,15 @@ class Storage:
         name: str | None,
         max_value_bytes: int,
         syncer: Callable[[Storage], Awaitable[None]] | None = None,
+        on_alarm_committed: Callable[[bytes, int | None], None] | None = None,
     ) -> None:
         self._engine = engine
         self._object_key = object_key
         self._name = name
         self._max_value_bytes = max_value_bytes
         self._syncer = syncer
+        # Told (object key, epoch ms or None) after a batch that set or deleted the alarm.
+        self._on_alarm_committed = on_alarm_committed
         # key bytes -> encoded value, None = known absent.
         self._cache: dict[bytes, bytes | None] = {}
         self._cache_bytes = 0
@@ -107,7 +111,6 @@ class Storage:
         self._cleared = False
         self._alarm: AlarmChange | None = None
         self._name_recorded: bool | None = None
-        self.committed_alarm: AlarmChange | None = None
 
     # -- reads ---------------------------------------------------------------
 
@@ -137,7 +140,8 @@ class Storage:
         raw = cache[encoded] if encoded in cache else self._raw(encoded)
         if raw is None:
             return default
-        return codec.decode(raw, type)
+        # Stored values were encoded by the codec: an untyped decode cannot fail.
+        return fast_decode(raw) if type is None else codec.decode(raw, type)
 
     def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """``{key: value}`` for the keys that exist, in the order given."""
@@ -221,7 +225,10 @@ class Storage:
             encoded = _encoded_keys[key]
         except (KeyError, TypeError):
             encoded = _check_key(key)
-        raw = codec.encode(value)
+        try:
+            raw = fast_encode(value)
+        except Exception:
+            raw = codec.encode(value)  # raises SerializationError with the reason
         if len(raw) > self._max_value_bytes:
             self._encode_value(value)  # raises LimitError with the message
         self._pending[encoded] = raw
@@ -339,12 +346,11 @@ class Storage:
         """Hand the pending writes to the engine as one atomic batch; its sequence
         number, or 0 if there was nothing to write.
 
-        ``committed_alarm`` then holds the alarm change the batch made (``None``
-        if it made none). If the engine refuses the batch, the pending writes
-        stay and the error propagates (the runtime then resets the object).
+        A batch that changes the alarm is announced to ``on_alarm_committed``.
+        If the engine refuses the batch, the pending writes stay and the error
+        propagates (the runtime then resets the object).
         """
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
-        self.committed_alarm = alarm
         if alarm is None and not delete_all:
             if not pending:
                 return 0
@@ -383,6 +389,8 @@ class Storage:
         self._pending = {}
         self._delete_all = self._cleared = False
         self._alarm = None
+        if alarm is not None and self._on_alarm_committed is not None:
+            self._on_alarm_committed(self._object_key, alarm.when_ms)
         return seq
 
     def _name_is_recorded(self) -> bool:
