@@ -192,6 +192,32 @@ async def test_limits_raise_before_anything_is_written(
         assert rt.engine.last_seq() == before
 
 
+class Unencodable(stead.DurableObject):
+    def put_each(self, kind: str) -> str:
+        self.ctx.storage.put("before", 1)
+        value = {"object": object(), "huge int": 2**70, "set of objects": {object()}}[kind]
+        try:
+            self.ctx.storage.put("bad", value)
+        except stead.SerializationError as error:
+            return str(error)
+        return "stored"
+
+    def get(self, key: str) -> Any:
+        return self.ctx.storage.get(key)
+
+
+@pytest.mark.parametrize("kind", ["object", "huge int", "set of objects"])
+async def test_unencodable_values_raise_serialization_error_and_write_nothing(
+    data_dir: str, kind: str
+) -> None:
+    async with stead.Runtime({"U": Unencodable}, data_dir=data_dir) as rt:
+        obj = rt.env.U.get_by_name("u")
+        message = await obj.put_each(kind)
+        assert message.startswith("cannot encode")
+        assert await obj.get("bad") is None
+        assert await obj.get("before") == 1  # the turn's valid write is committed
+
+
 class Keys(stead.DurableObject):
     def put_get(self, key: Any) -> Any:
         self.ctx.storage.put(key, 1)
