@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
+import weakref
 
 import pytest
 
-from stead._core import Engine
+from stead._core import DurableFutures, Engine
 from stead.durability import CommitWaiter
+from stead.errors import StorageError
 
 pytestmark = pytest.mark.anyio
 
@@ -48,3 +52,84 @@ async def test_a_waiter_is_not_released_before_its_group_is_durable(data_dir: st
     finally:
         waiter.close()
         engine.close()
+
+
+async def test_a_cancelled_waiter_does_not_stop_the_others(data_dir: str) -> None:
+    engine = Engine(data_dir, "fsync")
+    waiter = CommitWaiter(engine)
+    try:
+        seqs = [engine.commit(b"o", [(b"k", b"v")]) for _ in range(3)]
+        futures = [waiter.future_for(seq) for seq in seqs]
+        if futures[1] is None:
+            pytest.skip("the group became durable before the waiters were registered")
+        futures[1].cancel()
+        for future in (futures[0], futures[2]):
+            if future is not None:
+                await future
+        assert futures[1].cancelled()
+        assert len(waiter) == 0
+    finally:
+        waiter.close()
+        engine.close()
+
+
+async def test_closing_fails_pending_waiters_and_later_ones() -> None:
+    loop = asyncio.get_running_loop()
+    futures = DurableFutures(asyncio.Future, loop, durable=0)
+    pending = [futures.future_for(seq) for seq in (1, 2)]
+    error = StorageError("engine closed")
+    assert futures.fail(error) == 2
+    for future in pending:
+        assert future is not None
+        with pytest.raises(StorageError, match="engine closed"):
+            await future
+    with pytest.raises(StorageError, match="engine closed"):
+        futures.future_for(3)
+    with pytest.raises(TypeError):
+        futures.fail("not an exception")  # type: ignore[arg-type]
+
+
+def _record(order: list[int], seq: int, _: object) -> None:
+    order.append(seq)
+
+
+async def test_durable_futures_release_in_seq_order_and_skip_cancelled() -> None:
+    loop = asyncio.get_running_loop()
+    futures = DurableFutures(asyncio.Future, loop, durable=10)
+    assert futures.future_for(10) is None  # at or below the watermark: nothing to wait for
+    order: list[int] = []
+    waiting: dict[int, asyncio.Future[None]] = {}
+    for seq in (14, 11, 13, 12):  # out of order: inserted at their place
+        future = futures.future_for(seq)
+        assert future is not None
+        future.add_done_callback(functools.partial(_record, order, seq))
+        waiting[seq] = future
+    waiting[13].cancel()
+    assert futures.release(12) == 2
+    assert futures.durable == 12 and len(futures) == 2
+    assert futures.release(11) == 0 and futures.durable == 12  # the watermark never goes back
+    assert futures.release(20) == 1  # 14; the cancelled 13 is skipped
+    await asyncio.sleep(0)
+    assert order == [13, 11, 12, 14]  # 13 ran its callbacks when cancelled, first
+    assert len(futures) == 0
+
+
+async def test_waiting_futures_in_a_reference_cycle_are_collected() -> None:
+    loop = asyncio.get_running_loop()
+
+    class Holder:
+        def __init__(self) -> None:
+            self.futures = DurableFutures(asyncio.Future, loop, durable=0)
+
+        def on_durable(self, future: asyncio.Future[None]) -> None:
+            pass
+
+    holder = Holder()
+    future = holder.futures.future_for(1)
+    assert future is not None
+    # holder -> futures -> future -> callback (bound method) -> holder
+    future.add_done_callback(holder.on_durable)
+    alive = weakref.ref(holder)
+    del holder, future
+    gc.collect()
+    assert alive() is None

@@ -4,11 +4,12 @@ The extension is private: Python modules of ``stead`` wrap it. Errors raised
 here are the classes of :mod:`stead.errors`.
 """
 
+import asyncio
 import builtins
-from collections.abc import Sequence
-from typing import final
+from collections.abc import Callable, Sequence
+from typing import Any, final
 
-__all__ = ["Engine", "Mailbox", "TimerWheel", "__version__"]
+__all__ = ["DurableFutures", "Engine", "Mailbox", "TimerWheel", "__version__"]
 
 __version__: str
 
@@ -149,6 +150,43 @@ class Engine:
 
     def close(self) -> None:
         """Flush, sync, stop background threads and release the lock. Idempotent."""
+
+# --------------------------------------------------------------------------
+# Durable waiters (rust/core/src/seq_queue.rs, rust/bindings/src/durable.rs)
+# --------------------------------------------------------------------------
+
+@final
+class DurableFutures:
+    """Futures waiting for commit sequence numbers to become durable.
+
+    Futures are created as ``future_type(loop=loop)`` and resolved (with
+    ``None``) in ascending sequence order by :meth:`release`.
+    """
+
+    def __new__(
+        cls,
+        future_type: Callable[..., asyncio.Future[Any]],
+        loop: asyncio.AbstractEventLoop,
+        durable: int,
+        immediate: bool = False,
+    ) -> DurableFutures: ...
+    @property
+    def durable(self) -> int:
+        """The highest sequence number released so far."""
+
+    def future_for(self, seq: int) -> asyncio.Future[None] | None:
+        """A future resolved once ``seq`` is durable, or ``None`` if it already
+        is (or ``immediate`` was set); raises the error given to :meth:`fail`."""
+
+    def release(self, durable: int) -> int:
+        """Resolve every future waiting for a number ``<= durable`` (cancelled
+        ones are skipped); how many were resolved."""
+
+    def fail(self, error: BaseException) -> int:
+        """Fail every waiting future with ``error``, and every later
+        :meth:`future_for`; how many were failed."""
+
+    def __len__(self) -> int: ...
 
 # --------------------------------------------------------------------------
 # Mailbox (rust/core/src/mailbox.rs, rust/bindings/src/mailbox.rs)

@@ -5,6 +5,7 @@
 
 use pyo3::prelude::*;
 
+mod durable;
 mod engine;
 mod errors;
 mod mailbox;
@@ -13,6 +14,7 @@ mod wheel;
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    durable::register(module)?;
     engine::register(module)?;
     mailbox::register(module)?;
     wheel::register(module)?;

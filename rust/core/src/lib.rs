@@ -3,10 +3,12 @@
 //! - [`engine`]: the log-structured storage engine shared by all objects of a data dir.
 //! - [`wheel`]: a hierarchical hashed timer wheel holding alarm deadlines.
 //! - [`mailbox`]: per-object FIFO queues that enforce one running event per object.
+//! - [`seq_queue`]: waiters released in order as the durable commit watermark advances.
 
 pub mod engine;
 pub mod error;
 pub mod mailbox;
+pub mod seq_queue;
 pub mod wheel;
 
 pub use error::{Error, Result};
