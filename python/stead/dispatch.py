@@ -305,7 +305,8 @@ class Dispatcher:
         this coroutine without a Python frame of its own. The arguments are
         copied through the codec as the call starts, before anything can run.
         """
-        if args or kwargs:
+        has_arguments = bool(args or kwargs)
+        if has_arguments:
             args, kwargs = method.copy_args(args, kwargs)  # type: ignore[assignment]
         key = object_id.storage_key
         host = self.hosts.get(key)
@@ -334,8 +335,11 @@ class Dispatcher:
         try:
             try:
                 # The class's function, not getattr(instance, name): no bound
-                # method per call.
-                result = method.function(host.instance, *args, **kwargs)
+                # method per call; a plain call when there is nothing to unpack.
+                if has_arguments:
+                    result = method.function(host.instance, *args, **kwargs)
+                else:
+                    result = method.function(host.instance)
                 if is_async:
                     result = await result
                 result_class = result.__class__
