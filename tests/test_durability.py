@@ -6,6 +6,7 @@ import asyncio
 import functools
 import gc
 import weakref
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,61 +17,64 @@ from stead.errors import StorageError
 pytestmark = pytest.mark.anyio
 
 
-async def test_waiters_in_any_order_are_released_once_durable(data_dir: str) -> None:
+@pytest.fixture
+async def engine_and_waiter(data_dir: str) -> AsyncIterator[tuple[Engine, CommitWaiter]]:
+    """An fsync engine and the commit waiter watching it on the test's loop."""
     engine = Engine(data_dir, "fsync")
     waiter = CommitWaiter(engine)
     try:
-        seqs = [engine.commit(b"o", [(b"k", str(i).encode())]) for i in range(200)]
-        # Newest first: every later request is for an older seq (the ordered insert).
-        futures = [waiter.future_for(seq) for seq in reversed(seqs)]
-        for seq, future in zip(reversed(seqs), futures, strict=True):
-            if future is not None:
-                await future
-            assert engine.durable_seq() >= seq
-        assert len(waiter) == 0
-        assert waiter.future_for(seqs[-1]) is None  # already durable: nothing to wait for
+        yield engine, waiter
     finally:
         waiter.close()
         engine.close()
 
 
-async def test_a_waiter_is_not_released_before_its_group_is_durable(data_dir: str) -> None:
-    engine = Engine(data_dir, "fsync")
-    waiter = CommitWaiter(engine)
-    try:
-        released: list[int] = []
-
-        async def wait(seq: int) -> None:
-            await waiter.wait(seq)
-            assert engine.durable_seq() >= seq
-            released.append(seq)
-
-        for _ in range(20):
-            seqs = [engine.commit(b"o", [(b"k", b"v")]) for _ in range(10)]
-            await asyncio.gather(*(wait(seq) for seq in seqs))
-        assert len(released) == 200
-    finally:
-        waiter.close()
-        engine.close()
+async def test_waiters_in_any_order_are_released_once_durable(
+    engine_and_waiter: tuple[Engine, CommitWaiter],
+) -> None:
+    engine, waiter = engine_and_waiter
+    seqs = [engine.commit(b"o", [(b"k", str(i).encode())]) for i in range(200)]
+    # Newest first: every later request is for an older seq (the ordered insert).
+    futures = [waiter.future_for(seq) for seq in reversed(seqs)]
+    for seq, future in zip(reversed(seqs), futures, strict=True):
+        if future is not None:
+            await future
+        assert engine.durable_seq() >= seq
+    assert len(waiter) == 0
+    assert waiter.future_for(seqs[-1]) is None  # already durable: nothing to wait for
 
 
-async def test_a_cancelled_waiter_does_not_stop_the_others(data_dir: str) -> None:
-    engine = Engine(data_dir, "fsync")
-    waiter = CommitWaiter(engine)
-    try:
-        seqs = [engine.commit(b"o", [(b"k", b"v")]) for _ in range(3)]
-        futures = [waiter.future_for(seq) for seq in seqs]
-        if futures[1] is None:
-            pytest.skip("the group became durable before the waiters were registered")
-        futures[1].cancel()
-        for future in (futures[0], futures[2]):
-            if future is not None:
-                await future
-        assert futures[1].cancelled()
-        assert len(waiter) == 0
-    finally:
-        waiter.close()
-        engine.close()
+async def test_a_waiter_is_not_released_before_its_group_is_durable(
+    engine_and_waiter: tuple[Engine, CommitWaiter],
+) -> None:
+    engine, waiter = engine_and_waiter
+    released: list[int] = []
+
+    async def wait(seq: int) -> None:
+        await waiter.wait(seq)
+        assert engine.durable_seq() >= seq
+        released.append(seq)
+
+    for _ in range(20):
+        seqs = [engine.commit(b"o", [(b"k", b"v")]) for _ in range(10)]
+        await asyncio.gather(*(wait(seq) for seq in seqs))
+    assert len(released) == 200
+
+
+async def test_a_cancelled_waiter_does_not_stop_the_others(
+    engine_and_waiter: tuple[Engine, CommitWaiter],
+) -> None:
+    engine, waiter = engine_and_waiter
+    seqs = [engine.commit(b"o", [(b"k", b"v")]) for _ in range(3)]
+    # Registered before the loop can drain a wakeup, so none is released yet.
+    futures = [waiter.future_for(seq) for seq in seqs]
+    assert futures[1] is not None
+    futures[1].cancel()
+    for future in (futures[0], futures[2]):
+        if future is not None:
+            await future
+    assert futures[1].cancelled()
+    assert len(waiter) == 0
 
 
 async def test_closing_fails_pending_waiters_and_later_ones() -> None:
