@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 
 import stead
+from stead.ids import HmacSha256, IdFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -76,3 +79,23 @@ async def test_unique_id_objects_learn_nothing_of_a_name(data_dir: str) -> None:
         stub = rt.env.T.get(rt.env.T.id_from_string(str(rt.env.T.id_from_name("zed"))))
         assert await stub.touch() is None  # parsed ids carry no name until one is stored
         assert await rt.env.T.get_by_name("zed").touch() == "zed"
+
+
+@pytest.mark.parametrize("key_bytes", [0, 1, 32, 64, 65, 200])
+def test_id_hmac_is_rfc_2104_hmac_sha256(key_bytes: int) -> None:
+    # Ids derived from names are stored data: the derivation must stay HMAC-SHA256 exactly.
+    key = bytes(range(key_bytes % 256)) * (key_bytes // 256 + 1)
+    key = key[:key_bytes]
+    mac = HmacSha256(key)
+    for message in (b"", b"name\0Counter\0alice", "Zürich".encode() * 40):
+        assert mac.digest(message) == hmac.digest(key, message, "sha256")
+
+
+def test_name_ids_under_a_known_secret_are_unchanged() -> None:
+    # The id a name maps to under a given secret: a change here orphans stored objects.
+    secret = bytes(range(32))
+    object_id = IdFactory(secret).from_name("Counter", "alice")
+    head = hmac.digest(secret, b"name\0Counter\0alice", "sha256")[:16]
+    tag = hmac.digest(secret, b"tag\0Counter\0" + head, "sha256")[:16]
+    assert object_id.raw == head + tag
+    assert str(object_id) == (head + tag).hex()

@@ -37,11 +37,10 @@ from stead.errors import (
     StorageError,
 )
 from stead.ids import ObjectId
-from stead.objects import RpcMethod
+from stead.objects import DurableObject, RpcMethod
 from stead.storage import NAME_KEY, Storage
 
 if TYPE_CHECKING:
-    from stead.objects import DurableObject
     from stead.runtime import Env
 
 __all__ = ["Dispatcher", "ObjectHost", "context_outside_turns"]
@@ -55,6 +54,7 @@ _call_chain: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
 )
 
 Invoke = Callable[["ObjectHost"], Awaitable[T]]
+_DEFAULT_ON_START = DurableObject.on_start
 AlarmListener = Callable[[bytes, "int | None"], None]
 
 
@@ -93,12 +93,14 @@ class ObjectHost:
         )
         self.ctx = ObjectContext(object_id, self.storage, self)
         self.started: asyncio.Future[None] | None = None
-        # on_start finished: events may run without the start check (hot path flag).
-        self.ready = False
+        # on_start finished: events may run without the start check (hot path
+        # flag). A class without its own on_start has nothing to run first.
+        self.ready = cls.on_start is _DEFAULT_ON_START
         self.gate: asyncio.Event | None = None
         self.inflight = 0
         self.broken = False
-        self.background: set[asyncio.Future[Any]] = set()
+        # wait_until tasks still running (a count: no set per resident object).
+        self.background = 0
         self.last_used = time.monotonic()
         self.instance = cls(self.ctx, dispatcher.env)
 
@@ -122,12 +124,12 @@ class ObjectHost:
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         future = context_outside_turns().run(asyncio.ensure_future, awaitable)
-        self.background.add(future)
+        self.background += 1
         self._dispatcher.background.add(future)
         future.add_done_callback(self._background_done)
 
     def _background_done(self, future: asyncio.Future[Any]) -> None:
-        self.background.discard(future)
+        self.background -= 1
         self._dispatcher.background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("wait_until task of %r failed", self.id, exc_info=future.exception())
@@ -310,6 +312,10 @@ class Dispatcher:
             args, kwargs = method.copy_args(args, kwargs)  # type: ignore[assignment]
         key = object_id.storage_key
         host = self.hosts.get(key)
+        if host is None and not _call_chain.get():
+            # A new instance (its constructor runs now, as in deliver): an object
+            # without on_start takes the fast path from its first call.
+            host = self.host(object_id)
         if host is None or not host.ready or host.reentrant or _call_chain.get():
             return await self.deliver(object_id, partial(_invoke_rpc, method, args, kwargs))
         if self.max_resident is not None:

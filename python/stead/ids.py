@@ -16,11 +16,14 @@ from pathlib import Path
 
 from stead.errors import CorruptionError, InvalidIdError
 
-__all__ = ["MAX_NAME_BYTES", "IdFactory", "ObjectId", "load_or_create_secret"]
+__all__ = ["MAX_NAME_BYTES", "HmacSha256", "IdFactory", "ObjectId", "load_or_create_secret"]
 
 MAX_NAME_BYTES = 2048
 _HALF = 16
 _SECRET_FILE = "secret"
+_SHA256_BLOCK = 64
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
 class ObjectId:
@@ -56,11 +59,35 @@ def binding_prefix(binding: str) -> bytes:
     return hashlib.sha256(b"stead-binding\0" + binding.encode()).digest()[:8]
 
 
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one key, with the padded key states hashed once.
+
+    Ids are derived on every ``get_by_name``: ``hmac.new`` sets the key up again
+    on each call, which costs about three times the hashing itself.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _SHA256_BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class IdFactory:
     """Makes and checks ids under one runtime secret."""
 
     def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+        self._mac = HmacSha256(secret)
         self._prefixes: dict[str, bytes] = {}
         self._bindings_by_prefix: dict[bytes, str] = {}
 
@@ -73,7 +100,7 @@ class IdFactory:
 
     def _tag(self, binding: str, head: bytes) -> bytes:
         message = b"tag\0" + binding.encode() + b"\0" + head
-        return hmac.new(self._secret, message, hashlib.sha256).digest()[:_HALF]
+        return self._mac.digest(message)[:_HALF]
 
     def _make(self, binding: str, head: bytes, name: str | None) -> ObjectId:
         raw = head + self._tag(binding, head)
@@ -87,7 +114,7 @@ class IdFactory:
         if not encoded or len(encoded) > MAX_NAME_BYTES:
             raise InvalidIdError(f"object names are 1 to {MAX_NAME_BYTES} UTF-8 bytes")
         message = b"name\0" + binding.encode() + b"\0" + encoded
-        head = hmac.new(self._secret, message, hashlib.sha256).digest()[:_HALF]
+        head = self._mac.digest(message)[:_HALF]
         return self._make(binding, head, name)
 
     def unique(self, binding: str) -> ObjectId:
