@@ -161,6 +161,19 @@ class Sender(stead.DurableObject):
         # The output gate: B sees A's write already durable when the call arrives.
         return int(await self.env.PROBE.get_by_name("p").durable_seq_seen())
 
+    def write(self, value: int) -> None:
+        self.ctx.storage.put("value", value)
+
+    async def call_without_writing(self) -> list[int]:
+        assert Probe.runtime is not None
+        committed = Probe.runtime.engine.last_seq()  # an earlier turn's batch, maybe not durable
+        seen = await self.env.PROBE.get_by_name("p").durable_seq_seen()
+        return [committed, seen]
+
+    def read_with_committed_seq(self) -> list[int]:
+        assert Probe.runtime is not None
+        return [self.ctx.storage.get("value", -1), Probe.runtime.engine.last_seq()]
+
 
 class Probe(stead.DurableObject):
     runtime: stead.Runtime | None = None
@@ -176,6 +189,34 @@ async def test_outbound_calls_wait_for_the_writes_made_before_them(data_dir: str
         before = rt.engine.last_seq()
         seen = await rt.env.A.get_by_name("a").write_then_call(7)
         assert seen >= before + 1  # A's batch was durable before B ran
+
+
+async def test_outbound_calls_wait_for_earlier_turns_writes(data_dir: str) -> None:
+    # A turn that writes nothing may have read what an earlier turn wrote: its
+    # calls leave only once those writes are durable too.
+    async with stead.Runtime({"A": Sender, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        a = rt.env.A.get_by_name("a")
+        calls = [a.write(i) if i % 2 == 0 else a.call_without_writing() for i in range(60)]
+        results = await asyncio.gather(*calls)
+    assert all(seen >= committed for committed, seen in results[1::2])
+
+
+async def test_a_result_showing_an_earlier_turns_write_waits_until_it_is_durable(
+    data_dir: str,
+) -> None:
+    # The object is handed to the next caller before its batch is durable; a
+    # read-only turn must not let the caller see a value a crash could still lose.
+    async with stead.Runtime({"A": Sender, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        a = rt.env.A.get_by_name("a")
+
+        async def read() -> bool:
+            _, committed = await a.read_with_committed_seq()
+            return rt.engine.durable_seq() >= committed
+
+        results = await asyncio.gather(*(a.write(i) if i % 2 == 0 else read() for i in range(60)))
+    assert all(results[1::2])
 
 
 class Failing(stead.DurableObject):

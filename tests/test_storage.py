@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import datetime, timezone
 from typing import Any
@@ -269,3 +270,27 @@ async def test_internal_keys_never_appear_in_list(data_dir: str) -> None:
         await box.put("user", 1)
         assert await box.listing({}) == ["user"]
         assert await box.listing({"reverse": True}) == ["user"]
+
+
+_engine_of_sync_test: list[Any] = []
+
+
+class Syncer(stead.DurableObject):
+    def write(self, value: int) -> None:
+        self.ctx.storage.put("value", value)
+
+    async def sync_then_check_durable(self) -> bool:
+        # No writes of its own: it must still wait for the earlier turns' batches.
+        engine = _engine_of_sync_test[0]
+        committed = engine.last_seq()
+        await self.ctx.storage.sync()
+        return bool(engine.durable_seq() >= committed)
+
+
+async def test_sync_waits_for_the_writes_of_earlier_turns(data_dir: str) -> None:
+    async with stead.Runtime({"S": Syncer}, data_dir=data_dir) as rt:
+        _engine_of_sync_test[:] = [rt.dispatcher.engine]
+        stub = rt.env.S.get_by_name("s")
+        calls = [stub.write(i) if i % 2 == 0 else stub.sync_then_check_durable() for i in range(60)]
+        results = await asyncio.gather(*calls)
+    assert all(results[1::2])

@@ -275,8 +275,10 @@ class Dispatcher:
             raise
 
     async def flush(self, host: ObjectHost) -> None:
-        """Commit the host's pending writes now and wait until they are durable."""
-        seq = self.commit(host)
+        """Commit the host's pending writes now and wait until they, and the
+        object's earlier batches, are durable."""
+        # With nothing pending, an earlier turn's batch may still be on its way to disk.
+        seq = self.commit(host) or host.storage.last_seq
         if seq:
             await self._await_durable(host, seq)
 
@@ -362,7 +364,9 @@ class Dispatcher:
                 seq = self._end_turn(host, failed)
             else:  # self.commit(host), inlined: one frame fewer per call
                 try:
-                    seq = host.storage.commit()
+                    # Nothing written: the result may still show an earlier
+                    # turn's writes, so it waits for those (if not yet durable).
+                    seq = host.storage.commit() or host.storage.last_seq
                 except StorageError:
                     self.reset(host)
                     raise
@@ -412,8 +416,11 @@ class Dispatcher:
 
     async def _release_outbound(self, caller_key: bytes) -> None:
         # Output gate: a turn's calls leave only after its writes so far are durable.
+        # Earlier turns' writes count too: this turn may have read them.
         caller = self.hosts.get(caller_key)
-        if caller is not None and caller.storage.has_pending:
+        if caller is not None and (
+            caller.storage.has_pending or not self.waiter.is_durable(caller.storage.last_seq)
+        ):
             await self.flush(caller)
 
     async def _wait_turn(self, key: bytes, token: int, caller: bytes | None) -> None:
@@ -507,7 +514,8 @@ class Dispatcher:
             if failed:  # aborted, or the failure that broke it is already the outcome
                 return 0
             raise StorageError("the object was reset by a failed commit; its turn was dropped")
-        return self.commit(host)
+        # A turn that wrote nothing is released once the object's earlier writes are durable.
+        return self.commit(host) or host.storage.last_seq
 
     async def _start(self, host: ObjectHost) -> None:
         if host.started is not None:

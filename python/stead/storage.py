@@ -82,6 +82,7 @@ class Storage:
         "_on_alarm_committed",
         "_pending",
         "_syncer",
+        "last_seq",
     )
 
     def __init__(
@@ -111,6 +112,10 @@ class Storage:
         self._cleared = False
         self._alarm: AlarmChange | None = None
         self._name_recorded: bool | None = None
+        #: The sequence number of this object's newest committed batch (0: none
+        #: yet); read-only. A turn that writes nothing still waits for it to be
+        #: durable before its result leaves (it may have read those writes).
+        self.last_seq = 0
 
     # -- reads ---------------------------------------------------------------
 
@@ -356,7 +361,7 @@ class Storage:
                 return 0
             if self._name_recorded is True or self._name is None:
                 # The common turn: plain writes, nothing else to record.
-                seq = self._engine.commit_writes(self._object_key, pending)
+                seq = self.last_seq = self._engine.commit_writes(self._object_key, pending)
                 self._pending = {}
                 return seq
         puts: builtins.list[tuple[bytes, bytes]] = []
@@ -389,6 +394,7 @@ class Storage:
         self._pending = {}
         self._delete_all = self._cleared = False
         self._alarm = None
+        self.last_seq = seq
         if alarm is not None and self._on_alarm_committed is not None:
             self._on_alarm_committed(self._object_key, alarm.when_ms)
         return seq
