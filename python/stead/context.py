@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from stead.errors import StorageError
 from stead.ids import ObjectId
 from stead.storage import Storage
 
@@ -30,12 +31,22 @@ class ObjectAborted(BaseException):
 class ObjectContext:
     """The context of one object instance."""
 
-    __slots__ = ("_host", "id", "storage")
+    __slots__ = ("_hosts", "id", "storage")
 
-    def __init__(self, object_id: ObjectId, storage: Storage, host: ObjectHost) -> None:
+    def __init__(
+        self, object_id: ObjectId, storage: Storage, hosts: Mapping[bytes, ObjectHost]
+    ) -> None:
         self.id = object_id
         self.storage = storage
-        self._host = host
+        # The runtime's resident objects, not this object's host: no reference
+        # cycle, so an evicted instance is freed at once, not by the cyclic GC.
+        self._hosts = hosts
+
+    def _host(self) -> ObjectHost:
+        host = self._hosts.get(self.id.storage_key)
+        if host is None or host.ctx is not self:
+            raise StorageError("this instance was evicted or reset; it has no running events")
+        return host
 
     async def block_concurrency_while(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` with no other event of this object delivered until it ends.
@@ -43,12 +54,12 @@ class ObjectContext:
         Turn-based objects already hold their input during a turn; for
         ``reentrant`` objects this closes the input gate.
         """
-        return await self._host.block_concurrency_while(fn)
+        return await self._host().block_concurrency_while(fn)
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         """Keep ``awaitable`` running after the current event returns (the runtime
         awaits it before closing)."""
-        self._host.wait_until(awaitable)
+        self._host().wait_until(awaitable)
 
     def abort(self, reason: str = "aborted") -> NoReturn:
         """Reset the object now: this event's uncommitted writes are dropped, the

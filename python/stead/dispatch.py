@@ -88,10 +88,10 @@ class ObjectHost:
             self.key,
             name=object_id.name,
             max_value_bytes=dispatcher.max_value_bytes,
-            syncer=self._sync,
+            syncer=dispatcher.sync_storage,
             on_alarm_committed=dispatcher.on_alarm_change,
         )
-        self.ctx = ObjectContext(object_id, self.storage, self)
+        self.ctx = ObjectContext(object_id, self.storage, dispatcher.hosts)
         self.started: asyncio.Future[None] | None = None
         # on_start finished: events may run without the start check (hot path
         # flag). A class without its own on_start has nothing to run first.
@@ -108,9 +108,6 @@ class ObjectHost:
         """A name-derived id reached an instance first addressed by its hex id."""
         self.id = self.ctx.id = object_id
         self.storage.learn_name(object_id.name)
-
-    async def _sync(self, storage: Storage) -> None:
-        await self._dispatcher.flush(self)
 
     async def block_concurrency_while(self, fn: Callable[[], Awaitable[T]]) -> T:
         if not self.reentrant:
@@ -273,6 +270,16 @@ class Dispatcher:
         except StorageError:
             self.reset(host)
             raise
+
+    async def sync_storage(self, key: bytes, storage: Storage) -> None:
+        """``storage.sync()``: commit and wait, for the resident object owning ``storage``."""
+        host = self.hosts.get(key)
+        if host is not None and host.storage is storage:
+            await self.flush(host)
+        elif storage.has_pending:
+            raise StorageError("the object was reset; its writes since its last commit were lost")
+        elif storage.last_seq:  # evicted while idle: only its last batch may be in flight
+            await self.waiter.wait(storage.last_seq)
 
     async def flush(self, host: ObjectHost) -> None:
         """Commit the host's pending writes now and wait until they, and the

@@ -92,7 +92,7 @@ class Storage:
         *,
         name: str | None,
         max_value_bytes: int,
-        syncer: Callable[[Storage], Awaitable[None]] | None = None,
+        syncer: Callable[[bytes, Storage], Awaitable[None]] | None = None,
         on_alarm_committed: Callable[[bytes, int | None], None] | None = None,
     ) -> None:
         self._engine = engine
@@ -411,7 +411,7 @@ class Storage:
     async def sync(self) -> None:
         """Wait until every write made so far (this turn's too) is durable."""
         if self._syncer is not None:
-            await self._syncer(self)
+            await self._syncer(self._object_key, self)
 
 
 class _Bounds:
