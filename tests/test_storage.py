@@ -11,6 +11,8 @@ import msgspec
 import pytest
 
 import stead
+from stead._core import Engine
+from stead.storage import Storage
 
 pytestmark = pytest.mark.anyio
 
@@ -294,3 +296,43 @@ async def test_sync_waits_for_the_writes_of_earlier_turns(data_dir: str) -> None
         calls = [stub.write(i) if i % 2 == 0 else stub.sync_then_check_durable() for i in range(60)]
         results = await asyncio.gather(*calls)
     assert all(results[1::2])
+
+
+class ReadCountingEngine:
+    """The real (in-memory) engine, counting the reads that reach it past the cache."""
+
+    def __init__(self) -> None:
+        self.engine = Engine(None)
+        self.reads = 0
+
+    def get(self, object_key: bytes, key: bytes) -> bytes | None:
+        self.reads += 1
+        return self.engine.get(object_key, key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+def test_rewriting_one_large_value_keeps_the_rest_of_the_cache() -> None:
+    engine = ReadCountingEngine()
+    storage = Storage(engine, b"object", name=None, max_value_bytes=1 << 20)  # type: ignore[arg-type]
+    assert storage.get("small") is None  # one read: absent, now known absent
+    storage.put("small", 1)
+    storage.commit()
+    for turn in range(30):  # 30 x 200 KB through one key: 200 KB held, not 6 MB
+        storage.put("big", bytes(200_000) + bytes([turn]))
+        storage.commit()
+    assert storage.get("small") == 1
+    assert engine.reads == 1
+
+
+def test_the_cache_still_drops_values_past_its_budget() -> None:
+    engine = ReadCountingEngine()
+    storage = Storage(engine, b"object", name=None, max_value_bytes=1 << 20)  # type: ignore[arg-type]
+    storage.put("first", bytes(200_000))
+    storage.commit()
+    for i in range(10):  # 2 MB of distinct values: over the 1 MiB budget
+        storage.put(f"key{i}", bytes(200_000))
+        storage.commit()
+    assert storage.get("first") == bytes(200_000)  # read back from the engine
+    assert engine.reads == 1

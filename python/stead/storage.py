@@ -128,12 +128,15 @@ class Storage:
         return value
 
     def _remember(self, key: bytes, value: bytes | None) -> None:
+        cache = self._cache
         if self._cache_bytes > _CACHE_BUDGET:
-            self._cache = {k: self._cache[k] for k in self._pending if k in self._cache}
-            self._cache_bytes = 0
-        self._cache[key] = value
-        if value is not None:
-            self._cache_bytes += len(value)
+            # Over budget: keep only what this turn wrote (it must stay readable).
+            cache = self._cache = {k: cache[k] for k in self._pending if k in cache}
+            self._cache_bytes = sum(len(v) for v in cache.values() if v is not None)
+        old = cache.get(key)
+        cache[key] = value
+        # Counted by what is held: an overwritten value no longer counts.
+        self._cache_bytes += (0 if value is None else len(value)) - (0 if old is None else len(old))
 
     def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The value of ``key`` (decoded into ``type`` if given), or ``default``."""
@@ -240,8 +243,10 @@ class Storage:
         if self._cache_bytes > _CACHE_BUDGET:
             self._remember(encoded, raw)
         else:  # _remember, inlined: put is the hot path of most handlers
-            self._cache[encoded] = raw
-            self._cache_bytes += len(raw)
+            cache = self._cache
+            old = cache.get(encoded)
+            cache[encoded] = raw
+            self._cache_bytes += len(raw) if old is None else len(raw) - len(old)
 
     def put_many(self, entries: Mapping[str, Any]) -> None:
         """Store every entry, or none if any key or value is invalid."""
