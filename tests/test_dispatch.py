@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -156,6 +156,8 @@ async def test_cross_chain_cycle_raises_deadlock_error_at_once(data_dir: str) ->
 
 
 class Sender(stead.DurableObject):
+    notified: ClassVar[list[tuple[int, int]]] = []
+
     async def write_then_call(self, value: int) -> int:
         self.ctx.storage.put("value", value)
         # The output gate: B sees A's write already durable when the call arrives.
@@ -169,6 +171,15 @@ class Sender(stead.DurableObject):
         committed = Probe.runtime.engine.last_seq()  # an earlier turn's batch, maybe not durable
         seen = await self.env.PROBE.get_by_name("p").durable_seq_seen()
         return [committed, seen]
+
+    def write_then_notify_in_background(self, value: int) -> None:
+        self.ctx.storage.put("value", value)
+        self.ctx.wait_until(self._notify())
+
+    async def _notify(self) -> None:
+        committed = self.ctx.storage.last_seq  # this object's newest batch
+        seen = await self.env.PROBE.get_by_name("p").durable_seq_seen()
+        Sender.notified.append((committed, seen))
 
     def read_with_committed_seq(self) -> list[int]:
         assert Probe.runtime is not None
@@ -200,6 +211,16 @@ async def test_outbound_calls_wait_for_earlier_turns_writes(data_dir: str) -> No
         calls = [a.write(i) if i % 2 == 0 else a.call_without_writing() for i in range(60)]
         results = await asyncio.gather(*calls)
     assert all(seen >= committed for committed, seen in results[1::2])
+
+
+async def test_calls_from_wait_until_work_pass_the_objects_output_gate(data_dir: str) -> None:
+    Sender.notified.clear()
+    async with stead.Runtime({"A": Sender, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        senders = [rt.env.A.get_by_name(f"a{i}") for i in range(20)]
+        await asyncio.gather(*(a.write_then_notify_in_background(i) for i, a in enumerate(senders)))
+    assert len(Sender.notified) == 20
+    assert all(seen >= committed > 0 for committed, seen in Sender.notified)
 
 
 async def test_a_result_showing_an_earlier_turns_write_waits_until_it_is_durable(

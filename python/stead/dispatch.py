@@ -49,9 +49,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Engine keys of the objects whose turns are on the current call chain, innermost last.
+# ``(_BACKGROUND, key)`` marks ``wait_until`` work of object ``key``: outside any turn,
+# but its calls pass that object's output gate.
 _call_chain: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
     "stead_call_chain", default=()
 )
+_BACKGROUND = b""  # never an engine object key
 
 Invoke = Callable[["ObjectHost"], Awaitable[T]]
 _DEFAULT_ON_START = DurableObject.on_start
@@ -120,7 +123,10 @@ class ObjectHost:
             gate.set()
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
-        future = context_outside_turns().run(asyncio.ensure_future, awaitable)
+        # Not part of a turn, but its calls leave through this object's output gate.
+        context = contextvars.copy_context()
+        context.run(_call_chain.set, (_BACKGROUND, self.key))
+        future = context.run(asyncio.ensure_future, awaitable)
         self.background += 1
         self._dispatcher.background.add(future)
         future.add_done_callback(self._background_done)
@@ -402,9 +408,14 @@ class Dispatcher:
         key = object_id.storage_key
         chain = _call_chain.get()
         if chain:
-            if key in chain:
+            if chain[0] == _BACKGROUND:
+                # wait_until work of chain[1]: gated by that object's writes, not part of a turn.
+                await self._release_outbound(chain[1])
+                chain = ()
+            elif key in chain:
                 return await self._reenter(key, chain, invoke)
-            await self._release_outbound(chain[-1])
+            else:
+                await self._release_outbound(chain[-1])
         host = self.host(object_id)
         if host.reentrant:
             return await self._deliver_interleaved(host, chain, invoke)
