@@ -95,7 +95,7 @@ async def test_an_evicted_instance_refuses_lifecycle_calls(data_dir: str) -> Non
         work = asyncio.sleep(0)
         with pytest.raises(stead.StorageError, match="evicted or reset"):
             first.ctx.wait_until(work)
-        work.close()
+        assert work.cr_frame is None  # closed: no "never awaited" warning either
         assert first.ctx.storage.get("greeting") == "hi"  # its storage still reads
         await first.ctx.storage.sync()  # and its last batch can still be waited for
         assert rt.engine.durable_seq() >= first.ctx.storage.last_seq > 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from stead.errors import StorageError
@@ -59,7 +59,13 @@ class ObjectContext:
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         """Keep ``awaitable`` running after the current event returns (the runtime
         awaits it before closing)."""
-        self._host().wait_until(awaitable)
+        try:
+            host = self._host()
+        except StorageError:
+            if isinstance(awaitable, Coroutine):
+                awaitable.close()  # refused: no "never awaited" warning on top of the error
+            raise
+        host.wait_until(awaitable)
 
     def abort(self, reason: str = "aborted") -> NoReturn:
         """Reset the object now: this event's uncommitted writes are dropped, the
