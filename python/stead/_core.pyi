@@ -178,9 +178,14 @@ class DurableFutures:
         """A future resolved once ``seq`` is durable, or ``None`` if it already
         is (or ``immediate`` was set); raises the error given to :meth:`fail`."""
 
-    def release(self, durable: int) -> int:
-        """Resolve every future waiting for a number ``<= durable`` (cancelled
-        ones are skipped); how many were resolved."""
+    def release(self, durable: int, limit: int | None = None) -> int:
+        """Resolve the futures waiting for a number ``<= durable``, the oldest
+        ``limit`` of them if given (cancelled ones are skipped); how many were
+        resolved."""
+
+    @property
+    def ready(self) -> int:
+        """Futures whose number is durable but not yet resolved (left by a ``limit``)."""
 
     def fail(self, error: BaseException) -> int:
         """Fail every waiting future with ``error``, and every later

@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from stead._core import DurableFutures, Engine
 from stead.errors import StorageError
 
-__all__ = ["CommitWaiter"]
+__all__ = ["ITERATION_BUDGET", "CommitWaiter"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds of resumed callers per event-loop iteration. A group commit can make
+#: hundreds of callers durable at once; resuming them all in one iteration
+#: would hold timers (alarms) and I/O back for as long as they all run. They
+#: are resumed in batches sized, from what the last batch cost, to about this.
+ITERATION_BUDGET = 0.001
+_FIRST_BATCH = 64
+_MIN_BATCH = 8
+_MAX_BATCH = 4096
 
 
 class CommitWaiter:
@@ -44,6 +54,10 @@ class CommitWaiter:
         self.future_for: Callable[[int], asyncio.Future[None] | None] = self._waiting.future_for
         self._fd = engine.wakeup_fd()
         self._loop.add_reader(self._fd, self._on_wakeup)
+        self._more_scheduled = False
+        self._batch = _FIRST_BATCH
+        self._batch_released = 0
+        self._batch_started = 0.0
 
     def is_durable(self, seq: int) -> bool:
         """Whether ``seq`` is already durable (no waiting needed)."""
@@ -61,7 +75,25 @@ class CommitWaiter:
         except StorageError as error:
             self._fail_all(error)
             return
-        self._waiting.release(durable)
+        self._release(durable)
+
+    def _release(self, durable: int) -> None:
+        released = self._waiting.release(durable, self._batch)
+        if self._waiting.ready and not self._more_scheduled:
+            # The rest resume in the next iterations, after due timers and I/O.
+            # This callback runs right after the callers just released.
+            self._more_scheduled = True
+            self._batch_released = released
+            self._batch_started = time.perf_counter()
+            self._loop.call_soon(self._release_more)
+
+    def _release_more(self) -> None:
+        self._more_scheduled = False
+        if self._batch_released:
+            per_caller = (time.perf_counter() - self._batch_started) / self._batch_released
+            fitting = int(ITERATION_BUDGET / per_caller) if per_caller > 0 else _MAX_BATCH
+            self._batch = min(max(fitting, _MIN_BATCH), _MAX_BATCH)
+        self._release(self._waiting.durable)
 
     def _fail_all(self, error: StorageError) -> None:
         logger.error("storage engine failed; failing %d waiting commits: %s", len(self), error)

@@ -70,10 +70,15 @@ impl DurableFutures {
         Ok(Some(future))
     }
 
-    /// Resolve every future waiting for a number `<= durable`; how many were resolved.
-    fn release(&mut self, py: Python<'_>, durable: u64) -> PyResult<usize> {
+    /// Resolve the futures waiting for a number `<= durable` (the oldest
+    /// `limit` of them, if given); how many were resolved.
+    #[pyo3(signature = (durable, limit = None))]
+    fn release(&mut self, py: Python<'_>, durable: u64, limit: Option<usize>) -> PyResult<usize> {
         self.durable = self.durable.max(durable);
-        let released: Vec<Py<PyAny>> = self.waiting.release(durable).collect();
+        let released: Vec<Py<PyAny>> = match limit {
+            Some(limit) => self.waiting.release_at_most(self.durable, limit).collect(),
+            None => self.waiting.release(self.durable).collect(),
+        };
         settle_all(py, released, intern!(py, "set_result"), py.None().bind(py))
     }
 
@@ -85,6 +90,13 @@ impl DurableFutures {
         self.failure = Some(error.clone().unbind());
         let failed: Vec<Py<PyAny>> = self.waiting.drain_all().collect();
         settle_all(py, failed, intern!(py, "set_exception"), &error)
+    }
+
+    /// Futures whose number is already durable but not yet resolved (left by a
+    /// `release` with a `limit`).
+    #[getter]
+    fn ready(&self) -> usize {
+        self.waiting.count_at_or_below(self.durable)
     }
 
     fn __len__(&self) -> usize {

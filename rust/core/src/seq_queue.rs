@@ -46,6 +46,25 @@ impl<T> SeqQueue<T> {
         self.entries.drain(..count).map(|(_, waiter)| waiter)
     }
 
+    /// Remove the first `limit` waiters whose number is `<= watermark`, in ascending order.
+    pub fn release_at_most(
+        &mut self,
+        watermark: u64,
+        limit: usize,
+    ) -> impl Iterator<Item = T> + '_ {
+        let count = self
+            .entries
+            .partition_point(|&(queued, _)| queued <= watermark)
+            .min(limit);
+        self.entries.drain(..count).map(|(_, waiter)| waiter)
+    }
+
+    /// How many waiters have a number `<= watermark`.
+    pub fn count_at_or_below(&self, watermark: u64) -> usize {
+        self.entries
+            .partition_point(|&(queued, _)| queued <= watermark)
+    }
+
     /// Remove every waiter, in ascending order.
     pub fn drain_all(&mut self) -> impl Iterator<Item = T> + '_ {
         self.entries.drain(..).map(|(_, waiter)| waiter)
@@ -80,6 +99,20 @@ mod tests {
         assert_eq!(queue.len(), 2);
         assert_eq!(queue.release(u64::MAX).collect::<Vec<_>>(), [40, 50]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn release_at_most_takes_the_oldest_first() {
+        let mut queue = SeqQueue::new();
+        for seq in 1..=5 {
+            queue.push(seq, seq);
+        }
+        assert_eq!(queue.release_at_most(4, 3).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(queue.count_at_or_below(4), 1);
+        assert_eq!(queue.release_at_most(4, 3).collect::<Vec<_>>(), [4]);
+        assert_eq!(queue.count_at_or_below(4), 0);
+        assert_eq!(queue.release_at_most(4, 3).count(), 0);
+        assert_eq!(queue.len(), 1);
     }
 
     #[test]
