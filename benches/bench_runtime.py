@@ -23,6 +23,7 @@ import pytest
 import stead
 from conftest import Report
 from disk import fdatasync_p50_us
+from stead import durability
 
 CALLS = 200_000
 OBJECTS = 1_000
@@ -165,11 +166,14 @@ def _best_of_alternating_rounds(
     variants: dict[Variant, Callable[[str], Coroutine[Any, Any, float]]],
     tmp_path: Path,
     rounds: int = 2,
+    loop: str | None = None,
 ) -> tuple[str, dict[Variant, float]]:
-    """Each variant's best calls/s on the fastest loop installed (uvloop if any).
-    Variants take turns within each round, so machine noise hits them alike;
-    each run gets a fresh data dir."""
-    loop_name, factory = list(_loops().items())[-1]
+    """Each variant's best calls/s on ``loop`` (default: the fastest installed,
+    uvloop if any). Variants take turns within each round, so machine noise
+    hits them alike; each run gets a fresh data dir."""
+    loops = _loops()
+    loop_name = loop if loop is not None else list(loops)[-1]
+    factory = loops[loop_name]
     figures: dict[Variant, list[float]] = {variant: [] for variant in variants}
     for round_ in range(rounds):
         for index, (variant, run) in enumerate(variants.items()):
@@ -219,6 +223,36 @@ def test_throughput_by_durability(benchmark: object, tmp_path: Path, report: Rep
             f"{figure / best['fsync']:.2f} x fsync"
         )
     benchmark.extra_info.update({f"durability_{mode}": figure for mode, figure in best.items()})  # type: ignore[attr-defined]
+    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+
+
+def test_throughput_by_release_budget(benchmark: object, tmp_path: Path, report: Report) -> None:
+    """Durable callers resume in batches of about ``ITERATION_BUDGET`` per loop
+    iteration (so timers and I/O never wait behind a whole group commit's
+    callers): the same workload with the budget and with one batch per group,
+    on asyncio's loop, whose iterations cost the most."""
+    plan = _plan()
+    default = durability.ITERATION_BUDGET
+
+    def budget(seconds: float) -> Callable[[str], Coroutine[Any, Any, float]]:
+        async def run(data_dir: str) -> float:
+            durability.ITERATION_BUDGET = seconds
+            try:
+                return await _stead(plan, data_dir)
+            finally:
+                durability.ITERATION_BUDGET = default
+
+        return run
+
+    variants = {f"{default * 1000:g} ms batches": budget(default), "one batch": budget(3600.0)}
+    loop_name, best = _best_of_alternating_rounds(variants, tmp_path, loop="asyncio")
+    batched, whole = best.values()
+    report(
+        f"[runtime] release budget ({loop_name}): {default * 1000:g} ms batches best "
+        f"{batched:,.0f} calls/s; one batch per group commit {whole:,.0f}; "
+        f"ratio {batched / whole:.2f}"
+    )
+    benchmark.extra_info.update({"batched": batched, "one_batch": whole})  # type: ignore[attr-defined]
     benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
 
 
