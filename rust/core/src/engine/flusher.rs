@@ -6,14 +6,15 @@
 //! usually commits again within microseconds of being woken, and a futex
 //! wake-up would add tens of microseconds to every commit.
 //!
-//! Under load it waits a little before the next group (as PostgreSQL's
-//! `commit_delay`): when the group just written was large and more commits
-//! arrived during its sync, the next group starts `group_delay()` after the
-//! previous one did. Fewer, larger groups mean fewer fdatasyncs, and every
-//! fdatasync costs the committing side too (on a VM each one is device I/O
-//! whose completion interrupts a CPU): 2,000 instead of 10,000 syncs for
-//! 200,000 concurrent commits, and 15-30% more throughput. A lone committer
-//! never waits: nothing is pending when its sync ends.
+//! When the committing side is the bottleneck it waits a little before the
+//! next group (as PostgreSQL's `commit_delay`): if the group just written was
+//! large, more commits arrived during its sync, and the consumer took longer
+//! to collect the last group's signal than that sync took (it is busy, so its
+//! callers wait for it rather than for the disk), the next group starts
+//! `group_delay()` after the previous one did. Fewer, larger groups mean fewer
+//! fdatasyncs, and every fdatasync costs the committing side too (on a VM each
+//! one is device I/O whose completion interrupts a CPU). A lone committer, or
+//! callers that wait on the disk, never wait longer.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -62,16 +63,26 @@ fn group_delay() -> Duration {
     })
 }
 
-/// How long to wait before taking the next group: until `delay` after the
-/// last group started, if that group had `commits` (load) and more are
-/// already pending; else not at all.
-fn wait_before_next_group(
+/// Whether the last group was written under load that the committing side,
+/// not the disk, limits: the group was large, more commits are pending, and
+/// the consumer collected its previous signal later than a sync takes.
+fn committers_are_the_bottleneck(
     commits: u64,
     more_pending: bool,
+    consumer_lag: Duration,
+    sync_time: Duration,
+) -> bool {
+    commits >= GROUP_DELAY_MIN_COMMITS && more_pending && consumer_lag > sync_time
+}
+
+/// How long to wait before taking the next group: until `delay` after the
+/// last group started, when the committers are the bottleneck; else not at all.
+fn wait_before_next_group(
+    bottleneck: bool,
     since_group_start: Duration,
     delay: Duration,
 ) -> Option<Duration> {
-    if commits < GROUP_DELAY_MIN_COMMITS || !more_pending || since_group_start >= delay {
+    if !bottleneck || since_group_start >= delay {
         return None;
     }
     Some(delay - since_group_start)
@@ -94,21 +105,28 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut last_seq = shared.durable_seq.load(Ordering::SeqCst);
     while let Some(batch) = next_batch(&shared, done.take(), &mut spin) {
         let started = Instant::now();
-        match write_batch(&shared, &batch, &mut current) {
-            Ok(sync_time) => publish(&shared, &batch, sync_time),
+        let sync_time = match write_batch(&shared, &batch, &mut current) {
+            Ok(sync_time) => {
+                publish(&shared, &batch, sync_time);
+                sync_time
+            }
             Err(error) => {
                 shared.poison(error.to_string());
                 return;
             }
-        }
+        };
         let upto = batch.last().map_or(last_seq, |chunk| chunk.last_seq);
         let commits = upto.saturating_sub(last_seq);
         last_seq = upto;
         done = Some(batch);
-        if shared.opts.durability == Durability::Fsync {
-            let more_pending = shared.has_pending.load(Ordering::Relaxed);
-            if let Some(wait) =
-                wait_before_next_group(commits, more_pending, started.elapsed(), group_delay())
+        if let Some(sync_time) = sync_time {
+            let bottleneck = committers_are_the_bottleneck(
+                commits,
+                shared.has_pending.load(Ordering::Relaxed),
+                Duration::from_nanos(shared.consumer_lag_ns.load(Ordering::Relaxed)),
+                sync_time,
+            );
+            if let Some(wait) = wait_before_next_group(bottleneck, started.elapsed(), group_delay())
             {
                 std::thread::sleep(wait);
             }
@@ -350,6 +368,12 @@ fn publish(shared: &Shared, batch: &[Chunk], sync_time: Option<Duration>) {
     shared.written_seq.store(upto, Ordering::SeqCst);
     if shared.opts.durability != Durability::None {
         shared.durable_seq.store(upto, Ordering::SeqCst);
+        let _ = shared.signaled_ns.compare_exchange(
+            0,
+            shared.now_ns(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         shared.wakeup.signal();
     }
     shared.notify_durable();
@@ -381,22 +405,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_large_group_with_more_pending_waits_for_the_next() {
-        let delay = Duration::from_micros(1000);
-        let elapsed = Duration::from_micros(300);
+    fn only_a_busy_committing_side_delays_the_next_group() {
+        let us = Duration::from_micros;
+        // Large group, more pending, consumer slower than the disk: committers limit.
+        assert!(committers_are_the_bottleneck(50, true, us(900), us(250)));
+        // A lone or light committer, nothing pending, or a consumer waiting on the disk: not.
+        assert!(!committers_are_the_bottleneck(7, true, us(900), us(250)));
+        assert!(!committers_are_the_bottleneck(50, false, us(900), us(250)));
+        assert!(!committers_are_the_bottleneck(50, true, us(40), us(250)));
+    }
+
+    #[test]
+    fn the_wait_ends_the_delay_after_the_group_started() {
+        let us = Duration::from_micros;
         assert_eq!(
-            wait_before_next_group(50, true, elapsed, delay),
-            Some(Duration::from_micros(700))
+            wait_before_next_group(true, us(300), us(1000)),
+            Some(us(700))
         );
-        // A lone or light committer never waits; nor does anyone once the delay has passed.
-        assert_eq!(wait_before_next_group(1, true, elapsed, delay), None);
-        assert_eq!(wait_before_next_group(7, true, elapsed, delay), None);
-        assert_eq!(wait_before_next_group(50, false, elapsed, delay), None);
-        assert_eq!(wait_before_next_group(50, true, delay, delay), None);
-        assert_eq!(
-            wait_before_next_group(50, true, elapsed, Duration::ZERO),
-            None
-        );
+        assert_eq!(wait_before_next_group(false, us(300), us(1000)), None);
+        assert_eq!(wait_before_next_group(true, us(1000), us(1000)), None);
+        assert_eq!(wait_before_next_group(true, us(300), Duration::ZERO), None);
     }
 
     #[test]

@@ -253,6 +253,11 @@ impl Engine {
     /// Clear the wakeup fd and return `durable_seq`; an error once poisoned.
     pub fn drain_wakeup(&self) -> Result<u64> {
         self.shared.wakeup.drain();
+        let signaled = self.shared.signaled_ns.swap(0, Ordering::Relaxed);
+        if signaled != 0 {
+            let lag = self.shared.now_ns().saturating_sub(signaled);
+            self.shared.consumer_lag_ns.store(lag, Ordering::Relaxed);
+        }
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(self.shared.poison_error());
         }

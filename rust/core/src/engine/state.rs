@@ -169,6 +169,14 @@ pub(crate) struct Shared {
     pub sync_latencies: Mutex<Vec<u64>>,
     pub syncs: AtomicU64,
     pub compactions: AtomicU64,
+    /// Reference point of the `*_ns` fields below.
+    pub epoch: Instant,
+    /// When the oldest group signal not yet drained was sent (ns since
+    /// `epoch`; 0: none pending).
+    pub signaled_ns: AtomicU64,
+    /// How long the consumer took to drain the last signal (ns): a busy
+    /// consumer (the Python thread behind on its work) drains late.
+    pub consumer_lag_ns: AtomicU64,
 }
 
 impl Shared {
@@ -193,6 +201,9 @@ impl Shared {
             sync_latencies: Mutex::new(Vec::new()),
             syncs: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            epoch: Instant::now(),
+            signaled_ns: AtomicU64::new(0),
+            consumer_lag_ns: AtomicU64::new(0),
         })
     }
 
@@ -209,6 +220,11 @@ impl Shared {
         self.poisoned.store(true, Ordering::SeqCst);
         self.notify_durable();
         self.wakeup.signal();
+    }
+
+    /// Nanoseconds since `epoch` (never 0, which means "none").
+    pub fn now_ns(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
     }
 
     pub fn notify_durable(&self) {
