@@ -267,7 +267,8 @@ class Dispatcher:
     # -- commits -------------------------------------------------------------
 
     def commit(self, host: ObjectHost) -> int:
-        """Hand the host's pending writes to the engine as one batch; its seq (0: nothing).
+        """Hand the host's pending writes to the engine as one batch; the seq to
+        wait for (see ``Storage.commit``; 0: nothing ever written).
 
         A refused batch resets the object. (Inlined in ``call``.)
         """
@@ -290,8 +291,7 @@ class Dispatcher:
     async def flush(self, host: ObjectHost) -> None:
         """Commit the host's pending writes now and wait until they, and the
         object's earlier batches, are durable."""
-        # With nothing pending, an earlier turn's batch may still be on its way to disk.
-        seq = self.commit(host) or host.storage.last_seq
+        seq = self.commit(host)
         if seq:
             await self._await_durable(host, seq)
 
@@ -377,9 +377,7 @@ class Dispatcher:
                 seq = self._end_turn(host, failed)
             else:  # self.commit(host), inlined: one frame fewer per call
                 try:
-                    # Nothing written: the result may still show an earlier
-                    # turn's writes, so it waits for those (if not yet durable).
-                    seq = host.storage.commit() or host.storage.last_seq
+                    seq = host.storage.commit()
                 except StorageError:
                     self.reset(host)
                     raise
@@ -532,8 +530,7 @@ class Dispatcher:
             if failed:  # aborted, or the failure that broke it is already the outcome
                 return 0
             raise StorageError("the object was reset by a failed commit; its turn was dropped")
-        # A turn that wrote nothing is released once the object's earlier writes are durable.
-        return self.commit(host) or host.storage.last_seq
+        return self.commit(host)
 
     async def _start(self, host: ObjectHost) -> None:
         if host.started is not None:

@@ -353,8 +353,10 @@ class Storage:
         return bool(self._pending) or self._delete_all or self._alarm is not None
 
     def commit(self) -> int:
-        """Hand the pending writes to the engine as one atomic batch; its sequence
-        number, or 0 if there was nothing to write.
+        """Hand the pending writes to the engine as one atomic batch; the sequence
+        number a caller must see durable: this batch's, or with nothing to write
+        the object's newest earlier batch (``last_seq``; 0: none yet), since this
+        turn may have read its writes.
 
         A batch that changes the alarm is announced to ``on_alarm_committed``.
         If the engine refuses the batch, the pending writes stay and the error
@@ -363,7 +365,7 @@ class Storage:
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
         if alarm is None and not delete_all:
             if not pending:
-                return 0
+                return self.last_seq
             if self._name_recorded is True or self._name is None:
                 # The common turn: plain writes, nothing else to record.
                 seq = self.last_seq = self._engine.commit_writes(self._object_key, pending)
