@@ -75,10 +75,10 @@ impl DurableFutures {
     #[pyo3(signature = (durable, limit = None))]
     fn release(&mut self, py: Python<'_>, durable: u64, limit: Option<usize>) -> PyResult<usize> {
         self.durable = self.durable.max(durable);
-        let released: Vec<Py<PyAny>> = match limit {
-            Some(limit) => self.waiting.release_at_most(self.durable, limit).collect(),
-            None => self.waiting.release(self.durable).collect(),
-        };
+        let released: Vec<Py<PyAny>> = self
+            .waiting
+            .release_at_most(self.durable, limit.unwrap_or(usize::MAX))
+            .collect();
         settle_all(py, released, intern!(py, "set_result"), py.None().bind(py))
     }
 

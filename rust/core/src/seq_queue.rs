@@ -2,7 +2,7 @@
 //! watermark advances.
 //!
 //! Commits are numbered in the order they are issued, so waiters almost always
-//! arrive in ascending order: `push` is then an append, and `release` drains a
+//! arrive in ascending order: `push` is then an append, and `release_at_most` drains a
 //! prefix. A waiter for an older number (a `sync()` after later commits) is
 //! inserted at its place, so release order stays ascending.
 
@@ -38,24 +38,13 @@ impl<T> SeqQueue<T> {
         }
     }
 
-    /// Remove every waiter whose number is `<= watermark`, in ascending order.
-    pub fn release(&mut self, watermark: u64) -> impl Iterator<Item = T> + '_ {
-        let count = self
-            .entries
-            .partition_point(|&(queued, _)| queued <= watermark);
-        self.entries.drain(..count).map(|(_, waiter)| waiter)
-    }
-
     /// Remove the first `limit` waiters whose number is `<= watermark`, in ascending order.
     pub fn release_at_most(
         &mut self,
         watermark: u64,
         limit: usize,
     ) -> impl Iterator<Item = T> + '_ {
-        let count = self
-            .entries
-            .partition_point(|&(queued, _)| queued <= watermark)
-            .min(limit);
+        let count = self.count_at_or_below(watermark).min(limit);
         self.entries.drain(..count).map(|(_, waiter)| waiter)
     }
 
@@ -94,10 +83,18 @@ mod tests {
         for seq in 1..=5 {
             queue.push(seq, seq * 10);
         }
-        assert_eq!(queue.release(3).collect::<Vec<_>>(), [10, 20, 30]);
-        assert_eq!(queue.release(3).count(), 0);
+        assert_eq!(
+            queue.release_at_most(3, usize::MAX).collect::<Vec<_>>(),
+            [10, 20, 30]
+        );
+        assert_eq!(queue.release_at_most(3, usize::MAX).count(), 0);
         assert_eq!(queue.len(), 2);
-        assert_eq!(queue.release(u64::MAX).collect::<Vec<_>>(), [40, 50]);
+        assert_eq!(
+            queue
+                .release_at_most(u64::MAX, usize::MAX)
+                .collect::<Vec<_>>(),
+            [40, 50]
+        );
         assert!(queue.is_empty());
     }
 
@@ -122,7 +119,10 @@ mod tests {
         queue.push(9, "nine");
         queue.push(2, "two");
         queue.push(5, "five again");
-        assert_eq!(queue.release(4).collect::<Vec<_>>(), ["two"]);
+        assert_eq!(
+            queue.release_at_most(4, usize::MAX).collect::<Vec<_>>(),
+            ["two"]
+        );
         assert_eq!(
             queue.drain_all().collect::<Vec<_>>(),
             ["five", "five again", "nine"]
@@ -142,7 +142,7 @@ mod tests {
             let mut model: Vec<(u64, usize)> =
                 order.iter().enumerate().map(|(i, &s)| (s, i)).collect();
             model.sort();
-            let released: Vec<_> = queue.release(2).collect();
+            let released: Vec<_> = queue.release_at_most(2, usize::MAX).collect();
             let expected: Vec<_> = model.iter().copied().filter(|&(s, _)| s <= 2).collect();
             assert_eq!(released, expected, "order {order:?}");
             assert_eq!(queue.len(), model.len() - expected.len());

@@ -58,12 +58,13 @@ const GROUP_DELAY_MIN_COMMITS: u64 = 8;
 
 fn group_delay() -> Duration {
     static DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        let micros = std::env::var("STEAD_ENGINE_GROUP_DELAY_US")
-            .ok()
-            .and_then(|v| v.parse().ok());
-        Duration::from_micros(micros.unwrap_or(DEFAULT_GROUP_DELAY_US))
-    })
+    *DELAY.get_or_init(|| micros_from_env("STEAD_ENGINE_GROUP_DELAY_US", DEFAULT_GROUP_DELAY_US))
+}
+
+/// `name` from the environment as microseconds, else `default` (or if unparsable).
+fn micros_from_env(name: &str, default: u64) -> Duration {
+    let micros = std::env::var(name).ok().and_then(|v| v.parse().ok());
+    Duration::from_micros(micros.unwrap_or(default))
 }
 
 /// Whether the last group was written under load that the committing side,
@@ -93,12 +94,7 @@ fn wait_before_next_group(
 
 fn spin_time() -> Duration {
     static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let micros = std::env::var("STEAD_ENGINE_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok());
-        Duration::from_micros(micros.unwrap_or(DEFAULT_SPIN_US))
-    })
+    *SPIN.get_or_init(|| micros_from_env("STEAD_ENGINE_SPIN_US", DEFAULT_SPIN_US))
 }
 
 pub(crate) fn run(shared: Arc<Shared>) {
