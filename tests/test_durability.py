@@ -175,3 +175,41 @@ async def test_a_large_group_resumes_over_several_loop_iterations(
     assert max(per_iteration.values()) <= 64  # the first batch; later ones fit the budget
     assert len(per_iteration) >= 300 // 64
     assert [seq for seq, _ in resumed] == seqs  # oldest first
+
+
+async def test_a_backlogged_loop_lets_the_next_group_commit_grow(
+    engine_and_waiter: tuple[Engine, CommitWaiter],
+) -> None:
+    # 300 callers, each busy 0.1 ms once resumed before committing again: the
+    # loop resumes them in batches, so durable callers queue behind it. It
+    # reports that backlog to the engine, which then holds the next group back
+    # (up to the group delay) instead of syncing every few commits at once.
+    engine, waiter = engine_and_waiter
+
+    async def caller(index: int) -> None:
+        for round_ in range(5):
+            await waiter.wait(engine.commit(b"o%d" % index, [(b"k", b"%d" % round_)]))
+            time.sleep(0.0001)  # noqa: ASYNC251 -- blocking on purpose: CPU-bound callers
+
+    before = engine.stats()
+    await asyncio.gather(*(caller(index) for index in range(300)))
+    after = engine.stats()
+    assert after["held_groups"] > before["held_groups"]
+
+
+async def test_a_lone_caller_never_holds_a_group_back(
+    engine_and_waiter: tuple[Engine, CommitWaiter],
+) -> None:
+    engine, waiter = engine_and_waiter
+    for round_ in range(50):
+        await waiter.wait(engine.commit(b"o", [(b"k", b"%d" % round_)]))
+    assert engine.stats()["held_groups"] == 0
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+async def test_a_backlog_must_be_a_finite_duration(
+    engine_and_waiter: tuple[Engine, CommitWaiter], seconds: float
+) -> None:
+    engine, _ = engine_and_waiter
+    with pytest.raises(ValueError, match="finite"):
+        engine.consumer_backlog(seconds)

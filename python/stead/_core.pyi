@@ -84,6 +84,12 @@ class Engine:
     def wakeup_fd(self) -> int:
         """A file descriptor that becomes readable when ``durable_seq`` advances."""
 
+    def consumer_backlog(self, seconds: float) -> None:
+        """Report that the consumer (the thread draining ``wakeup_fd``) has about
+        ``seconds`` of already-durable work still to start; ``0`` when caught up.
+        While it is behind by more than a sync takes, the fsync flusher may
+        hold the next group back, up to ``STEAD_ENGINE_GROUP_DELAY_US``."""
+
     def drain_wakeup(self) -> int:
         """Clear ``wakeup_fd``'s readiness and return ``durable_seq()``.
 
@@ -134,7 +140,10 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         """Counters: objects, keys, segments, live_bytes, index_bytes, key_bytes,
-        cache_bytes, commits, syncs, compactions, last_seq, durable_seq.
+        cache_bytes, commits, syncs, held_groups, compactions, last_seq, durable_seq.
+
+        ``held_groups`` counts group commits the flusher held back (up to the
+        group delay) while the consumer reported a backlog.
 
         ``index_bytes`` estimates the index's heap use (keys as malloc rounds
         them, B-tree nodes, object and alarm maps); ``key_bytes`` is the raw

@@ -30,6 +30,8 @@ ITERATION_BUDGET = 0.001
 _FIRST_BATCH = 64
 _MIN_BATCH = 8
 _MAX_BATCH = 4096
+# Seconds a resumed caller is assumed to take before the first batch is timed.
+_FIRST_PER_CALLER = 10e-6
 
 
 class CommitWaiter:
@@ -55,6 +57,12 @@ class CommitWaiter:
         self._fd = engine.wakeup_fd()
         self._loop.add_reader(self._fd, self._on_wakeup)
         self._more_scheduled = False
+        # Whether the engine should hear of callers left waiting to resume (it
+        # then lets the next group commit grow, see Engine.consumer_backlog);
+        # only fsync groups wait for a sync worth sparing.
+        self._reports_backlog = engine.durability == "fsync" and not immediate
+        self._backlog_reported = False
+        self._per_caller = _FIRST_PER_CALLER
         self._batch = _FIRST_BATCH
         self._batch_released = 0
         self._batch_started = 0.0
@@ -79,7 +87,13 @@ class CommitWaiter:
 
     def _release(self, durable: int) -> None:
         released = self._waiting.release(durable, self._batch)
-        if self._waiting.ready and not self._more_scheduled:
+        ready = self._waiting.ready
+        if self._reports_backlog and (ready or self._backlog_reported):
+            # Durable callers still waiting for their turn on this thread: a
+            # group committed in the meantime can grow without delaying them.
+            self._engine.consumer_backlog(ready * self._per_caller)
+            self._backlog_reported = bool(ready)
+        if ready and not self._more_scheduled:
             # The rest resume in the next iterations, after due timers and I/O.
             # This callback runs right after the callers just released.
             self._more_scheduled = True
@@ -91,6 +105,7 @@ class CommitWaiter:
         self._more_scheduled = False
         if self._batch_released:
             per_caller = (time.perf_counter() - self._batch_started) / self._batch_released
+            self._per_caller = per_caller
             fitting = int(ITERATION_BUDGET / per_caller) if per_caller > 0 else _MAX_BATCH
             self._batch = min(max(fitting, _MIN_BATCH), _MAX_BATCH)
         self._release(self._waiting.durable)

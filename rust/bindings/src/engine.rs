@@ -176,6 +176,18 @@ impl Engine {
         self.inner.wakeup_fd()
     }
 
+    /// Seconds of already-durable work the consumer has still to start.
+    fn consumer_backlog(&self, seconds: f64) -> PyResult<()> {
+        if !(seconds >= 0.0 && seconds.is_finite()) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "backlog seconds must be finite and >= 0",
+            ));
+        }
+        self.inner
+            .consumer_backlog(Duration::from_secs_f64(seconds));
+        Ok(())
+    }
+
     fn drain_wakeup(&self) -> PyResult<u64> {
         self.inner.drain_wakeup().map_err(to_py_err)
     }
@@ -285,6 +297,7 @@ impl Engine {
             ("cache_bytes", s.cache_bytes),
             ("commits", s.commits),
             ("syncs", s.syncs),
+            ("held_groups", s.held_groups),
             ("compactions", s.compactions),
             ("last_seq", s.last_seq),
             ("durable_seq", s.durable_seq),

@@ -6,16 +6,17 @@
 //! usually commits again within microseconds of being woken, and a futex
 //! wake-up would add tens of microseconds to every commit.
 //!
-//! When the committing side is the bottleneck it waits a little before the
-//! next group (as PostgreSQL's `commit_delay`): if the group just written was
-//! large, more commits arrived during its sync, and the consumer took longer
-//! to collect the last group's signal than that sync took (it is busy, so its
-//! callers wait for it rather than for the disk), the next group starts
-//! `group_delay()` after the previous one did. Fewer, larger groups mean fewer
-//! fdatasyncs, and every fdatasync costs the committing side too (on a VM each
-//! one is device I/O whose completion interrupts a CPU). A lone committer, or
-//! callers that wait on the disk, never wait longer. Opt-in (see
-//! `DEFAULT_GROUP_DELAY_US`).
+//! While the consumer (the Python thread) is backlogged, it holds the next
+//! group back (as PostgreSQL's `commit_delay`, but driven by the consumer's
+//! own report): the consumer says how much already-durable work it has still
+//! to start (`Engine::consumer_backlog`). Its callers that commit meanwhile
+//! would only queue behind that work once durable, so the flusher may let
+//! their group grow until the backlog would run out a sync before it ends,
+//! at most `group_delay()` after the previous group started. Fewer, larger
+//! groups mean fewer fdatasyncs, and every fdatasync costs the committing
+//! side too (on a VM each one is device I/O whose completion interrupts a
+//! CPU). A consumer that keeps up (a lone committer, callers waiting on the
+//! disk) reports no backlog and never waits for this.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -46,15 +47,15 @@ fn preallocate_bytes() -> u64 {
     })
 }
 
-/// How long after a group starts the next one may start when the committers
-/// are the bottleneck (`STEAD_ENGINE_GROUP_DELAY_US`, read once per process).
-/// Off by default: it lifts many CPU-bound callers (1,000 callers over 1,000
-/// objects: 96k vs 67k calls/s with 1000 us) but costs ~10-20% at ~100
-/// concurrent cheap callers, whose turn cycle it lengthens.
-const DEFAULT_GROUP_DELAY_US: u64 = 0;
+/// The longest the flusher holds a group back for a backlogged consumer,
+/// measured from the previous group's start (`STEAD_ENGINE_GROUP_DELAY_US`,
+/// read once per process; `0` turns holding off).
+const DEFAULT_GROUP_DELAY_US: u64 = 1000;
 
-/// A group this large counts as load (a few concurrent committers do not).
-const GROUP_DELAY_MIN_COMMITS: u64 = 8;
+/// The consumer's backlog is re-read this often while a group is held: it
+/// reports after every batch of callers it resumes, and a shrinking backlog
+/// ends the hold early.
+const HOLD_SLICE: Duration = Duration::from_micros(200);
 
 fn group_delay() -> Duration {
     static DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
@@ -67,29 +68,40 @@ fn micros_from_env(name: &str, default: u64) -> Duration {
     Duration::from_micros(micros.unwrap_or(default))
 }
 
-/// Whether the last group was written under load that the committing side,
-/// not the disk, limits: the group was large, more commits are pending, and
-/// the consumer collected its previous signal later than a sync takes.
-fn committers_are_the_bottleneck(
-    commits: u64,
-    more_pending: bool,
-    consumer_lag: Duration,
+/// How long to sleep before re-deciding whether to take the next group, or
+/// `None` to take it now. Hold while the consumer stays busy for longer than
+/// a sync takes (`consumer_busy`: its reported backlog still left), so the
+/// group's sync ends before that work runs out, and never past `max_delay`
+/// after the previous group started.
+fn hold_next_group(
+    consumer_busy: Duration,
     sync_time: Duration,
-) -> bool {
-    commits >= GROUP_DELAY_MIN_COMMITS && more_pending && consumer_lag > sync_time
+    since_group_start: Duration,
+    max_delay: Duration,
+) -> Option<Duration> {
+    let until_sync_needed = consumer_busy.checked_sub(sync_time)?;
+    let until_max_delay = max_delay.checked_sub(since_group_start)?;
+    let hold = until_sync_needed.min(until_max_delay).min(HOLD_SLICE);
+    (!hold.is_zero()).then_some(hold)
 }
 
-/// How long to wait before taking the next group: until `delay` after the
-/// last group started, when the committers are the bottleneck; else not at all.
-fn wait_before_next_group(
-    bottleneck: bool,
-    since_group_start: Duration,
-    delay: Duration,
-) -> Option<Duration> {
-    if !bottleneck || since_group_start >= delay {
-        return None;
+/// Hold the next group while the consumer is backlogged (see the module docs).
+fn hold_for_consumer(shared: &Shared, group_started: Instant, sync_time: Duration) {
+    let mut held = false;
+    loop {
+        let busy_until = shared.consumer_busy_until_ns.load(Ordering::Relaxed);
+        let consumer_busy = Duration::from_nanos(busy_until.saturating_sub(shared.now_ns()));
+        let Some(hold) =
+            hold_next_group(consumer_busy, sync_time, group_started.elapsed(), group_delay())
+        else {
+            break;
+        };
+        if !held {
+            held = true;
+            shared.held_groups.fetch_add(1, Ordering::Relaxed);
+        }
+        std::thread::sleep(hold);
     }
-    Some(delay - since_group_start)
 }
 
 fn spin_time() -> Duration {
@@ -101,7 +113,6 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut current: Option<Current> = None;
     let mut done = None;
     let mut spin = Spin::new(spin_time());
-    let mut last_seq = shared.durable_seq.load(Ordering::SeqCst);
     while let Some(batch) = next_batch(&shared, done.take(), &mut spin) {
         let started = Instant::now();
         let sync_time = match write_batch(&shared, &batch, &mut current) {
@@ -114,21 +125,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 return;
             }
         };
-        let upto = batch.last().map_or(last_seq, |chunk| chunk.last_seq);
-        let commits = upto.saturating_sub(last_seq);
-        last_seq = upto;
         done = Some(batch);
         if let Some(sync_time) = sync_time {
-            let bottleneck = committers_are_the_bottleneck(
-                commits,
-                shared.has_pending.load(Ordering::Relaxed),
-                Duration::from_nanos(shared.consumer_lag_ns.load(Ordering::Relaxed)),
-                sync_time,
-            );
-            if let Some(wait) = wait_before_next_group(bottleneck, started.elapsed(), group_delay())
-            {
-                std::thread::sleep(wait);
-            }
+            hold_for_consumer(&shared, started, sync_time);
         }
     }
     final_sync(&shared);
@@ -367,12 +366,6 @@ fn publish(shared: &Shared, batch: &[Chunk], sync_time: Option<Duration>) {
     shared.written_seq.store(upto, Ordering::SeqCst);
     if shared.opts.durability != Durability::None {
         shared.durable_seq.store(upto, Ordering::SeqCst);
-        let _ = shared.signaled_ns.compare_exchange(
-            0,
-            shared.now_ns(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
         shared.wakeup.signal();
     }
     shared.notify_durable();
@@ -404,26 +397,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_busy_committing_side_delays_the_next_group() {
+    fn a_backlogged_consumer_holds_the_next_group_until_a_sync_before_its_backlog_ends() {
         let us = Duration::from_micros;
-        // Large group, more pending, consumer slower than the disk: committers limit.
-        assert!(committers_are_the_bottleneck(50, true, us(900), us(250)));
-        // A lone or light committer, nothing pending, or a consumer waiting on the disk: not.
-        assert!(!committers_are_the_bottleneck(7, true, us(900), us(250)));
-        assert!(!committers_are_the_bottleneck(50, false, us(900), us(250)));
-        assert!(!committers_are_the_bottleneck(50, true, us(40), us(250)));
+        // 700 us of backlog, syncs take 250 us: hold for up to 450 us, re-reading every slice.
+        assert_eq!(hold_next_group(us(700), us(250), us(300), us(1000)), Some(HOLD_SLICE));
+        assert_eq!(hold_next_group(us(400), us(250), us(300), us(1000)), Some(us(150)));
+        // ... but never past the group delay after the previous group started.
+        assert_eq!(hold_next_group(us(5000), us(250), us(900), us(1000)), Some(us(100)));
+        assert_eq!(hold_next_group(us(5000), us(250), us(1000), us(1000)), None);
+        assert_eq!(hold_next_group(us(5000), us(250), us(1200), us(1000)), None);
     }
 
     #[test]
-    fn the_wait_ends_the_delay_after_the_group_started() {
+    fn a_consumer_that_keeps_up_never_holds_a_group() {
         let us = Duration::from_micros;
-        assert_eq!(
-            wait_before_next_group(true, us(300), us(1000)),
-            Some(us(700))
-        );
-        assert_eq!(wait_before_next_group(false, us(300), us(1000)), None);
-        assert_eq!(wait_before_next_group(true, us(1000), us(1000)), None);
-        assert_eq!(wait_before_next_group(true, us(300), Duration::ZERO), None);
+        // No backlog, or less than a sync takes: the sync should start now.
+        assert_eq!(hold_next_group(Duration::ZERO, us(250), us(300), us(1000)), None);
+        assert_eq!(hold_next_group(us(250), us(250), us(300), us(1000)), None);
+        assert_eq!(hold_next_group(us(100), us(250), us(300), us(1000)), None);
+        // Holding turned off.
+        assert_eq!(hold_next_group(us(5000), us(250), us(0), Duration::ZERO), None);
     }
 
     #[test]

@@ -250,14 +250,24 @@ impl Engine {
         self.shared.wakeup.raw()
     }
 
+    /// The consumer (the thread draining the wakeup fd) still has `backlog`
+    /// of work that is already durable to start. While it is that far behind,
+    /// the flusher may hold the next group back (see `flusher`): callers that
+    /// would only queue behind that backlog lose nothing by waiting for the
+    /// disk instead, and fewer, larger groups make fewer fdatasyncs.
+    pub fn consumer_backlog(&self, backlog: Duration) {
+        let shared = &*self.shared;
+        let until = if backlog.is_zero() {
+            0
+        } else {
+            shared.now_ns() + backlog.as_nanos().min(u64::MAX as u128 / 2) as u64
+        };
+        shared.consumer_busy_until_ns.store(until, Ordering::Relaxed);
+    }
+
     /// Clear the wakeup fd and return `durable_seq`; an error once poisoned.
     pub fn drain_wakeup(&self) -> Result<u64> {
         self.shared.wakeup.drain();
-        let signaled = self.shared.signaled_ns.swap(0, Ordering::Relaxed);
-        if signaled != 0 {
-            let lag = self.shared.now_ns().saturating_sub(signaled);
-            self.shared.consumer_lag_ns.store(lag, Ordering::Relaxed);
-        }
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(self.shared.poison_error());
         }
@@ -400,6 +410,7 @@ impl Engine {
             cache_bytes: state.cache.used() as u64,
             commits: state.commits,
             syncs: shared.syncs.load(Ordering::Relaxed),
+            held_groups: shared.held_groups.load(Ordering::Relaxed),
             compactions: shared.compactions.load(Ordering::Relaxed),
             last_seq: state.last_seq,
             durable_seq: shared.durable_seq.load(Ordering::SeqCst),

@@ -77,6 +77,8 @@ pub struct Stats {
     pub cache_bytes: u64,
     pub commits: u64,
     pub syncs: u64,
+    /// Groups held back (up to the group delay) for a backlogged consumer.
+    pub held_groups: u64,
     pub compactions: u64,
     pub last_seq: u64,
     pub durable_seq: u64,

@@ -171,12 +171,11 @@ pub(crate) struct Shared {
     pub compactions: AtomicU64,
     /// Reference point of the `*_ns` fields below.
     pub epoch: Instant,
-    /// When the oldest group signal not yet drained was sent (ns since
-    /// `epoch`; 0: none pending).
-    pub signaled_ns: AtomicU64,
-    /// How long the consumer took to drain the last signal (ns): a busy
-    /// consumer (the Python thread behind on its work) drains late.
-    pub consumer_lag_ns: AtomicU64,
+    /// Until when the consumer is busy with work that is already durable
+    /// (ns since `epoch`; 0: not backlogged), as it last reported.
+    pub consumer_busy_until_ns: AtomicU64,
+    /// Groups the flusher held back for a backlogged consumer.
+    pub held_groups: AtomicU64,
 }
 
 impl Shared {
@@ -202,8 +201,8 @@ impl Shared {
             syncs: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             epoch: Instant::now(),
-            signaled_ns: AtomicU64::new(0),
-            consumer_lag_ns: AtomicU64::new(0),
+            consumer_busy_until_ns: AtomicU64::new(0),
+            held_groups: AtomicU64::new(0),
         })
     }
 
