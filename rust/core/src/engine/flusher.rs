@@ -91,9 +91,12 @@ fn hold_for_consumer(shared: &Shared, group_started: Instant, sync_time: Duratio
     loop {
         let busy_until = shared.consumer_busy_until_ns.load(Ordering::Relaxed);
         let consumer_busy = Duration::from_nanos(busy_until.saturating_sub(shared.now_ns()));
-        let Some(hold) =
-            hold_next_group(consumer_busy, sync_time, group_started.elapsed(), group_delay())
-        else {
+        let Some(hold) = hold_next_group(
+            consumer_busy,
+            sync_time,
+            group_started.elapsed(),
+            group_delay(),
+        ) else {
             break;
         };
         if !held {
@@ -400,10 +403,19 @@ mod tests {
     fn a_backlogged_consumer_holds_the_next_group_until_a_sync_before_its_backlog_ends() {
         let us = Duration::from_micros;
         // 700 us of backlog, syncs take 250 us: hold for up to 450 us, re-reading every slice.
-        assert_eq!(hold_next_group(us(700), us(250), us(300), us(1000)), Some(HOLD_SLICE));
-        assert_eq!(hold_next_group(us(400), us(250), us(300), us(1000)), Some(us(150)));
+        assert_eq!(
+            hold_next_group(us(700), us(250), us(300), us(1000)),
+            Some(HOLD_SLICE)
+        );
+        assert_eq!(
+            hold_next_group(us(400), us(250), us(300), us(1000)),
+            Some(us(150))
+        );
         // ... but never past the group delay after the previous group started.
-        assert_eq!(hold_next_group(us(5000), us(250), us(900), us(1000)), Some(us(100)));
+        assert_eq!(
+            hold_next_group(us(5000), us(250), us(900), us(1000)),
+            Some(us(100))
+        );
         assert_eq!(hold_next_group(us(5000), us(250), us(1000), us(1000)), None);
         assert_eq!(hold_next_group(us(5000), us(250), us(1200), us(1000)), None);
     }
@@ -412,11 +424,17 @@ mod tests {
     fn a_consumer_that_keeps_up_never_holds_a_group() {
         let us = Duration::from_micros;
         // No backlog, or less than a sync takes: the sync should start now.
-        assert_eq!(hold_next_group(Duration::ZERO, us(250), us(300), us(1000)), None);
+        assert_eq!(
+            hold_next_group(Duration::ZERO, us(250), us(300), us(1000)),
+            None
+        );
         assert_eq!(hold_next_group(us(250), us(250), us(300), us(1000)), None);
         assert_eq!(hold_next_group(us(100), us(250), us(300), us(1000)), None);
         // Holding turned off.
-        assert_eq!(hold_next_group(us(5000), us(250), us(0), Duration::ZERO), None);
+        assert_eq!(
+            hold_next_group(us(5000), us(250), us(0), Duration::ZERO),
+            None
+        );
     }
 
     #[test]

@@ -262,7 +262,9 @@ impl Engine {
         } else {
             shared.now_ns() + backlog.as_nanos().min(u64::MAX as u128 / 2) as u64
         };
-        shared.consumer_busy_until_ns.store(until, Ordering::Relaxed);
+        shared
+            .consumer_busy_until_ns
+            .store(until, Ordering::Relaxed);
     }
 
     /// Clear the wakeup fd and return `durable_seq`; an error once poisoned.
