@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,8 +56,24 @@ async def _run(data_dir: str) -> list[float]:
     return lateness
 
 
+def _lateness_in_a_fresh_process(data_dir: str) -> list[float]:
+    """Run the measurement in a fresh interpreter, as a server starts: after
+    other benchmarks in this process allocated and freed hundreds of thousands
+    of objects, the heap is fragmented and a full GC pass during the alarm
+    storm took 99 ms instead of 37 ms (p99 rose to 90-130 ms)."""
+    child = subprocess.run(
+        [sys.executable, __file__, data_dir],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lateness: list[float] = json.loads(child.stdout)
+    return lateness
+
+
 def test_alarm_lateness(benchmark: object, tmp_path: Path, report: Report) -> None:
-    lateness = asyncio.run(_run(str(tmp_path / "data")))
+    lateness = _lateness_in_a_fresh_process(str(tmp_path / "data"))
     p50, p99 = percentile(lateness, 0.5), percentile(lateness, 0.99)
     report(
         f"\n[alarms] {OBJECTS:,} alarms 0.5-3 s ahead: all fired, none early; lateness "
@@ -63,3 +82,8 @@ def test_alarm_lateness(benchmark: object, tmp_path: Path, report: Report) -> No
     )
     benchmark.extra_info.update({"p50_ms": p50, "p99_ms": p99})  # type: ignore[attr-defined]
     benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    # The child of _lateness_in_a_fresh_process: lateness in ms as JSON on stdout.
+    print(json.dumps(asyncio.run(_run(sys.argv[1]))))
