@@ -91,9 +91,10 @@ async def _stead(
                     await done
 
         before = rt.engine.stats()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         await asyncio.gather(*(caller(t) for t in plan))
         elapsed = time.perf_counter() - start
+        _cpu_per_call_us.append((time.thread_time() - cpu_start) / CALLS * 1e6)
         after = rt.engine.stats()
         total = sum([await s.increment() for s in stubs]) - objects
         assert total == CALLS
@@ -105,6 +106,9 @@ async def _stead(
 
 # Commits per fdatasync of every fsync run of ``_stead`` (group commit at work).
 _commits_per_sync: list[float] = []
+# The event loop thread's CPU time per call of every run of ``_stead``: the
+# Python side is the bottleneck, so this tracks the machine's speed of the moment.
+_cpu_per_call_us: list[float] = []
 
 
 def _loops() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -140,6 +144,7 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
     plan = _plan()
     results: dict[str, tuple[float, float, float]] = {}
     _commits_per_sync.clear()
+    _cpu_per_call_us.clear()
     for name, factory in _loops().items():
         durable_rounds, baseline_rounds = [], []
         for round_ in range(ROUNDS):
@@ -165,7 +170,8 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
     report(
         f"[runtime] best: {results[best_loop][0]:,.0f} durable calls/s on {best_loop} "
         f"(target >= 100,000); {statistics.median(_commits_per_sync):.0f} commits per fdatasync "
-        f"(median of runs)"
+        f"(median of runs); event-loop thread CPU per durable call {min(_cpu_per_call_us):.1f}-"
+        f"{max(_cpu_per_call_us):.1f} us over the runs (the Python thread is the bottleneck)"
     )
     benchmark.extra_info.update(  # type: ignore[attr-defined]
         {

@@ -6,9 +6,13 @@ import asyncio
 import collections
 import functools
 import gc
+import os
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -177,24 +181,52 @@ async def test_a_large_group_resumes_over_several_loop_iterations(
     assert [seq for seq, _ in resumed] == seqs  # oldest first
 
 
-async def test_a_backlogged_loop_lets_the_next_group_commit_grow(
-    engine_and_waiter: tuple[Engine, CommitWaiter],
-) -> None:
-    # 300 callers, each busy 0.1 ms once resumed before committing again: the
-    # loop resumes them in batches, so durable callers queue behind it. It
-    # reports that backlog to the engine, which then holds the next group back
-    # (up to the group delay) instead of syncing every few commits at once.
-    engine, waiter = engine_and_waiter
+async def _backlogged_callers(engine: Engine, waiter: CommitWaiter) -> int:
+    """300 callers, each busy 0.1 ms once resumed before committing again; how
+    many groups the engine held back meanwhile."""
 
     async def caller(index: int) -> None:
         for round_ in range(5):
             await waiter.wait(engine.commit(b"o%d" % index, [(b"k", b"%d" % round_)]))
             time.sleep(0.0001)  # noqa: ASYNC251 -- blocking on purpose: CPU-bound callers
 
-    before = engine.stats()
+    before = engine.stats()["held_groups"]
     await asyncio.gather(*(caller(index) for index in range(300)))
-    after = engine.stats()
-    assert after["held_groups"] > before["held_groups"]
+    return engine.stats()["held_groups"] - before
+
+
+async def test_a_backlogged_loop_lets_the_next_group_commit_grow(
+    engine_and_waiter: tuple[Engine, CommitWaiter],
+) -> None:
+    # The loop resumes durable callers in batches, so they queue behind it. It
+    # reports that backlog to the engine, which then holds the next group back
+    # (up to the group delay) instead of syncing every few commits at once.
+    assert await _backlogged_callers(*engine_and_waiter) > 0
+
+
+def test_a_zero_group_delay_never_holds_a_group(data_dir: str) -> None:
+    # STEAD_ENGINE_GROUP_DELAY_US is read once per process: a fresh one.
+    child = f"""
+import asyncio
+from stead._core import Engine
+from stead.durability import CommitWaiter
+from tests.test_durability import _backlogged_callers
+
+async def main() -> None:
+    engine = Engine({data_dir!r}, "fsync")
+    waiter = CommitWaiter(engine)
+    print(await _backlogged_callers(engine, waiter))
+    waiter.close()
+    engine.close()
+
+asyncio.run(main())
+"""
+    env = {**os.environ, "STEAD_ENGINE_GROUP_DELAY_US": "0"}
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", child], env=env, cwd=root, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "0"
 
 
 async def test_a_lone_caller_never_holds_a_group_back(
