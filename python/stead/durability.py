@@ -120,5 +120,7 @@ class CommitWaiter:
     def close(self) -> None:
         """Stop watching the engine; pending waiters fail with ``StorageError``."""
         self._loop.remove_reader(self._fd)
+        if self._backlog_reported:
+            self._engine.consumer_backlog(0.0)  # nobody is left to fall behind
         if len(self._waiting):
             self._fail_all(StorageError("storage engine closed before the commit was durable"))
