@@ -312,6 +312,7 @@ async def test_metrics_count_requests_and_expose_runtime_gauges(
     for name in (
         "stead_mailbox_depth",
         "stead_commits_total",
+        "stead_held_groups_total",
         "stead_fsync_duration_seconds_count",
     ):
         assert name in text

@@ -248,6 +248,7 @@ class Runtime:
             "mailbox_depth": dispatcher.mailbox.total_depth(),
             "commits": stored.get("commits", 0),
             "syncs": stored.get("syncs", 0),
+            "held_groups": stored.get("held_groups", 0),
             "keys": stored.get("keys", 0),
             "objects": stored.get("objects", 0),
             "pending_alarms": self._alarms.pending if self._alarms else 0,

@@ -43,6 +43,11 @@ _STATS = {
     "pending_alarms": ("stead_pending_alarms", "Alarms set and not yet run", False),
     "commits": ("stead_commits", "Turns whose writes were committed", True),
     "syncs": ("stead_syncs", "Group commits made durable (fsync or write)", True),
+    "held_groups": (
+        "stead_held_groups",
+        "Group commits held back while the event loop had durable callers queued (CPU-bound)",
+        True,
+    ),
 }
 
 
