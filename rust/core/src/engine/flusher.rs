@@ -6,12 +6,12 @@
 //! usually commits again within microseconds of being woken, and a futex
 //! wake-up would add tens of microseconds to every commit.
 //!
-//! While the consumer (the Python thread) is backlogged, it holds the next
-//! group back (as PostgreSQL's `commit_delay`, but driven by the consumer's
+//! While the consumer (the Python thread) is backlogged, the flusher holds the
+//! next group back (as PostgreSQL's `commit_delay`, but driven by the consumer's
 //! own report): the consumer says how much already-durable work it has still
 //! to start (`Engine::consumer_backlog`). Its callers that commit meanwhile
-//! would only queue behind that work once durable, so the flusher may let
-//! their group grow until the backlog would run out a sync before it ends,
+//! would only queue behind that work once durable, so the flusher lets their
+//! group grow until a sync started then would end as that work runs out, and
 //! at most `group_delay()` after the previous group started. Fewer, larger
 //! groups mean fewer fdatasyncs, and every fdatasync costs the committing
 //! side too (on a VM each one is device I/O whose completion interrupts a
