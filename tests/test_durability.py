@@ -245,3 +245,13 @@ async def test_a_backlog_must_be_a_finite_duration(
     engine, _ = engine_and_waiter
     with pytest.raises(ValueError, match="finite"):
         engine.consumer_backlog(seconds)
+
+
+async def test_a_huge_backlog_is_accepted_and_can_be_withdrawn(
+    engine_and_waiter: tuple[Engine, CommitWaiter],
+) -> None:
+    # Finite but beyond what a duration holds: "busy for ever", not a crash.
+    engine, waiter = engine_and_waiter
+    engine.consumer_backlog(1e30)
+    engine.consumer_backlog(0.0)
+    await waiter.wait(engine.commit(b"o", [(b"k", b"v")]))

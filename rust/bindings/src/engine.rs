@@ -183,8 +183,9 @@ impl Engine {
                 "backlog seconds must be finite and >= 0",
             ));
         }
-        self.inner
-            .consumer_backlog(Duration::from_secs_f64(seconds));
+        // Beyond what a Duration holds is "busy for ever" (the engine caps it).
+        let backlog = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
+        self.inner.consumer_backlog(backlog);
         Ok(())
     }
 
