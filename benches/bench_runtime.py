@@ -22,7 +22,7 @@ import pytest
 
 import stead
 import stead.durability
-from conftest import Report
+from conftest import Report, record
 from disk import fdatasync_p50_us
 
 CALLS = 200_000
@@ -173,7 +173,8 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
         f"(median of runs); event-loop thread CPU per durable call {min(_cpu_per_call_us):.1f}-"
         f"{max(_cpu_per_call_us):.1f} us over the runs (the Python thread is the bottleneck)"
     )
-    benchmark.extra_info.update(  # type: ignore[attr-defined]
+    record(
+        benchmark,
         {
             f"{name}_{figure}": value
             for name, (durable, baseline, ratio) in results.items()
@@ -182,9 +183,8 @@ def test_durable_increment_throughput(benchmark: object, tmp_path: Path, report:
                 ("baseline_calls_per_s", baseline),
                 ("ratio", ratio),
             )
-        }
+        },
     )
-    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
 
 
 Variant = TypeVar("Variant")
@@ -227,8 +227,7 @@ def test_throughput_by_hot_set(benchmark: object, tmp_path: Path, report: Report
             f"[runtime] hot set of {size:>6,} objects ({loop_name}): best {figure:,.0f} "
             f"durable calls/s; {figure / best[OBJECTS]:.2f} x the 1,000-object figure"
         )
-    benchmark.extra_info.update({f"objects_{size}": figure for size, figure in best.items()})  # type: ignore[attr-defined]
-    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+    record(benchmark, {f"objects_{size}": figure for size, figure in best.items()})
 
 
 def test_throughput_by_durability(benchmark: object, tmp_path: Path, report: Report) -> None:
@@ -256,8 +255,7 @@ def test_throughput_by_durability(benchmark: object, tmp_path: Path, report: Rep
             f"[runtime] durability={mode!r:8} ({loop_name}): best {figure:,.0f} calls/s; "
             f"{figure / best['fsync']:.2f} x fsync"
         )
-    benchmark.extra_info.update({f"durability_{mode}": figure for mode, figure in best.items()})  # type: ignore[attr-defined]
-    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+    record(benchmark, {f"durability_{mode}": figure for mode, figure in best.items()})
 
 
 def test_throughput_by_release_budget(benchmark: object, tmp_path: Path, report: Report) -> None:
@@ -286,8 +284,7 @@ def test_throughput_by_release_budget(benchmark: object, tmp_path: Path, report:
         f"{batched:,.0f} calls/s; one batch per group commit {whole:,.0f}; "
         f"ratio {batched / whole:.2f}"
     )
-    benchmark.extra_info.update({"batched": batched, "one_batch": whole})  # type: ignore[attr-defined]
-    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+    record(benchmark, {"batched": batched, "one_batch": whole})
 
 
 async def _sequential_p50_us(data_dir: str, calls: int = 2000) -> float:
@@ -310,8 +307,7 @@ def test_sequential_call_latency(benchmark: object, tmp_path: Path, report: Repo
         f"\n[runtime] single-object sequential increment() p50: {p50:.0f} us; "
         f"raw fdatasync p50 {raw:.0f} us; ratio {ratio:.2f} (target <= 1.5)"
     )
-    benchmark.extra_info.update({"p50_us": p50, "fdatasync_p50_us": raw, "ratio": ratio})  # type: ignore[attr-defined]
-    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+    record(benchmark, {"p50_us": p50, "fdatasync_p50_us": raw, "ratio": ratio})
 
 
 async def _memory_per_object(data_dir: str, count: int = 20_000) -> tuple[float, float]:
@@ -344,8 +340,7 @@ def test_memory_per_object(benchmark: object, tmp_path: Path, report: Report) ->
         f"(Python heap + engine index; target <= 1024 B)\n"
         f"[runtime] memory per resident object: {resident:.0f} B"
     )
-    benchmark.extra_info.update({"evicted_bytes": evicted, "resident_bytes": resident})  # type: ignore[attr-defined]
-    benchmark.pedantic(lambda: None, rounds=1)  # type: ignore[attr-defined]
+    record(benchmark, {"evicted_bytes": evicted, "resident_bytes": resident})
 
 
 if __name__ == "__main__":
