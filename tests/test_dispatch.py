@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any, ClassVar
 
 import pytest
@@ -82,6 +83,81 @@ async def test_sync_calls_wait_for_a_running_async_turn(data_dir: str) -> None:
         assert await asyncio.gather(half.step(), half.step()) == [2, 2]
         await writing
         assert rt.dispatcher.mailbox.is_idle(half.id.storage_key)
+
+
+class Account(stead.DurableObject):
+    """A transfer whose two writes straddle an await: half of it would break the books."""
+
+    async def transfer(self) -> str:
+        storage = self.ctx.storage
+        storage.put("debited", storage.get("debited", 0) + 1)
+        await asyncio.sleep(0.05)
+        storage.put("credited", storage.get("credited", 0) + 1)
+        return "done"
+
+    async def fetch(self, request: stead.Request) -> stead.Response:
+        await self.transfer()
+        return stead.Response(b"done")
+
+    def books(self) -> tuple[int, int]:
+        return self.ctx.storage.get("debited", 0), self.ctx.storage.get("credited", 0)
+
+
+async def test_a_caller_that_times_out_does_not_interrupt_the_turn(data_dir: str) -> None:
+    async with stead.Runtime({"A": Account}, data_dir=data_dir) as rt:
+        account = rt.env.A.get_by_name("a")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(account.transfer(), timeout=0.01)
+        # The next call queues behind the transfer, which runs to its end.
+        assert await account.books() == (1, 1)
+    async with stead.Runtime({"A": Account}, data_dir=data_dir) as rt:
+        assert await rt.env.A.get_by_name("a").books() == (1, 1)
+
+
+async def test_a_cancelled_fetch_does_not_interrupt_the_turn(data_dir: str) -> None:
+    async with stead.Runtime({"A": Account}, data_dir=data_dir) as rt:
+        account = rt.env.A.get_by_name("a")
+        fetching = asyncio.ensure_future(account.fetch("/transfer"))
+        await asyncio.sleep(0.01)
+        fetching.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetching
+        assert await account.books() == (1, 1)
+
+
+async def test_close_waits_for_a_turn_whose_caller_gave_up(data_dir: str) -> None:
+    async with stead.Runtime({"A": Account}, data_dir=data_dir) as rt:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(rt.env.A.get_by_name("a").transfer(), timeout=0.01)
+    async with stead.Runtime({"A": Account}, data_dir=data_dir) as rt:
+        assert await rt.env.A.get_by_name("a").books() == (1, 1)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
+async def test_a_handler_can_use_its_own_timeouts_and_context_across_awaits(
+    data_dir: str,
+) -> None:
+    # A suspending handler runs as one task from its start to its end: task-bound
+    # constructs (timeouts, cancel scopes, context variable tokens) work in it.
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+    class Careful(stead.DurableObject):
+        async def work(self) -> str:
+            token = request_id.set("inside")
+            try:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(1)
+            except TimeoutError:
+                outcome = "gave up"
+            seen = request_id.get()
+            request_id.reset(token)
+            return f"{outcome} {seen}"
+
+    async with stead.Runtime({"C": Careful}, data_dir=data_dir) as rt:
+        assert await rt.env.C.get_by_name("c").work() == "gave up inside"
+        assert request_id.get() == "-"  # the handler's context stays its own
 
 
 class Gate(stead.DurableObject):

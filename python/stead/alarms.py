@@ -145,7 +145,8 @@ class AlarmScheduler:
             )
             return
         try:
-            await self._dispatcher.deliver(object_id, self._run)
+            # This task is the alarm event's own: no caller can give up on it.
+            await self._dispatcher.deliver(object_id, self._run, detach=False)
         except (OverloadedError, StorageError) as error:
             logger.warning("alarm of %r not delivered (%s); trying again", object_id, error)
             self._redeliver_soon(key)

@@ -3,8 +3,11 @@
 Every event (RPC call, fetch, alarm) reaches an object through
 :meth:`Dispatcher.deliver`. For a turn-based object the Rust ``Mailbox`` lets
 one event run at a time: the caller whose push finds the object idle runs the
-turn inline in its own task (no task per call); later callers queue and are
-handed the object in FIFO order when the running turn ends.
+turn; later callers queue and are handed the object in FIFO order when the
+running turn ends. A turn whose handler cannot suspend runs inline in the
+caller's task (no task per call); one that can suspend runs as a task of its
+own, so a caller that gives up (timeout, cancellation) abandons only the
+result and never interrupts the turn midway.
 
 When a turn ends, its pending writes are committed as one batch and the
 object is handed on at once (pipelining); the caller's result is released
@@ -20,7 +23,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -203,6 +206,8 @@ class Dispatcher:
         self._waits_for: dict[bytes, list[bytes]] = {}
         self._tokens = itertools.count(1)
         self.background: set[asyncio.Future[Any]] = set()
+        # Events running as tasks of their own (see ``_detached``).
+        self.events: set[asyncio.Task[Any]] = set()
 
     # -- hosts ---------------------------------------------------------------
 
@@ -331,27 +336,25 @@ class Dispatcher:
             # A new instance (its constructor runs now, as in deliver): an object
             # without on_start takes the fast path from its first call.
             host = self.host(object_id)
-        if host is None or not host.ready or host.reentrant or _call_chain.get():
-            return await self.deliver(object_id, partial(_invoke_rpc, method, args, kwargs))
+        if host is None or not host.ready or host.reentrant or method.suspends or _call_chain.get():
+            invoke = partial(_invoke_rpc, method, args, kwargs)
+            return await self.deliver(object_id, invoke, detach=method.suspends)
         if self.max_resident is not None:
             self.hosts.move_to_end(key)
         if host.id.name is None and object_id.name is not None:
             host.learn_name(object_id)
-        # A sync handler cannot await: on an idle object its whole turn runs
-        # before any other event can start, so it need not claim the mailbox,
-        # and nothing can observe the call chain during it (tasks it spawns run
-        # after the turn, outside it).
-        is_async = method.is_async
-        claimed = is_async or not self.mailbox.is_idle(key)
+        # The handler cannot suspend (sync, or async without an await): on an
+        # idle object its whole turn runs before any other event can start, so
+        # it need not claim the mailbox, and nothing can observe the call chain
+        # during it (tasks it spawns run after the turn, outside it).
+        claimed = not self.mailbox.is_idle(key)
         if claimed:
             token = next(self._tokens)
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, None)
                 if self.hosts.get(key) is not host:  # reset or evicted while we queued
-                    return await self._run_turn(
-                        self.host(object_id), (), partial(_invoke_rpc, method, args, kwargs)
-                    )
-        context_token = _call_chain.set((key,)) if is_async else None
+                    invoke = partial(_invoke_rpc, method, args, kwargs)
+                    return await self._run_turn(self.host(object_id), (), invoke, detach=False)
         seq = 0
         try:
             try:
@@ -361,8 +364,8 @@ class Dispatcher:
                     result = method.function(host.instance, *args, **kwargs)
                 else:
                     result = method.function(host.instance)
-                if is_async:
-                    result = await result
+                if method.is_async:
+                    result = await result  # returns without suspending
                 result_class = result.__class__
                 if result_class in method.passthrough_results and (
                     result_class is not int or result in INT_RANGE
@@ -382,8 +385,6 @@ class Dispatcher:
                     self.reset(host)
                     raise
         finally:
-            if context_token is not None:
-                _call_chain.reset(context_token)
             host.last_used = time.monotonic()
             if claimed:
                 next_token = self.mailbox.finish(key)
@@ -401,8 +402,14 @@ class Dispatcher:
             raise outcome
         return outcome
 
-    async def deliver(self, object_id: ObjectId, invoke: Invoke[T]) -> T:
-        """Run ``invoke`` as an event of ``object_id`` and return its (gated) result."""
+    async def deliver(self, object_id: ObjectId, invoke: Invoke[T], *, detach: bool = True) -> T:
+        """Run ``invoke`` as an event of ``object_id`` and return its (gated) result.
+
+        With ``detach`` (for events that can suspend) the event runs as a task of
+        its own once it holds the object: a caller that gives up (a timeout, a
+        cancelled task) abandons the result, never the event, so a handler is
+        never interrupted midway by its caller, as when it is served over HTTP.
+        """
         key = object_id.storage_key
         chain = _call_chain.get()
         if chain:
@@ -416,7 +423,7 @@ class Dispatcher:
                 await self._release_outbound(chain[-1])
         host = self.host(object_id)
         if host.reentrant:
-            return await self._deliver_interleaved(host, chain, invoke)
+            return await self._deliver_interleaved(host, chain, invoke, detach)
         caller = chain[-1] if chain else None
         if caller is not None:
             self._waits_for.setdefault(caller, []).append(key)
@@ -425,7 +432,7 @@ class Dispatcher:
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, caller)
                 host = self.host(object_id)
-            return await self._run_turn(host, chain, invoke)
+            return await self._run_turn(host, chain, invoke, detach)
         finally:
             if caller is not None:
                 self._forget_wait(caller, key)
@@ -494,8 +501,21 @@ class Dispatcher:
             if not targets:
                 del self._waits_for[caller]
 
-    async def _run_turn(self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T]) -> T:
+    async def _run_turn(
+        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T], detach: bool
+    ) -> T:
         """We hold the object: run the event, commit, hand on, then release the result."""
+        turn = self._turn(host, chain, invoke)
+        if detach or not host.ready:  # on_start can suspend too
+            outcome, failed, seq = await self._detached(turn)
+        else:
+            outcome, failed, seq = await turn
+        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+
+    async def _turn(
+        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any]
+    ) -> tuple[Any, bool, int]:
+        """One event to its end: the handler, its commit, handing the object on."""
         context_token = _call_chain.set((*chain, host.key))
         seq = 0
         try:
@@ -505,7 +525,33 @@ class Dispatcher:
             _call_chain.reset(context_token)
             host.last_used = time.monotonic()
             self._hand_off(host.key)
-        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+        return outcome, failed, seq
+
+    def _detached(self, event: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """The result of ``event``, run as a task of its own: cancelling the caller
+        awaiting it abandons the result, never the event."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[T] = loop.create_future()
+        # Kept until done (the loop holds tasks weakly) and awaited by ``drain``.
+        self.events.add(loop.create_task(self._run_detached(event, reply)))
+        return reply
+
+    async def _run_detached(self, event: Coroutine[Any, Any, T], reply: asyncio.Future[T]) -> None:
+        try:
+            result = await event
+        except Exception as error:
+            if not reply.cancelled():
+                reply.set_exception(error)
+            else:
+                logger.error("an event failed after its caller gave up", exc_info=True)
+        except BaseException:  # cancelled itself (the loop is shutting down)
+            reply.cancel()
+            raise
+        else:
+            if not reply.cancelled():
+                reply.set_result(result)
+        finally:
+            self.events.discard(asyncio.current_task())
 
     async def _invoke(self, host: ObjectHost, invoke: Invoke[Any]) -> tuple[Any, bool]:
         try:
@@ -557,12 +603,22 @@ class Dispatcher:
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
 
     async def _deliver_interleaved(
-        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T]
+        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T], detach: bool
     ) -> T:
         """Reentrant objects: events interleave at awaits, bounded by ``max_pending``."""
         if host.inflight >= self.max_pending:
             raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
         host.inflight += 1
+        event = self._interleaved_event(host, chain, invoke)
+        if detach or not host.ready:
+            outcome, failed, seq = await self._detached(event)
+        else:
+            outcome, failed, seq = await event
+        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+
+    async def _interleaved_event(
+        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any]
+    ) -> tuple[Any, bool, int]:
         context_token = _call_chain.set((*chain, host.key))
         try:
             while host.gate is not None and not host.gate.is_set():
@@ -573,14 +629,15 @@ class Dispatcher:
             _call_chain.reset(context_token)
             host.inflight -= 1
             host.last_used = time.monotonic()
-        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+        return outcome, failed, seq
 
     # -- shutdown ------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Wait for background work, then commit whatever is still pending."""
-        while self.background:
-            await asyncio.gather(*list(self.background), return_exceptions=True)
+        """Wait for background work and running events, then commit whatever is still pending."""
+        while self.background or self.events:
+            running = [*self.background, *self.events]
+            await asyncio.gather(*running, return_exceptions=True)
         for host in list(self.hosts.values()):
             if host.storage.has_pending and not host.broken:
                 await self.flush(host)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dis
 import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from stead.context import ObjectContext
     from stead.runtime import Env
 
-__all__ = ["DurableObject", "RpcMethod", "rpc_methods"]
+__all__ = ["DurableObject", "RpcMethod", "can_suspend", "rpc_methods"]
 
 
 class DurableObject:
@@ -64,12 +65,17 @@ class RpcMethod:
         "passthrough_results",
         "positional_types",
         "result_type",
+        "suspends",
     )
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
         self.function = function
         self.is_async = inspect.iscoroutinefunction(function)
+        #: Whether a call can suspend midway (an async method whose body awaits).
+        #: One that cannot runs on the caller's task like a sync method; one that
+        #: can runs as a task of its own, so a caller giving up never interrupts it.
+        self.suspends = self.is_async and can_suspend(function)
         hints = _type_hints(function)
         parameters = list(inspect.signature(function).parameters.values())[1:]  # skip self
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -97,6 +103,23 @@ class RpcMethod:
     def copy_result(self, result: Any) -> Any:
         """A codec copy of the result, decoded into the return type."""
         return codec.copy(result, self.result_type)
+
+
+# The opcodes of every point where a coroutine can suspend: await (and the
+# awaits inside async with / async for) across the CPython versions stead supports.
+_SUSPENDING_OPCODES = frozenset(
+    {"YIELD_VALUE", "GET_AWAITABLE", "SEND", "BEFORE_ASYNC_WITH", "GET_AITER", "GET_ANEXT"}
+)
+
+
+def can_suspend(function: Callable[..., Any]) -> bool:
+    """Whether calling the async ``function`` can suspend before it returns: its
+    own code awaits somewhere. (Awaits in nested functions do not count; an
+    async comprehension is awaited by the body.) Unknown callables can."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return True
+    return any(op.opname in _SUSPENDING_OPCODES for op in dis.get_instructions(code))
 
 
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
