@@ -310,6 +310,57 @@ def test_sequential_call_latency(benchmark: object, tmp_path: Path, report: Repo
     record(benchmark, {"p50_us": p50, "fdatasync_p50_us": raw, "ratio": ratio})
 
 
+class HandlerKinds(stead.DurableObject):
+    """The same increment as a sync method, an async one that never awaits, and one that
+    awaits once (which runs as its own task, so a caller giving up cannot interrupt it)."""
+
+    def plain(self) -> int:
+        count: int = self.ctx.storage.get("count", 0) + 1
+        self.ctx.storage.put("count", count)
+        return count
+
+    async def quick(self) -> int:
+        count: int = self.ctx.storage.get("count", 0) + 1
+        self.ctx.storage.put("count", count)
+        return count
+
+    async def suspending(self) -> int:
+        count: int = self.ctx.storage.get("count", 0) + 1
+        await asyncio.sleep(0)
+        self.ctx.storage.put("count", count)
+        return count
+
+
+async def _cpu_per_call_by_handler_kind(calls: int = 20_000) -> dict[str, float]:
+    """Event-loop CPU per sequential call of each handler kind, in-memory (no wait for
+    a disk), in alternating rounds; the best round of each."""
+    best: dict[str, float] = {}
+    async with stead.Runtime({"H": HandlerKinds}) as rt:
+        stub = rt.env.H.get_by_name("h")
+        for _round in range(3):
+            for kind in ("plain", "quick", "suspending"):
+                method = getattr(stub, kind)
+                await method()
+                start = time.thread_time()
+                for _ in range(calls):
+                    await method()
+                per_call = (time.thread_time() - start) / calls * 1e6
+                best[kind] = min(best.get(kind, per_call), per_call)
+    return best
+
+
+def test_cost_by_handler_kind(benchmark: object, report: Report) -> None:
+    """What a handler that can suspend pays for running as its own task."""
+    cpu = asyncio.run(_cpu_per_call_by_handler_kind())
+    report(
+        f"\n[runtime] CPU per sequential in-memory call: sync {cpu['plain']:.1f} us, "
+        f"async without await {cpu['quick']:.1f} us, async awaiting once (own task) "
+        f"{cpu['suspending']:.1f} us; ratio suspending/sync {cpu['suspending'] / cpu['plain']:.2f} "
+        "(for reference)"
+    )
+    record(benchmark, {f"{kind}_cpu_us": value for kind, value in cpu.items()})
+
+
 async def _memory_per_object(data_dir: str, count: int = 20_000) -> tuple[float, float]:
     async with stead.Runtime(
         {"C": Counter}, data_dir=data_dir, durability="none", idle_timeout=3600
