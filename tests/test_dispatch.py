@@ -133,6 +133,21 @@ async def test_close_waits_for_a_turn_whose_caller_gave_up(data_dir: str) -> Non
         assert await rt.env.A.get_by_name("a").books() == (1, 1)
 
 
+async def test_a_turn_ending_cancelled_commits_what_it_wrote(data_dir: str) -> None:
+    class Cancelled(stead.DurableObject):
+        async def write_then_get_cancelled(self) -> None:
+            self.ctx.storage.put("k", "written")
+            await asyncio.sleep(0)
+            raise asyncio.CancelledError
+
+    async with stead.Runtime({"C": Cancelled}, data_dir=data_dir) as rt:
+        stub = rt.env.C.get_by_name("c")
+        with pytest.raises(asyncio.CancelledError):
+            await stub.write_then_get_cancelled()
+        # In the engine (not just the object's cache) without waiting for a next turn.
+        assert rt.engine.get(stub.id.storage_key, b"k") is not None
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
 async def test_a_handler_can_use_its_own_timeouts_and_context_across_awaits(
     data_dir: str,

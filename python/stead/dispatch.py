@@ -18,6 +18,7 @@ objects are released only after the writes it made so far are durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -560,6 +561,14 @@ class Dispatcher:
             return await invoke(host), False
         except (ObjectAborted, Exception) as error:
             return self._failure(host, error), True
+        except BaseException:
+            # Cancelled (a shutdown cancels running events) or interrupted: what the
+            # handler wrote so far is this turn's batch, as for a raising handler,
+            # rather than riding along with the next turn's.
+            if not host.broken:
+                with contextlib.suppress(StorageError):
+                    self.commit(host)
+            raise
 
     def _failure(self, host: ObjectHost, error: BaseException) -> BaseException:
         """What the caller sees for an error raised by an event's handler."""
