@@ -221,11 +221,14 @@ async def test_call_cycle_on_one_chain_reenters_instead_of_hanging(data_dir: str
 class Waiter(stead.DurableObject):
     """Two objects that each hold their turn and call the other: a cross-chain cycle."""
 
-    started: asyncio.Event | None = None
-    both: asyncio.Barrier | None = None
+    running: ClassVar[list[str]] = []
+    both: asyncio.Event | None = None  # (asyncio.Barrier needs 3.11)
 
     async def call_other(self, other: str) -> str:
         assert Waiter.both is not None
+        Waiter.running.append(other)
+        if len(Waiter.running) == 2:
+            Waiter.both.set()
         await Waiter.both.wait()  # both turns are running now
         return str(await self.env.W.get_by_name(other).hello())
 
@@ -234,7 +237,8 @@ class Waiter(stead.DurableObject):
 
 
 async def test_cross_chain_cycle_raises_deadlock_error_at_once(data_dir: str) -> None:
-    Waiter.both = asyncio.Barrier(2)
+    Waiter.running.clear()
+    Waiter.both = asyncio.Event()
     async with stead.Runtime({"W": Waiter}, data_dir=data_dir) as rt:
         a, b = rt.env.W.get_by_name("a"), rt.env.W.get_by_name("b")
         results = await asyncio.wait_for(
