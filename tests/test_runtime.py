@@ -191,3 +191,39 @@ async def test_abort_resets_the_object_and_drops_its_writes(data_dir: str) -> No
         with pytest.raises(stead.RemoteError, match="bad state"):
             await stub.explode()
         assert await stub.dropped() is None
+
+
+class Counter(stead.DurableObject):
+    def increment(self) -> int:
+        count: int = self.ctx.storage.get("count", 0) + 1
+        self.ctx.storage.put("count", count)
+        return count
+
+
+async def test_calls_after_close_raise_runtime_error(data_dir: str) -> None:
+    async with stead.Runtime({"C": Counter}, data_dir=data_dir) as rt:
+        counter = rt.env.C.get_by_name("a")
+        assert await counter.increment() == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        await counter.increment()  # the instance is gone too, not only the engine
+
+
+async def test_calls_from_another_event_loop_raise_a_clear_error(data_dir: str) -> None:
+    async with stead.Runtime({"C": Counter}, data_dir=data_dir) as rt:
+        counter = rt.env.C.get_by_name("a")
+
+        def from_another_thread() -> str:
+            try:
+                asyncio.run(counter.increment())
+            except RuntimeError as error:
+                return str(error)
+            return "no error"
+
+        assert "run_coroutine_threadsafe" in await asyncio.to_thread(from_another_thread)
+        # What the message recommends works.
+        loop = asyncio.get_running_loop()
+
+        def the_documented_way() -> int:
+            return asyncio.run_coroutine_threadsafe(counter.increment(), loop).result(timeout=10)
+
+        assert await asyncio.to_thread(the_documented_way) == 1

@@ -209,11 +209,16 @@ class Dispatcher:
         self.background: set[asyncio.Future[Any]] = set()
         # Events running as tasks of their own (see ``_detached``).
         self.events: set[asyncio.Task[Any]] = set()
+        # Objects live on the loop the runtime started on; set by ``close``.
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
 
     # -- hosts ---------------------------------------------------------------
 
     def host(self, object_id: ObjectId) -> ObjectHost:
         """The resident host of ``object_id``, creating the instance if needed."""
+        if self.closed:
+            raise RuntimeError("the runtime is closed")
         host = self.hosts.get(object_id.storage_key)
         if host is not None:
             if self.max_resident is not None:
@@ -328,6 +333,8 @@ class Dispatcher:
         this coroutine without a Python frame of its own. The arguments are
         copied through the codec as the call starts, before anything can run.
         """
+        if asyncio.get_running_loop() is not self.loop:
+            raise self._foreign_loop()
         has_arguments = bool(args or kwargs)
         if has_arguments:
             args, kwargs = method.copy_args(args, kwargs)  # type: ignore[assignment]
@@ -411,6 +418,8 @@ class Dispatcher:
         cancelled task) abandons the result, never the event, so a handler is
         never interrupted midway by its caller, as when it is served over HTTP.
         """
+        if asyncio.get_running_loop() is not self.loop:
+            raise self._foreign_loop()
         key = object_id.storage_key
         chain = _call_chain.get()
         if chain:
@@ -437,6 +446,13 @@ class Dispatcher:
         finally:
             if caller is not None:
                 self._forget_wait(caller, key)
+
+    @staticmethod
+    def _foreign_loop() -> RuntimeError:
+        return RuntimeError(
+            "this runtime's objects live on the event loop it was started on; call them "
+            "from that loop (from another thread: asyncio.run_coroutine_threadsafe(..., loop))"
+        )
 
     async def _release_outbound(self, caller_key: bytes) -> None:
         # Output gate: a turn's calls leave only after its writes so far are durable.
@@ -641,6 +657,11 @@ class Dispatcher:
         return outcome, failed, seq
 
     # -- shutdown ------------------------------------------------------------
+
+    def close(self) -> None:
+        """After ``drain``: drop every instance; later calls raise ``RuntimeError``."""
+        self.closed = True
+        self.hosts.clear()
 
     async def drain(self) -> None:
         """Wait for background work and running events, then commit whatever is still pending."""

@@ -179,6 +179,7 @@ class Runtime:
         try:
             await self._dispatcher.drain()
         finally:
+            self._dispatcher.close()
             self._waiter.close()
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.close)
