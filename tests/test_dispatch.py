@@ -408,3 +408,45 @@ async def test_output_gate_survives_sigkill(data_dir: str) -> None:
                 printed_max[name] = stored + 1  # our probe increment is acknowledged too
                 assert value <= stored, f"{name}: printed {value} but only {stored} stored"
     assert len(printed_max) > 50  # the children really did work
+
+
+class Fragile(stead.DurableObject):
+    """Its second construction fails (a constructor that reads a flaky resource)."""
+
+    constructions = 0
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        Fragile.constructions += 1
+        if Fragile.constructions == 2:
+            raise ConnectionError("flaky constructor")
+
+    async def reset_soon(self) -> None:
+        await asyncio.sleep(0.01)
+        self.ctx.abort("reset")
+
+    def ping(self) -> str:
+        return "pong"
+
+    async def slow_ping(self) -> str:
+        await asyncio.sleep(0)
+        return "pong"
+
+
+async def test_a_constructor_failing_for_a_queued_caller_does_not_wedge_the_object(
+    data_dir: str,
+) -> None:
+    # Both callers queue behind a turn that resets the object; the first one handed
+    # the object builds a new instance, whose constructor fails. The turn must pass on.
+    Fragile.constructions = 0
+    async with stead.Runtime({"F": Fragile}, data_dir=data_dir) as rt:
+        fragile = rt.env.F.get_by_name("f")
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                fragile.reset_soon(), fragile.ping(), fragile.slow_ping(), return_exceptions=True
+            ),
+            timeout=5,
+        )
+        assert isinstance(results[1], ConnectionError)
+        assert results[2] == "pong"
+        assert await asyncio.wait_for(fragile.ping(), timeout=5) == "pong"

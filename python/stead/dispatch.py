@@ -362,7 +362,8 @@ class Dispatcher:
                 await self._wait_turn(key, token, None)
                 if self.hosts.get(key) is not host:  # reset or evicted while we queued
                     invoke = partial(_invoke_rpc, method, args, kwargs)
-                    return await self._run_turn(self.host(object_id), (), invoke, detach=False)
+                    host = self._host_for_turn(object_id)
+                    return await self._run_turn(host, (), invoke, detach=False)
         seq = 0
         try:
             try:
@@ -441,11 +442,20 @@ class Dispatcher:
             token = next(self._tokens)
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, caller)
-                host = self.host(object_id)
+                host = self._host_for_turn(object_id)
             return await self._run_turn(host, chain, invoke, detach)
         finally:
             if caller is not None:
                 self._forget_wait(caller, key)
+
+    def _host_for_turn(self, object_id: ObjectId) -> ObjectHost:
+        """The host, for a caller just handed the object's turn: if the instance
+        must be built anew and its constructor raises, the turn passes on."""
+        try:
+            return self.host(object_id)
+        except BaseException:
+            self._hand_off(object_id.storage_key)
+            raise
 
     @staticmethod
     def _foreign_loop() -> RuntimeError:
