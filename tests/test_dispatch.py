@@ -109,8 +109,10 @@ async def test_a_caller_that_times_out_does_not_interrupt_the_turn(data_dir: str
         account = rt.env.A.get_by_name("a")
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(account.transfer(), timeout=0.01)
+        assert rt.stats()["running_events"] == 1  # the transfer, on its own
         # The next call queues behind the transfer, which runs to its end.
         assert await account.books() == (1, 1)
+        assert rt.stats()["running_events"] == 0
     async with stead.Runtime({"A": Account}, data_dir=data_dir) as rt:
         assert await rt.env.A.get_by_name("a").books() == (1, 1)
 

@@ -311,6 +311,7 @@ async def test_metrics_count_requests_and_expose_runtime_gauges(
     assert "stead_resident_objects 1.0" in text
     for name in (
         "stead_mailbox_depth",
+        "stead_running_events",
         "stead_commits_total",
         "stead_held_groups_total",
         "stead_fsync_duration_seconds_count",

@@ -247,6 +247,7 @@ class Runtime:
         return {
             "resident_objects": len(dispatcher.hosts),
             "mailbox_depth": dispatcher.mailbox.total_depth(),
+            "running_events": len(dispatcher.events),
             "commits": stored.get("commits", 0),
             "syncs": stored.get("syncs", 0),
             "held_groups": stored.get("held_groups", 0),

@@ -38,6 +38,11 @@ _FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 _STATS = {
     "resident_objects": ("stead_resident_objects", "Object instances in memory", False),
     "mailbox_depth": ("stead_mailbox_depth", "Events queued for objects", False),
+    "running_events": (
+        "stead_running_events",
+        "Events of handlers that can suspend, running in their own tasks",
+        False,
+    ),
     "objects": ("stead_objects", "Objects with storage", False),
     "keys": ("stead_keys", "Stored keys", False),
     "pending_alarms": ("stead_pending_alarms", "Alarms set and not yet run", False),
