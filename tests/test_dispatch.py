@@ -490,5 +490,8 @@ async def test_callers_giving_up_at_random_moments_never_leave_half_a_turn(data_
         books = [await account.books() for account in accounts]
         assert all(out == in_ for out, in_ in books)
         assert sum(out for out, _ in books) >= sum(completed)
+        # Nothing is left behind by the callers that gave up.
+        assert rt.stats()["mailbox_depth"] == 0 and rt.stats()["running_events"] == 0
+        assert all(rt.dispatcher.is_idle(host) for host in rt.dispatcher.hosts.values())
     async with stead.Runtime({"L": Ledger}, data_dir=data_dir) as rt:
         assert [await rt.env.L.get_by_name(f"a{i}").books() for i in range(5)] == books
