@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import itertools
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -557,10 +558,16 @@ class Dispatcher:
     def _detached(self, event: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """The result of ``event``, run as a task of its own: cancelling the caller
         awaiting it abandons the result, never the event."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         reply: asyncio.Future[T] = loop.create_future()
-        # Kept until done (the loop holds tasks weakly) and awaited by ``drain``.
-        self.events.add(loop.create_task(self._run_detached(event, reply)))
+        if sys.version_info >= (3, 12):
+            # The event's first step runs now, as its own task: a loop iteration less.
+            task = asyncio.Task(self._run_detached(event, reply), loop=loop, eager_start=True)
+        else:
+            task = loop.create_task(self._run_detached(event, reply))
+        if not task.done():
+            # Kept until done (the loop holds tasks weakly) and awaited by ``drain``.
+            self.events.add(task)
         return reply
 
     async def _run_detached(self, event: Coroutine[Any, Any, T], reply: asyncio.Future[T]) -> None:
