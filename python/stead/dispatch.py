@@ -210,9 +210,9 @@ class Dispatcher:
         self.background: set[asyncio.Future[Any]] = set()
         # Events running as tasks of their own (see ``_detached``).
         self.events: set[asyncio.Task[Any]] = set()
-        # Objects live on the loop the runtime started on; set by ``close``.
+        # Objects live on the loop the runtime started on.
         self.loop = asyncio.get_running_loop()
-        self.closed = False
+        self.closed = False  # set by ``close``
 
     # -- hosts ---------------------------------------------------------------
 
