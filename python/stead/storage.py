@@ -154,15 +154,23 @@ class Storage:
     def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """``{key: value}`` for the keys that exist, in the order given."""
         wanted = [(key, _check_key(key)) for key in keys]
-        missing = [encoded for _, encoded in wanted if encoded not in self._cache]
-        if missing and not self._cleared:
-            for encoded, value in zip(
-                missing, self._engine.get_many(self._object_key, missing), strict=True
-            ):
+        cache = self._cache
+        # Values are taken as found, not re-read from the cache afterwards:
+        # remembering one fetched value may drop another when over budget.
+        found = {encoded: cache[encoded] for _, encoded in wanted if encoded in cache}
+        missing = [encoded for _, encoded in wanted if encoded not in found]
+        if missing:
+            fetched: Iterable[bytes | None] = (
+                [None] * len(missing)
+                if self._cleared
+                else self._engine.get_many(self._object_key, missing)
+            )
+            for encoded, value in zip(missing, fetched, strict=True):
+                found[encoded] = value
                 self._remember(encoded, value)
         result: dict[str, Any] = {}
         for key, encoded in wanted:
-            raw = self._cache.get(encoded)
+            raw = found[encoded]
             if raw is not None:
                 result[key] = codec.decode(raw, type)
         return result
