@@ -360,7 +360,7 @@ def test_get_many_returns_every_value_while_the_cache_is_over_budget() -> None:
 # disk: reads see this turn's writes, a raising transaction() leaves nothing behind,
 # list() orders by UTF-8 bytes and honours every bound, commits reach the engine,
 # and an evicted object (a fresh Storage over the same engine) reads back exactly
-# what was committed. The cache budget is tiny so values keep being dropped and
+# what was committed, alarm included. The cache budget is tiny so values keep being dropped and
 # read back from the engine.
 
 
@@ -395,6 +395,8 @@ class StorageModel(RuleBasedStateMachine):
         self.storage = self._fresh()
         self.view: dict[str, Any] = {}  # what this turn reads
         self.committed: dict[str, Any] = {}  # what the engine holds
+        self.alarm: int | None = None  # epoch ms, as this turn sees it
+        self.committed_alarm: int | None = None
 
     def _fresh(self) -> Storage:
         return Storage(self.engine, b"model-object", name=None, max_value_bytes=1 << 20)
@@ -438,12 +440,27 @@ class StorageModel(RuleBasedStateMachine):
     def delete_all(self) -> None:
         self.storage.delete_all()
         self.view.clear()
+        self.alarm = None
 
-    @rule(ops=_OPS)
-    def transaction_that_raises(self, ops: list[tuple[str, str, Any]]) -> None:
+    @rule(when_ms=st.integers(0, 2**41))
+    def set_alarm(self, when_ms: int) -> None:
+        self.storage.set_alarm(when_ms / 1000)
+        self.alarm = when_ms
+
+    @rule()
+    def delete_alarm(self) -> None:
+        self.storage.delete_alarm()
+        self.alarm = None
+
+    @rule(ops=_OPS, when_ms=st.none() | st.integers(0, 2**41))
+    def transaction_that_raises(self, ops: list[tuple[str, str, Any]], when_ms: int | None) -> None:
         try:
             with self.storage.transaction():
                 self._apply(ops, dict(self.view))
+                if when_ms is not None:
+                    self.storage.set_alarm(when_ms / 1000)
+                else:
+                    self.storage.delete_all()
                 raise Rollback
         except Rollback:
             pass
@@ -457,6 +474,7 @@ class StorageModel(RuleBasedStateMachine):
     def end_turn(self) -> None:
         self.storage.commit()
         self.committed = dict(self.view)
+        self.committed_alarm = self.alarm
 
     @precondition(lambda self: not self.storage.has_pending)
     @rule()
@@ -509,6 +527,12 @@ class StorageModel(RuleBasedStateMachine):
             assert self.storage.get(key) == self.view.get(key)
         expected = sorted(self.view.items(), key=lambda item: item[0].encode())
         assert list(self.storage.list().items()) == expected
+
+    @invariant()
+    def the_alarm_is_what_this_turn_set(self) -> None:
+        expected = None if self.alarm is None else self.alarm / 1000
+        assert self.storage.get_alarm() == expected
+        assert self.engine.get_alarm(b"model-object") == self.committed_alarm
 
     @invariant()
     def the_engine_holds_what_was_committed(self) -> None:
