@@ -232,7 +232,7 @@ class Dispatcher:
         host = ObjectHost(self, object_id, self.classes[object_id.binding])
         self.hosts[host.key] = host
         if self.max_resident is not None and len(self.hosts) > self.max_resident:
-            self._evict_over_bound()
+            self._evict_over_bound(keep=host)
         return host
 
     def _with_stored_name(self, object_id: ObjectId) -> ObjectId:
@@ -253,13 +253,15 @@ class Dispatcher:
         if self.hosts.get(host.key) is host:
             del self.hosts[host.key]
 
-    def _evict_over_bound(self) -> None:
+    def _evict_over_bound(self, keep: ObjectHost) -> None:
+        # ``keep`` is the instance just built for an event: idle until that event
+        # starts, but evicting it would leave the event on an unlisted instance.
         assert self.max_resident is not None
         excess = len(self.hosts) - self.max_resident
         for host in list(self.hosts.values()):
             if excess <= 0:
                 break
-            if self.is_idle(host):
+            if host is not keep and self.is_idle(host):
                 self.evict(host)
                 excess -= 1
 
