@@ -298,3 +298,52 @@ async def test_a_new_instance_is_not_evicted_by_its_own_arrival(data_dir: str) -
         await asyncio.sleep(0)  # its turn is running
         assert await rt.env.T.get_by_name("new").plain() == 1
         assert await busy == 1
+
+
+class Relay(Tally):
+    """Starts slowly, calls other objects mid-turn, and sometimes aborts."""
+
+    async def on_start(self) -> None:
+        await asyncio.sleep(0)
+
+    async def relay(self, other: str) -> int:
+        await self.env.R.get_by_name(other).quick()
+        return self._count()
+
+    async def abort_after_writing(self) -> None:
+        self.ctx.storage.put("count", -1000)  # dropped with the instance
+        await asyncio.sleep(0)
+        self.ctx.abort("on purpose")
+
+
+async def test_random_chains_aborts_and_restarts_lose_and_duplicate_no_turn(
+    data_dir: str,
+) -> None:
+    Tally.executed = {}
+    rng = random.Random(5)
+    names = [f"r{i}" for i in range(8)]
+
+    async def call(stub: stead.Stub) -> None:
+        kind = rng.choice(["plain", "suspending", "relay", "abort"])
+        if kind == "relay":
+            coroutine = stub.relay(rng.choice(names))
+        elif kind == "abort":
+            coroutine = stub.abort_after_writing()
+        else:
+            coroutine = getattr(stub, kind)()
+        timeout = rng.choice([None, rng.random() * 0.003])
+        with contextlib.suppress(asyncio.TimeoutError, stead.DeadlockError, stead.RemoteError):
+            await asyncio.wait_for(coroutine, timeout)
+
+    async with stead.Runtime(
+        {"R": Relay}, data_dir=data_dir, idle_timeout=0.005, max_resident=4
+    ) as rt:
+        stubs = [rt.env.R.get_by_name(name) for name in names]
+        for _ in range(3):
+            await asyncio.gather(*(call(rng.choice(stubs)) for _ in range(300)))
+            await asyncio.sleep(0.02)
+        counts = [await stub.count() for stub in stubs]
+        assert counts == [Tally.executed.get(name, 0) for name in names]
+        assert rt.stats()["mailbox_depth"] == 0 and rt.stats()["running_events"] == 0
+    async with stead.Runtime({"R": Relay}, data_dir=data_dir) as rt:
+        assert [await rt.env.R.get_by_name(name).count() for name in names] == counts
