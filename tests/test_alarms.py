@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -256,3 +257,67 @@ async def test_an_alarm_waits_for_the_running_turn(data_dir: str) -> None:
 
         await eventually(fired)
         assert Busy.log == ["hold-start", "hold-end", "alarm"]
+
+
+class Planned(stead.DurableObject):
+    """Records every alarm run in storage; fails the first ``failures`` runs."""
+
+    def plan(self, op: str, when: float, failures: int) -> None:
+        storage = self.ctx.storage
+        if op == "set":
+            storage.set_alarm(when)
+        elif op == "delete":
+            storage.delete_alarm()
+        else:  # delete_all wipes the alarm with the data
+            storage.delete_all()
+        storage.put("failures", failures)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        storage = self.ctx.storage
+        runs = storage.get("runs", [])
+        storage.put("runs", [*runs, (info.scheduled_time, time.time(), info.retry_count)])
+        if info.retry_count < storage.get("failures", 0):
+            raise RuntimeError("planned failure")
+
+    def runs(self) -> list[tuple[float, float, int]]:
+        return [tuple(run) for run in self.ctx.storage.get("runs", [])]
+
+
+async def test_random_alarm_plans_across_a_restart(data_dir: str) -> None:
+    # 40 objects, each given 1-4 random alarm changes (set, delete, delete_all;
+    # up to two planned failures), all due 0.3-0.5 s out; the runtime restarts
+    # before they are due. Exactly the alarms whose last change was a set run:
+    # never early, with their retries, and nothing else runs.
+    rng = random.Random(17)
+    final: dict[str, tuple[float, int] | None] = {}
+    async with stead.Runtime({"P": Planned}, data_dir=data_dir) as rt:
+        base = time.time()
+        for i in range(40):
+            stub = rt.env.P.get_by_name(f"p{i}")
+            for _ in range(rng.randint(1, 4)):
+                op = rng.choice(["set", "set", "delete", "delete_all"])
+                when = round(base + 0.3 + rng.random() * 0.2, 3)
+                failures = rng.choice([0, 0, 1, 2])
+                await stub.plan(op, when, failures)
+                final[f"p{i}"] = (when, failures) if op == "set" else None
+    async with stead.Runtime(
+        {"P": Planned}, data_dir=data_dir, alarm_retry_base=0.02, alarm_retry_limit=3
+    ) as rt:
+        expected_runs = {name: 1 + plan[1] if plan else 0 for name, plan in final.items()}
+
+        async def all_ran() -> bool:
+            for name, count in expected_runs.items():
+                if len(await rt.env.P.get_by_name(name).runs()) < count:
+                    return False
+            return True
+
+        await eventually(all_ran, timeout=15)
+        await asyncio.sleep(0.2)  # nothing more comes
+        for name, plan in final.items():
+            runs = await rt.env.P.get_by_name(name).runs()
+            assert len(runs) == expected_runs[name], name
+            if plan is not None:
+                when, failures = plan
+                assert [retry for _, _, retry in runs] == list(range(failures + 1))
+                assert all(scheduled == pytest.approx(when) for scheduled, _, _ in runs)
+                assert all(ran >= when - 0.001 for _, ran, _ in runs)  # never early
