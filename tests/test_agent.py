@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -168,3 +169,62 @@ async def test_bad_schedules_are_refused(data_dir: str) -> None:
         with pytest.raises(TypeError):
             await agent.try_schedule(-1, "try_schedule")
         _ = timedelta
+
+
+class Planner(stead.Agent):
+    """Schedules and cancels at random; records every run in its state."""
+
+    initial_state: Any = {"runs": []}
+
+    def add(self, delay: float, payload: int) -> str:
+        return self.schedule(delay, "tick", payload).id
+
+    def cancel(self, schedule_id: str) -> bool:
+        return self.cancel_schedule(schedule_id)
+
+    def pending(self) -> list[int]:
+        return sorted(schedule.payload for schedule in self.get_schedules())
+
+    async def tick(self, payload: int) -> None:
+        self.set_state({"runs": [*self.state["runs"], [payload, time.time()]]})
+
+    def runs(self) -> list[list[float]]:
+        return list(self.state["runs"])
+
+
+async def test_random_schedules_and_cancels_run_exactly_the_survivors(data_dir: str) -> None:
+    # 60 delayed schedules (0.05-0.4 s) on 3 agents, a third cancelled at random,
+    # with an eviction and a restart in between: every surviving schedule runs
+    # once, never before its time; cancelled ones never run.
+    rng = random.Random(23)
+    due: dict[int, float] = {}
+    survivors: dict[str, set[int]] = {f"a{i}": set() for i in range(3)}
+    async with stead.Runtime({"A": Planner}, data_dir=data_dir, idle_timeout=0.05) as rt:
+        ids: list[tuple[str, int, str]] = []
+        for payload in range(60):
+            name = rng.choice(list(survivors))
+            delay = 0.05 + rng.random() * 0.35
+            due[payload] = time.time() + delay
+            ids.append((name, payload, await rt.env.A.get_by_name(name).add(delay, payload)))
+            survivors[name].add(payload)
+        for name, payload, schedule_id in rng.sample(ids, 20):
+            assert await rt.env.A.get_by_name(name).cancel(schedule_id)
+            survivors[name].discard(payload)
+        for name, payloads in survivors.items():
+            pending = await rt.env.A.get_by_name(name).pending()
+            assert set(pending) <= payloads  # some may have run already
+    async with stead.Runtime({"A": Planner}, data_dir=data_dir) as rt:
+
+        async def all_ran() -> bool:
+            for name, payloads in survivors.items():
+                if len(await rt.env.A.get_by_name(name).runs()) < len(payloads):
+                    return False
+            return True
+
+        await eventually(all_ran, timeout=10)
+        await asyncio.sleep(0.1)
+        for name, payloads in survivors.items():
+            runs = await rt.env.A.get_by_name(name).runs()
+            assert sorted(int(payload) for payload, _ in runs) == sorted(payloads)
+            assert all(ran >= due[int(payload)] - 0.002 for payload, ran in runs)
+            assert await rt.env.A.get_by_name(name).pending() == []
