@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import random
+import time
 import weakref
 from typing import Any, ClassVar
 
@@ -352,3 +353,56 @@ async def test_random_chains_aborts_and_restarts_lose_and_duplicate_no_turn(
         assert rt.stats()["mailbox_depth"] == 0 and rt.stats()["running_events"] == 0
     async with stead.Runtime({"R": Relay}, data_dir=data_dir) as rt:
         assert [await rt.env.R.get_by_name(name).count() for name in names] == counts
+
+
+class Stuck(stead.DurableObject):
+    """Handlers that never finish on their own."""
+
+    never: ClassVar[asyncio.Event]
+    alarm_ran: ClassVar[asyncio.Event]
+
+    async def hang(self) -> None:
+        self.ctx.storage.put("started", True)
+        await Stuck.never.wait()
+
+    def linger(self) -> None:
+        self.ctx.wait_until(Stuck.never.wait())
+
+    def arm(self) -> None:
+        self.ctx.storage.set_alarm(time.time())
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Stuck.alarm_ran.set()
+        await Stuck.never.wait()
+
+    def started(self) -> bool:
+        return bool(self.ctx.storage.get("started", False))
+
+
+async def test_close_cancels_what_still_runs_after_its_grace(
+    data_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    Stuck.never, Stuck.alarm_ran = asyncio.Event(), asyncio.Event()
+    rt = await stead.Runtime({"S": Stuck}, data_dir=data_dir).start()
+    stuck = rt.env.S.get_by_name("s")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(stuck.hang(), timeout=0.01)
+    await rt.env.S.get_by_name("w").linger()
+    await rt.env.S.get_by_name("a").arm()
+    await asyncio.wait_for(Stuck.alarm_ran.wait(), timeout=10)
+    started = time.monotonic()
+    await asyncio.wait_for(rt.close(grace=0.2), timeout=10)
+    assert 0.2 <= time.monotonic() - started < 5
+    assert "cancelling" in caplog.text
+    Stuck.alarm_ran = asyncio.Event()
+    async with stead.Runtime({"S": Stuck}, data_dir=data_dir) as rt:
+        assert await rt.env.S.get_by_name("s").started()  # written before the await
+        # Not acknowledged, so the alarm runs again.
+        await asyncio.wait_for(Stuck.alarm_ran.wait(), timeout=10)
+        Stuck.never.set()
+
+
+async def test_close_refuses_a_negative_grace(data_dir: str) -> None:
+    async with stead.Runtime({"S": Stuck}, data_dir=data_dir) as rt:
+        with pytest.raises(ValueError, match="grace"):
+            await rt.close(grace=-1)

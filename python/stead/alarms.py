@@ -19,7 +19,7 @@ import msgspec
 
 from stead._core import Engine, TimerWheel
 from stead.context import ObjectAborted
-from stead.dispatch import context_outside_turns
+from stead.dispatch import context_outside_turns, finish_or_cancel
 from stead.errors import OverloadedError, StorageError
 from stead.ids import IdFactory
 
@@ -202,10 +202,10 @@ class AlarmScheduler:
         """Alarms on the wheel."""
         return len(self._wheel)
 
-    async def close(self) -> None:
-        """Stop firing; wait for alarm events already running."""
+    async def close(self, deadline: float) -> None:
+        """Stop firing; wait for alarm events already running (cancelled at
+        ``deadline``, in loop time: the alarm stays set and runs again later)."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await finish_or_cancel(lambda: list(self._tasks), deadline, "alarm events")

@@ -48,7 +48,7 @@ from stead.storage import NAME_KEY, Storage
 if TYPE_CHECKING:
     from stead.runtime import Env
 
-__all__ = ["Dispatcher", "ObjectHost", "context_outside_turns"]
+__all__ = ["Dispatcher", "ObjectHost", "context_outside_turns", "finish_or_cancel"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,6 +141,26 @@ class ObjectHost:
         self._dispatcher.background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("wait_until task of %r failed", self.id, exc_info=future.exception())
+
+
+async def finish_or_cancel(
+    running: Callable[[], list[asyncio.Future[Any]]], deadline: float, what: str
+) -> None:
+    """Wait until ``running()`` is empty; at ``deadline`` (loop time), cancel what is left.
+
+    Shutdown waits for work in flight, but a handler stuck on an await must not
+    keep a process from stopping.
+    """
+    loop = asyncio.get_running_loop()
+    while tasks := running():
+        remaining = deadline - loop.time()
+        if remaining > 0:
+            await asyncio.wait(tasks, timeout=remaining)
+            continue
+        logger.warning("cancelling %d %s still running at close()'s deadline", len(tasks), what)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def context_outside_turns() -> contextvars.Context:
@@ -682,11 +702,12 @@ class Dispatcher:
         self.closed = True
         self.hosts.clear()
 
-    async def drain(self) -> None:
-        """Wait for background work and running events, then commit whatever is still pending."""
-        while self.background or self.events:
-            running = [*self.background, *self.events]
-            await asyncio.gather(*running, return_exceptions=True)
+    async def drain(self, deadline: float) -> None:
+        """Wait for background work and running events (cancelling what still runs
+        at ``deadline``, in loop time), then commit whatever is still pending."""
+        await finish_or_cancel(
+            lambda: [*self.background, *self.events], deadline, "events or wait_until tasks"
+        )
         for host in list(self.hosts.values()):
             if host.storage.has_pending and not host.broken:
                 await self.flush(host)

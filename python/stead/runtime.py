@@ -163,8 +163,13 @@ class Runtime:
             if self._dispatcher is not None:
                 self._dispatcher.evict_idle(time.monotonic())
 
-    async def close(self) -> None:
-        """Finish background work, commit what is pending, release the data dir."""
+    async def close(self, *, grace: float = 10.0) -> None:
+        """Finish running events and background work, commit what is pending,
+        release the data dir. Events and ``wait_until`` tasks still running after
+        ``grace`` seconds are cancelled (what they wrote so far is committed, as
+        for a handler that raised)."""
+        if not grace >= 0:
+            raise ValueError(f"grace is seconds >= 0, not {grace!r}")
         if self._engine is None:
             return
         if self._plugins is not None:
@@ -175,9 +180,10 @@ class Runtime:
                 await self._sweeper
         assert self._alarms is not None and self._dispatcher is not None
         assert self._waiter is not None
-        await self._alarms.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        await self._alarms.close(deadline)
         try:
-            await self._dispatcher.drain()
+            await self._dispatcher.drain(deadline)
         finally:
             self._dispatcher.close()
             self._waiter.close()
