@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -321,3 +321,31 @@ async def test_random_alarm_plans_across_a_restart(data_dir: str) -> None:
                 assert [retry for _, _, retry in runs] == list(range(failures + 1))
                 assert all(scheduled == pytest.approx(when) for scheduled, _, _ in runs)
                 assert all(ran >= when - 0.001 for _, ran, _ in runs)  # never early
+
+
+class Reminder(stead.DurableObject):
+    """Stores nothing but its alarm, and needs its name when the alarm runs."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def remind_in(self, seconds: float) -> None:
+        self.ctx.storage.set_alarm(time.time() + seconds)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Reminder.seen.append(self.ctx.id.name)
+
+
+async def test_an_object_with_only_an_alarm_keeps_its_name_across_a_restart(
+    data_dir: str,
+) -> None:
+    Reminder.seen = []
+    async with stead.Runtime({"R": Reminder}, data_dir=data_dir) as rt:
+        await rt.env.R.get_by_name("reminder-42").remind_in(0.2)
+    async with stead.Runtime({"R": Reminder}, data_dir=data_dir) as rt:
+        assert [object_id.name for object_id in await rt.env.R.list_ids()] == ["reminder-42"]
+
+        async def ran() -> bool:
+            return bool(Reminder.seen)
+
+        await eventually(ran)
+        assert Reminder.seen == ["reminder-42"]

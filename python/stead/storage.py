@@ -386,8 +386,11 @@ class Storage:
                 deletes.append(key)
             else:
                 puts.append((key, raw))
+        # The name goes with the first batch that leaves something stored, an
+        # alarm too: an alarm delivered after a restart must know whose it is.
+        stores = bool(puts) or (alarm is not None and alarm.when_ms is not None)
         if (
-            puts
+            stores
             and self._name_recorded is not True
             and self._name is not None
             and not self._name_is_recorded()
@@ -404,7 +407,7 @@ class Storage:
                 alarm=None if alarm is None else alarm.when_ms,
                 delete_alarm=alarm is not None and alarm.when_ms is None,
             )
-        if puts and self._name is not None:
+        if stores and self._name is not None:
             self._name_recorded = True
         self._pending = {}
         self._delete_all = self._cleared = False
