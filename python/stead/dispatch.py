@@ -386,7 +386,8 @@ class Dispatcher:
                 if self.hosts.get(key) is not host:  # reset or evicted while we queued
                     invoke = partial(_invoke_rpc, method, args, kwargs)
                     host = self._host_for_turn(object_id)
-                    return await self._run_turn(host, (), invoke, detach=False)
+                    turn = self._turn(host, (), invoke)
+                    return await self._run_event(host, turn, detach=False)
         seq = 0
         try:
             try:
@@ -466,7 +467,8 @@ class Dispatcher:
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, caller)
                 host = self._host_for_turn(object_id)
-            return await self._run_turn(host, chain, invoke, detach)
+            turn = self._turn(host, chain, invoke)
+            return await self._run_event(host, turn, detach)  # type: ignore[no-any-return]
         finally:
             if caller is not None:
                 self._forget_wait(caller, key)
@@ -551,16 +553,16 @@ class Dispatcher:
             if not targets:
                 del self._waits_for[caller]
 
-    async def _run_turn(
-        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T], detach: bool
-    ) -> T:
-        """We hold the object: run the event, commit, hand on, then release the result."""
-        turn = self._turn(host, chain, invoke)
+    async def _run_event(
+        self, host: ObjectHost, event: Coroutine[Any, Any, tuple[Any, bool, int]], detach: bool
+    ) -> Any:
+        """Run ``event`` (a ``_turn`` or ``_interleaved_event``) as its own task if it
+        can suspend, else inline; then release its result through the output gate."""
         if detach or not host.ready:  # on_start can suspend too
-            outcome, failed, seq = await self._detached(turn)
+            outcome, failed, seq = await self._detached(event)
         else:
-            outcome, failed, seq = await turn
-        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+            outcome, failed, seq = await event
+        return await self._release(host, seq, outcome, failed)
 
     async def _turn(
         self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any]
@@ -674,11 +676,7 @@ class Dispatcher:
             raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
         host.inflight += 1
         event = self._interleaved_event(host, chain, invoke)
-        if detach or not host.ready:
-            outcome, failed, seq = await self._detached(event)
-        else:
-            outcome, failed, seq = await event
-        return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+        return await self._run_event(host, event, detach)  # type: ignore[no-any-return]
 
     async def _interleaved_event(
         self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any]
