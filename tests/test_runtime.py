@@ -8,6 +8,7 @@ import gc
 import random
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -258,6 +259,31 @@ class Tally(stead.DurableObject):
         return int(self.ctx.storage.get("count", 0))
 
 
+async def _every_turn_stored_once(
+    cls: type[Tally],
+    data_dir: str,
+    names: list[str],
+    call: Callable[[stead.Stub], Awaitable[None]],
+    rng: random.Random,
+    calls_per_round: int,
+    max_resident: int,
+) -> None:
+    """Three rounds of random ``call``s (evicting in between), then: every turn that
+    ran is stored exactly once, before and after a restart, and nothing is stuck."""
+    async with stead.Runtime(
+        {"T": cls}, data_dir=data_dir, idle_timeout=0.005, max_resident=max_resident
+    ) as rt:
+        stubs = [rt.env.T.get_by_name(name) for name in names]
+        for _ in range(3):
+            await asyncio.gather(*(call(rng.choice(stubs)) for _ in range(calls_per_round)))
+            await asyncio.sleep(0.02)  # let the sweeper evict
+        counts = [await stub.count() for stub in stubs]
+        assert counts == [Tally.executed.get(name, 0) for name in names]
+        assert rt.stats()["mailbox_depth"] == 0 and rt.stats()["running_events"] == 0
+    async with stead.Runtime({"T": cls}, data_dir=data_dir) as rt:
+        assert [await rt.env.T.get_by_name(name).count() for name in names] == counts
+
+
 class ReentrantTally(Tally):
     reentrant = True  # its turns interleave at awaits; each count is still atomic
 
@@ -282,18 +308,9 @@ async def test_random_calls_timeouts_and_evictions_lose_and_duplicate_no_turn(
         else:
             await method()
 
-    async with stead.Runtime(
-        {"T": cls}, data_dir=data_dir, idle_timeout=0.005, max_resident=5
-    ) as rt:
-        stubs = [rt.env.T.get_by_name(name) for name in names]
-        for _ in range(3):
-            await asyncio.gather(*(call(rng.choice(stubs)) for _ in range(500)))
-            await asyncio.sleep(0.02)  # let the sweeper evict
-        counts = [await stub.count() for stub in stubs]
-        assert counts == [Tally.executed.get(name, 0) for name in names]
-        assert rt.stats()["mailbox_depth"] == 0 and rt.stats()["running_events"] == 0
-    async with stead.Runtime({"T": cls}, data_dir=data_dir) as rt:
-        assert [await rt.env.T.get_by_name(name).count() for name in names] == counts
+    await _every_turn_stored_once(
+        cls, data_dir, names, call, rng, calls_per_round=500, max_resident=5
+    )
 
 
 async def test_a_new_instance_is_not_evicted_by_its_own_arrival(data_dir: str) -> None:
@@ -313,7 +330,7 @@ class Relay(Tally):
         await asyncio.sleep(0)
 
     async def relay(self, other: str) -> int:
-        await self.env.R.get_by_name(other).quick()
+        await self.env.T.get_by_name(other).quick()
         return self._count()
 
     async def abort_after_writing(self) -> None:
@@ -341,18 +358,9 @@ async def test_random_chains_aborts_and_restarts_lose_and_duplicate_no_turn(
         with contextlib.suppress(asyncio.TimeoutError, stead.DeadlockError, stead.RemoteError):
             await asyncio.wait_for(coroutine, timeout)
 
-    async with stead.Runtime(
-        {"R": Relay}, data_dir=data_dir, idle_timeout=0.005, max_resident=4
-    ) as rt:
-        stubs = [rt.env.R.get_by_name(name) for name in names]
-        for _ in range(3):
-            await asyncio.gather(*(call(rng.choice(stubs)) for _ in range(300)))
-            await asyncio.sleep(0.02)
-        counts = [await stub.count() for stub in stubs]
-        assert counts == [Tally.executed.get(name, 0) for name in names]
-        assert rt.stats()["mailbox_depth"] == 0 and rt.stats()["running_events"] == 0
-    async with stead.Runtime({"R": Relay}, data_dir=data_dir) as rt:
-        assert [await rt.env.R.get_by_name(name).count() for name in names] == counts
+    await _every_turn_stored_once(
+        Relay, data_dir, names, call, rng, calls_per_round=300, max_resident=4
+    )
 
 
 class Stuck(stead.DurableObject):
