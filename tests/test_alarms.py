@@ -285,13 +285,15 @@ class Planned(stead.DurableObject):
 
 async def test_random_alarm_plans_across_a_restart(data_dir: str) -> None:
     # 40 objects, each given 1-4 random alarm changes (set, delete, delete_all;
-    # up to two planned failures), all due 0.3-0.5 s out; the runtime restarts
+    # up to two planned failures), all due 1.5-1.7 s out; the runtime restarts
     # before they are due. Exactly the alarms whose last change was a set run:
     # never early, with their retries, and nothing else runs.
     rng = random.Random(17)
     final: dict[str, tuple[float, int] | None] = {}
     async with stead.Runtime({"P": Planned}, data_dir=data_dir) as rt:
-        base = time.time()
+        # Far enough out that a slow, shared CI machine restarts the runtime first
+        # (a CI run once took longer than 0.3 s for these ~100 calls).
+        base = time.time() + 1.2
         for i in range(40):
             stub = rt.env.P.get_by_name(f"p{i}")
             for _ in range(rng.randint(1, 4)):
@@ -300,6 +302,7 @@ async def test_random_alarm_plans_across_a_restart(data_dir: str) -> None:
                 failures = rng.choice([0, 0, 1, 2])
                 await stub.plan(op, when, failures)
                 final[f"p{i}"] = (when, failures) if op == "set" else None
+    assert time.time() < base + 0.3, "the first runtime outlived the earliest alarm"
     async with stead.Runtime(
         {"P": Planned}, data_dir=data_dir, alarm_retry_base=0.02, alarm_retry_limit=3
     ) as rt:
