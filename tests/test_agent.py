@@ -193,7 +193,8 @@ class Planner(stead.Agent):
 
 
 async def test_random_schedules_and_cancels_run_exactly_the_survivors(data_dir: str) -> None:
-    # 60 delayed schedules (0.05-0.4 s) on 3 agents, a third cancelled at random,
+    # 60 delayed schedules (0.05-0.4 s) on 3 agents, a third cancelled at random
+    # (a cancel may lose the race only to its schedule having run),
     # with an eviction and a restart in between: every surviving schedule runs
     # once, never before its time; cancelled ones never run.
     rng = random.Random(23)
@@ -208,8 +209,11 @@ async def test_random_schedules_and_cancels_run_exactly_the_survivors(data_dir: 
             ids.append((name, payload, await rt.env.A.get_by_name(name).add(delay, payload)))
             survivors[name].add(payload)
         for name, payload, schedule_id in rng.sample(ids, 20):
-            assert await rt.env.A.get_by_name(name).cancel(schedule_id)
-            survivors[name].discard(payload)
+            agent = rt.env.A.get_by_name(name)
+            if await agent.cancel(schedule_id):
+                survivors[name].discard(payload)
+            else:  # only because it already ran (a slow machine got there late)
+                assert payload in [int(ran) for ran, _ in await agent.runs()]
         for name, payloads in survivors.items():
             pending = await rt.env.A.get_by_name(name).pending()
             assert set(pending) <= payloads  # some may have run already
