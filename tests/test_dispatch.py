@@ -300,6 +300,80 @@ async def test_outbound_calls_wait_for_the_writes_made_before_them(data_dir: str
         assert seen >= before + 1  # A's batch was durable before B ran
 
 
+class Transferor(stead.DurableObject):
+    """Writes before and inside a transaction that makes calls (and syncs) midway."""
+
+    async def transfer(self, fail: bool) -> list[int]:
+        storage = self.ctx.storage
+        storage.put("before", 1)
+        with storage.transaction():
+            storage.put("inside", 2)
+            storage.delete("before")  # rolled back with the rest
+            first = await self.env.PROBE.get_by_name("p").durable_seq_seen()
+            await storage.sync()
+            second = await self.env.PROBE.get_by_name("p").durable_seq_seen()
+            if fail:
+                raise ValueError("roll back")
+        return [first, second]
+
+    def state(self) -> dict[str, Any]:
+        return self.ctx.storage.list()
+
+
+async def test_a_transaction_that_calls_out_still_rolls_back(data_dir: str) -> None:
+    # An outbound call (and sync()) inside a transaction() waits for the writes
+    # made before the block; the block's own writes wait for the block to end,
+    # so a rollback after the call leaves nothing of them, before or after a
+    # restart. A block that returns commits them with the turn.
+    async with stead.Runtime({"T": Transferor, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        before = rt.engine.last_seq()
+        with pytest.raises(ValueError, match="roll back"):
+            await rt.env.T.get_by_name("failing").transfer(True)
+        assert rt.engine.durable_seq() >= before + 1  # the write before the block
+        assert await rt.env.T.get_by_name("failing").state() == {"before": 1}
+        first, second = await rt.env.T.get_by_name("kept").transfer(False)
+        assert second >= first > before
+        assert await rt.env.T.get_by_name("kept").state() == {"inside": 2}
+    async with stead.Runtime({"T": Transferor, "PROBE": Probe}, data_dir=data_dir) as rt:
+        assert await rt.env.T.get_by_name("failing").state() == {"before": 1}
+        assert await rt.env.T.get_by_name("kept").state() == {"inside": 2}
+
+
+class SharedLedger(stead.DurableObject):
+    """Reentrant: one event holds a transaction open while another calls out."""
+
+    reentrant = True
+    release: ClassVar[asyncio.Event | None] = None
+
+    async def hold_transaction(self) -> None:
+        assert SharedLedger.release is not None
+        with self.ctx.storage.transaction():
+            self.ctx.storage.put("held", 1)
+            await SharedLedger.release.wait()
+
+    async def write_then_call(self) -> bool:
+        self.ctx.storage.put("mine", 2)
+        await self.env.PROBE.get_by_name("p").durable_seq_seen()
+        assert Probe.runtime is not None
+        # This event's own write went out with the call, despite the other's block.
+        return Probe.runtime.engine.get(self.ctx.id.storage_key, b"mine") is not None
+
+
+async def test_a_reentrant_objects_call_sends_its_writes_past_anothers_open_block(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime({"R": SharedLedger, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        SharedLedger.release = asyncio.Event()
+        ledger = rt.env.R.get_by_name("r")
+        holder = asyncio.ensure_future(ledger.hold_transaction())
+        await asyncio.sleep(0.01)
+        assert await ledger.write_then_call()
+        SharedLedger.release.set()
+        await holder
+
+
 async def test_outbound_calls_wait_for_earlier_turns_writes(data_dir: str) -> None:
     # A turn that writes nothing may have read what an earlier turn wrote: its
     # calls leave only once those writes are durable too.

@@ -354,6 +354,60 @@ def test_get_many_returns_every_value_while_the_cache_is_over_budget() -> None:
     assert storage.get_many(["x", "y", "missing"]) == {"x": 1, "y": 2}
 
 
+def _stored(engine: Engine, key: bytes = b"object") -> dict[bytes, Any]:
+    return {k: msgspec.msgpack.decode(raw) for k, raw in engine.list(key)}
+
+
+def test_a_midway_commit_keeps_a_later_delete_all_of_the_block() -> None:
+    # delete_all before the block and again inside it: the midway commit sends
+    # the first; the block's own one still wipes what that commit stored.
+    engine = Engine(None)
+    storage = Storage(engine, b"object", name=None, max_value_bytes=1 << 20)
+    storage.put("old", 0)
+    storage.commit()
+    storage.delete_all()
+    storage.put("a", 1)
+    with storage.transaction():
+        storage.delete_all()
+        storage.put("b", 2)
+        storage.commit_outside_transactions()  # an outbound call inside the block
+        assert _stored(engine) == {b"a": 1}
+        assert storage.list() == {"b": 2}
+    storage.commit()
+    assert _stored(engine) == {b"b": 2}
+
+
+def test_a_batch_with_delete_all_records_the_name_again() -> None:
+    # The name was recorded by a midway commit; the block's delete_all then
+    # deleted it with everything else: the batch that stores again re-records it.
+    engine = Engine(None)
+    storage = Storage(engine, b"object", name="ada", max_value_bytes=1 << 20)
+    storage.put("a", 1)
+    with storage.transaction():
+        storage.delete_all()
+        storage.put("b", 2)
+        storage.commit_outside_transactions()
+        assert engine.get(b"object", storage_module.NAME_KEY) is not None
+    storage.commit()
+    assert _stored(engine) == {b"b": 2, storage_module.NAME_KEY: "ada"}
+
+
+def test_a_midway_commit_inside_a_rolled_back_block_commits_each_write_once() -> None:
+    engine = Engine(None)
+    storage = Storage(engine, b"object", name=None, max_value_bytes=1 << 20)
+    storage.put("a", 1)
+    storage.set_alarm(5)
+    try:
+        with storage.transaction():
+            storage.put("b", 2)
+            storage.commit_outside_transactions()
+            raise Rollback
+    except Rollback:
+        pass
+    assert not storage.has_pending  # "a" and the alarm went with the midway commit
+    assert _stored(engine) == {b"a": 1} and engine.get_alarm(b"object") == 5000
+
+
 # -- model-based test (hypothesis) ------------------------------------------------
 #
 # Random sequences of the whole Storage API against a dict, over a real engine on
@@ -399,7 +453,7 @@ class StorageModel(RuleBasedStateMachine):
         self.committed_alarm: int | None = None
 
     def _fresh(self) -> Storage:
-        return Storage(self.engine, b"model-object", name=None, max_value_bytes=1 << 20)
+        return Storage(self.engine, b"model-object", name="model", max_value_bytes=1 << 20)
 
     def teardown(self) -> None:
         storage_module._CACHE_BUDGET = self.saved_budget
@@ -470,6 +524,53 @@ class StorageModel(RuleBasedStateMachine):
         with self.storage.transaction():
             self._apply(ops, self.view)
 
+    @rule(
+        levels=st.lists(
+            st.tuples(_OPS, st.booleans(), st.sampled_from(["none", "delete_all", "alarm"]),
+                      st.booleans()),
+            min_size=1,
+            max_size=3,
+        )
+    )  # fmt: skip
+    def nested_transactions_with_midway_commits(
+        self, levels: list[tuple[list[tuple[str, str, Any]], bool, str, bool]]
+    ) -> None:
+        # Each level: ops, whether an outbound call commits midway, an extra
+        # change, whether the level raises. A midway commit sends exactly what
+        # was written outside every open block.
+        outside: tuple[dict[str, Any], int | None] = (dict(self.view), self.alarm)
+
+        def run(depth: int) -> None:
+            ops, commit_midway, extra, raises = levels[depth]
+            entry = (dict(self.view), self.alarm)
+            try:
+                with self.storage.transaction():
+                    self._apply(ops, self.view)
+                    if extra == "delete_all":
+                        self.storage.delete_all()
+                        self.view.clear()
+                        self.alarm = None
+                    elif extra == "alarm":
+                        self.storage.set_alarm(len(self.view) + depth)
+                        self.alarm = (len(self.view) + depth) * 1000
+                    if commit_midway:
+                        self.storage.commit_outside_transactions()
+                        self.committed, self.committed_alarm = dict(outside[0]), outside[1]
+                    if depth + 1 < len(levels):
+                        run(depth + 1)
+                    if raises:
+                        raise Rollback
+            except Rollback:
+                self.view, self.alarm = entry
+
+        run(0)
+
+    @rule()
+    def midway_commit_outside_any_transaction(self) -> None:
+        self.storage.commit_outside_transactions()
+        self.committed = dict(self.view)
+        self.committed_alarm = self.alarm
+
     @rule()
     def end_turn(self) -> None:
         self.storage.commit()
@@ -533,6 +634,11 @@ class StorageModel(RuleBasedStateMachine):
         expected = None if self.alarm is None else self.alarm / 1000
         assert self.storage.get_alarm() == expected
         assert self.engine.get_alarm(b"model-object") == self.committed_alarm
+
+    @invariant()
+    def an_object_that_stores_something_has_its_name(self) -> None:
+        if self.committed or self.committed_alarm is not None:
+            assert self.engine.get(b"model-object", storage_module.NAME_KEY) is not None
 
     @invariant()
     def the_engine_holds_what_was_committed(self) -> None:

@@ -323,9 +323,19 @@ class Dispatcher:
             await self.waiter.wait(storage.last_seq)
 
     async def flush(self, host: ObjectHost) -> None:
-        """Commit the host's pending writes now and wait until they, and the
-        object's earlier batches, are durable."""
-        seq = self.commit(host)
+        """Commit the host's pending writes now (but those of open ``transaction()``
+        blocks, which may still roll back) and wait until they, and the object's
+        earlier batches, are durable.
+
+        A reentrant object's events share one storage, and an open block may be
+        another event's: all its writes go, or this event's own would be held back.
+        """
+        storage = host.storage
+        try:
+            seq = storage.commit() if host.reentrant else storage.commit_outside_transactions()
+        except StorageError:
+            self.reset(host)
+            raise
         if seq:
             await self._await_durable(host, seq)
 

@@ -9,6 +9,7 @@ commits all pending writes of a turn as one atomic batch when the turn ends
 from __future__ import annotations
 
 import builtins
+import copy
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,6 +35,56 @@ class AlarmChange(NamedTuple):
     """A committed change to the object's alarm: a time in epoch ms, or ``None`` (deleted)."""
 
     when_ms: int | None
+
+
+class _Savepoint:
+    """The storage as an open ``transaction()`` block found it: what a rollback
+    restores, and (for the outermost block) what a mid-turn commit may send."""
+
+    __slots__ = ("alarm", "cache", "cache_bytes", "cleared", "delete_all", "delete_alls", "pending")
+
+    def __init__(self, storage: Storage) -> None:
+        self.pending = dict(storage._pending)
+        self.cache = dict(storage._cache)
+        self.cache_bytes = storage._cache_bytes
+        self.delete_all = storage._delete_all
+        self.cleared = storage._cleared
+        self.alarm = storage._alarm
+        self.delete_alls = storage._delete_alls
+
+    def settle(self, batch: _Savepoint) -> None:
+        """Take ``batch`` (the outermost savepoint's writes, just committed) out of
+        what this savepoint would restore."""
+        self.pending, self.delete_all, self.cleared, self.alarm = _settled(
+            batch, self.pending, self.delete_all, self.cleared, self.alarm, self.delete_alls
+        )
+
+
+def _settled(
+    batch: _Savepoint,
+    pending: dict[bytes, bytes | None],
+    delete_all: bool,
+    cleared: bool,
+    alarm: AlarmChange | None,
+    delete_alls: int,
+) -> tuple[dict[bytes, bytes | None], bool, bool, AlarmChange | None]:
+    """A pending state with the committed ``batch`` taken out of it."""
+    if delete_alls != batch.delete_alls:
+        # A later delete_all is pending: it and everything after it still count.
+        return pending, delete_all, cleared, alarm
+    # A write still holding the very value committed is committed (values are
+    # fresh objects per write; a shared one is an equal one).
+    committed = batch.pending
+    remaining = {
+        key: raw
+        for key, raw in pending.items()
+        if key not in committed or committed[key] is not raw
+    }
+    if batch.delete_all:  # the same delete_all (none since): now in the engine
+        delete_all = cleared = False
+    if batch.alarm is not None and alarm is batch.alarm:
+        alarm = None
+    return remaining, delete_all, cleared, alarm
 
 
 # Encoded forms of recently used short keys: most objects use a handful of
@@ -74,6 +125,7 @@ class Storage:
         "_cache_bytes",
         "_cleared",
         "_delete_all",
+        "_delete_alls",
         "_engine",
         "_max_value_bytes",
         "_name",
@@ -81,6 +133,7 @@ class Storage:
         "_object_key",
         "_on_alarm_committed",
         "_pending",
+        "_savepoints",
         "_syncer",
         "last_seq",
     )
@@ -110,6 +163,10 @@ class Storage:
         self._delete_all = False
         # After delete_all nothing in the engine counts until it is committed.
         self._cleared = False
+        # delete_all() calls so far: tells a savepoint whether one came after it.
+        self._delete_alls = 0
+        # Open transaction() blocks, outermost first (a tuple: no list per object).
+        self._savepoints: tuple[_Savepoint, ...] = ()
         self._alarm: AlarmChange | None = None
         self._name_recorded: bool | None = None
         #: The sequence number of this object's newest committed batch (0: none
@@ -287,32 +344,35 @@ class Storage:
         self._cache_bytes = 0
         self._delete_all = True
         self._cleared = True
+        self._delete_alls += 1
         self._alarm = AlarmChange(None)
         self._name_recorded = False
 
     @contextmanager
     def transaction(self) -> Iterator[Storage]:
-        """Writes inside the block are rolled back if it raises."""
-        saved = (
-            dict(self._pending),
-            dict(self._cache),
-            self._cache_bytes,
-            self._delete_all,
-            self._cleared,
-            self._alarm,
-        )
+        """Writes inside the block are rolled back if it raises.
+
+        They join the turn's batch when the block ends: a commit in the middle
+        of the turn (an outbound call's output gate, ``sync()``) sends only the
+        writes made outside every open block, so a rollback never meets a write
+        that is already on its way to disk.
+        """
+        savepoint = _Savepoint(self)
+        self._savepoints = (*self._savepoints, savepoint)
         try:
             yield self
         except BaseException:
-            (
-                self._pending,
-                self._cache,
-                self._cache_bytes,
-                self._delete_all,
-                self._cleared,
-                self._alarm,
-            ) = saved
+            self._pending = savepoint.pending
+            self._cache = savepoint.cache
+            self._cache_bytes = savepoint.cache_bytes
+            self._delete_all = savepoint.delete_all
+            self._cleared = savepoint.cleared
+            self._alarm = savepoint.alarm
+            self._delete_alls = savepoint.delete_alls
             raise
+        finally:
+            # By identity: blocks of a reentrant object's events may end out of order.
+            self._savepoints = tuple(s for s in self._savepoints if s is not savepoint)
 
     # -- alarms --------------------------------------------------------------
 
@@ -379,6 +439,39 @@ class Storage:
                 seq = self.last_seq = self._engine.commit_writes(self._object_key, pending)
                 self._pending = {}
                 return seq
+        seq = self._commit_batch(pending, alarm, delete_all)
+        self._pending = {}
+        self._delete_all = self._cleared = False
+        self._alarm = None
+        self._announce(alarm)
+        return seq
+
+    def commit_outside_transactions(self) -> int:
+        """:meth:`commit` in the middle of a turn: only the writes made outside
+        every open ``transaction()`` block (all of them when none is open); the
+        blocks' writes stay pending, to commit when the turn ends or to roll back."""
+        if not self._savepoints:
+            return self.commit()
+        outer = self._savepoints[0]
+        if not outer.pending and not outer.delete_all and outer.alarm is None:
+            return self.last_seq
+        seq = self._commit_batch(outer.pending, outer.alarm, outer.delete_all)
+        # What was just committed is no longer pending anywhere: not now, and not
+        # in the state any open block would roll back to.
+        batch = copy.copy(outer)
+        self._pending, self._delete_all, self._cleared, self._alarm = _settled(
+            batch, self._pending, self._delete_all, self._cleared, self._alarm, self._delete_alls
+        )
+        for savepoint in self._savepoints:
+            savepoint.settle(batch)
+        self._announce(batch.alarm)
+        return seq
+
+    def _commit_batch(
+        self, pending: dict[bytes, bytes | None], alarm: AlarmChange | None, delete_all: bool
+    ) -> int:
+        """Send one batch to the engine (recording the name with the first one that
+        stores something); its seq. Leaves the pending state to the caller."""
         puts: builtins.list[tuple[bytes, bytes]] = []
         deletes: builtins.list[bytes] = []
         for key, raw in pending.items():
@@ -391,9 +484,9 @@ class Storage:
         stores = bool(puts) or (alarm is not None and alarm.when_ms is not None)
         if (
             stores
-            and self._name_recorded is not True
             and self._name is not None
-            and not self._name_is_recorded()
+            # A batch that deletes everything deletes the name too.
+            and (delete_all or (self._name_recorded is not True and not self._name_is_recorded()))
         ):
             puts.append((NAME_KEY, codec.encode(self._name)))
         if alarm is None and not delete_all:
@@ -409,13 +502,14 @@ class Storage:
             )
         if stores and self._name is not None:
             self._name_recorded = True
-        self._pending = {}
-        self._delete_all = self._cleared = False
-        self._alarm = None
+        elif delete_all:
+            self._name_recorded = False
         self.last_seq = seq
+        return seq
+
+    def _announce(self, alarm: AlarmChange | None) -> None:
         if alarm is not None and self._on_alarm_committed is not None:
             self._on_alarm_committed(self._object_key, alarm.when_ms)
-        return seq
 
     def _name_is_recorded(self) -> bool:
         if self._name_recorded is None:
