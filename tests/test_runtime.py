@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import random
 import time
 import weakref
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 import pytest
 
 import stead
+from tests.test_alarms import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -187,6 +189,78 @@ async def test_wait_until_work_finishes_before_close(data_dir: str) -> None:
     async with stead.Runtime({"L": Lifecycle}, data_dir=data_dir) as rt:
         await rt.env.L.get_by_name("l").later()
     assert Lifecycle.log[-1] == "background"
+
+
+class Background(stead.DurableObject):
+    """Writes from wait_until work: once when it ends, or in a loop while it runs."""
+
+    constructed = 0
+    stop: ClassVar[asyncio.Event | None] = None
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        Background.constructed += 1
+
+    def note_later(self) -> None:
+        async def note() -> None:
+            await asyncio.sleep(0.02)
+            self.ctx.storage.put("noted", True)
+
+        self.ctx.wait_until(note())
+
+    def tick_until_stopped(self) -> None:
+        async def ticks() -> None:
+            assert Background.stop is not None
+            for tick in itertools.count():
+                self.ctx.storage.put("tick", tick)
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                    await asyncio.wait_for(Background.stop.wait(), 0.01)
+                    return
+
+        self.ctx.wait_until(ticks())
+
+    def read(self, key: str) -> Any:
+        return self.ctx.storage.get(key)
+
+
+async def test_writes_of_wait_until_work_are_committed_when_it_ends(data_dir: str) -> None:
+    # Not left pending until the object's next event or shutdown (lost in a
+    # crash, and the object could never be evicted).
+    Background.constructed = 0
+    async with stead.Runtime({"B": Background}, data_dir=data_dir, idle_timeout=0.1) as rt:
+        stub = rt.env.B.get_by_name("b")
+        await stub.note_later()
+        key = stub.id.storage_key
+
+        async def committed() -> bool:
+            return rt.engine.get(key, b"noted") is not None
+
+        await eventually(committed, timeout=5)
+        assert rt.engine.stats()["commits"] == 1  # a batch of its own
+
+        async def evicted() -> bool:
+            return not rt.dispatcher.hosts
+
+        await eventually(evicted, timeout=5)
+        assert await stub.read("noted") is True
+        assert Background.constructed == 2
+
+
+async def test_writes_of_long_running_background_work_are_committed_as_it_runs(
+    data_dir: str,
+) -> None:
+    Background.stop = asyncio.Event()
+    async with stead.Runtime({"B": Background}, data_dir=data_dir, idle_timeout=0.04) as rt:
+        stub = rt.env.B.get_by_name("b")
+        await stub.tick_until_stopped()
+        key = stub.id.storage_key
+
+        async def ticked_twice() -> bool:  # committed by the idle sweep (every 10 ms here)
+            return (raw := rt.engine.get(key, b"tick")) is not None and raw != b"\x00"
+
+        await eventually(ticked_twice, timeout=5)
+        assert rt.dispatcher.hosts  # still resident: its work still runs
+        Background.stop.set()
 
 
 async def test_abort_resets_the_object_and_drops_its_writes(data_dir: str) -> None:

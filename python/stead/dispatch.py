@@ -141,6 +141,7 @@ class ObjectHost:
         self._dispatcher.background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("wait_until task of %r failed", self.id, exc_info=future.exception())
+        self._dispatcher.commit_between_events(self)
 
 
 async def finish_or_cancel(
@@ -285,10 +286,37 @@ class Dispatcher:
                 self.evict(host)
                 excess -= 1
 
+    def commit_between_events(self, host: ObjectHost) -> None:
+        """Commit writes made outside any event (``wait_until`` work, timers) as a
+        batch of their own, if no event of the object is running to take them.
+
+        Nobody waits on them, but left pending they would wait for the object's
+        next event or shutdown (lost in a crash), and keep it from being evicted.
+        """
+        if (
+            host.broken
+            or not host.storage.has_pending
+            or host.inflight
+            or self.hosts.get(host.key) is not host
+            or self.mailbox.state(host.key) != "idle"
+        ):
+            return
+        try:
+            host.storage.commit_outside_transactions()
+        except StorageError:
+            logger.error("commit of %r's writes outside events failed", host.id, exc_info=True)
+            self.reset(host)
+
     def evict_idle(self, now: float) -> int:
-        """Evict every host idle for ``idle_timeout``; how many were evicted."""
+        """Evict every host idle for ``idle_timeout``, after committing writes made
+        outside events (see ``commit_between_events``); how many were evicted."""
         horizon = now - self.idle_timeout
-        stale = [h for h in self.hosts.values() if h.last_used <= horizon and self.is_idle(h)]
+        stale = []
+        for host in list(self.hosts.values()):  # a failed commit removes its host
+            if host.storage.has_pending:
+                self.commit_between_events(host)
+            if host.last_used <= horizon and self.is_idle(host):
+                stale.append(host)
         for host in stale:
             self.evict(host)
         return len(stale)
