@@ -36,6 +36,7 @@ from stead.context import ObjectAborted, ObjectContext
 from stead.durability import CommitWaiter
 from stead.errors import (
     DeadlockError,
+    LimitError,
     OverloadedError,
     RemoteError,
     SteadError,
@@ -60,6 +61,9 @@ _call_chain: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
     "stead_call_chain", default=()
 )
 _BACKGROUND = b""  # never an engine object key
+# A batch the engine refuses: it failed, or is too large as a whole (its keys and
+# values were checked as they were written). Either way the object is reset.
+_REFUSED = (StorageError, LimitError)
 
 Invoke = Callable[["ObjectHost"], Awaitable[T]]
 _DEFAULT_ON_START = DurableObject.on_start
@@ -303,7 +307,7 @@ class Dispatcher:
             return
         try:
             host.storage.commit_outside_transactions()
-        except StorageError:
+        except _REFUSED:
             logger.error("commit of %r's writes outside events failed", host.id, exc_info=True)
             self.reset(host)
 
@@ -336,7 +340,7 @@ class Dispatcher:
         """
         try:
             return host.storage.commit()
-        except StorageError:
+        except _REFUSED:
             self.reset(host)
             raise
 
@@ -361,7 +365,7 @@ class Dispatcher:
         storage = host.storage
         try:
             seq = storage.commit() if host.reentrant else storage.commit_outside_transactions()
-        except StorageError:
+        except _REFUSED:
             self.reset(host)
             raise
         if seq:
@@ -452,7 +456,7 @@ class Dispatcher:
             else:  # self.commit(host), inlined: one frame fewer per call
                 try:
                     seq = host.storage.commit()
-                except StorageError:
+                except _REFUSED:
                     self.reset(host)
                     raise
         finally:
@@ -661,7 +665,7 @@ class Dispatcher:
             # handler wrote so far is this turn's batch, as for a raising handler,
             # rather than riding along with the next turn's.
             if not host.broken:
-                with contextlib.suppress(StorageError):
+                with contextlib.suppress(*_REFUSED):
                     self.commit(host)
             raise
 
@@ -746,4 +750,7 @@ class Dispatcher:
         )
         for host in list(self.hosts.values()):
             if host.storage.has_pending and not host.broken:
-                await self.flush(host)
+                try:
+                    await self.flush(host)
+                except _REFUSED:  # the object is reset; the others still commit
+                    logger.error("%r: last writes not committed", host.id, exc_info=True)
