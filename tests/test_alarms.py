@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import pytest
@@ -352,3 +353,31 @@ async def test_an_object_with_only_an_alarm_keeps_its_name_across_a_restart(
 
         await eventually(ran)
         assert Reminder.seen == ["reminder-42"]
+
+
+class Scheduled(stead.DurableObject):
+    def remind_at(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    def when(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        pass
+
+
+@pytest.mark.parametrize("when", [2**63, 1e300, float("inf"), float("nan"), -1e300])
+async def test_an_alarm_time_out_of_range_is_refused_as_it_is_set(
+    data_dir: str, when: float
+) -> None:
+    # Refused by set_alarm, not by the commit at the end of the turn (which left
+    # the object failing every later turn, and close() with it).
+    async with stead.Runtime({"R": Scheduled}, data_dir=data_dir) as rt:
+        reminder = rt.env.R.get_by_name("r")
+        with pytest.raises(ValueError, match="before the year 10000"):
+            await reminder.remind_at(when)
+        far = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
+        await reminder.remind_at(far)
+        assert await reminder.when() == far
+    async with stead.Runtime({"R": Scheduled}, data_dir=data_dir) as rt:
+        assert await rt.env.R.get_by_name("r").when() == far

@@ -36,7 +36,6 @@ from stead.context import ObjectAborted, ObjectContext
 from stead.durability import CommitWaiter
 from stead.errors import (
     DeadlockError,
-    LimitError,
     OverloadedError,
     RemoteError,
     SteadError,
@@ -61,9 +60,10 @@ _call_chain: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
     "stead_call_chain", default=()
 )
 _BACKGROUND = b""  # never an engine object key
-# A batch the engine refuses: it failed, or is too large as a whole (its keys and
-# values were checked as they were written). Either way the object is reset.
-_REFUSED = (StorageError, LimitError)
+# Whatever a commit raises (the engine failed, or refused the batch as too large
+# as a whole: keys and values were checked as they were written), the object is
+# reset: left pending, its writes would fail every later turn the same way.
+_REFUSED: tuple[type[Exception], ...] = (Exception,)
 
 Invoke = Callable[["ObjectHost"], Awaitable[T]]
 _DEFAULT_ON_START = DurableObject.on_start

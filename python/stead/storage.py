@@ -107,11 +107,18 @@ def _check_key(key: str) -> bytes:
     raise LimitError(f"storage keys are 1 to {MAX_KEY_BYTES} UTF-8 bytes, got {len(encoded)}")
 
 
+# Alarm times are kept in epoch ms; anything past the end of year 9999 (what a
+# datetime can say) is refused as it is set, not when the turn commits.
+_MAX_ALARM_MS = 253_402_300_800_000
+
+
 def _alarm_ms(when: float | datetime) -> int:
     if isinstance(when, datetime):
         return round(when.timestamp() * 1000)
     if isinstance(when, bool) or not isinstance(when, (int, float)):
         raise TypeError(f"alarm times are epoch seconds or datetime, not {type(when).__name__}")
+    if not -_MAX_ALARM_MS <= when * 1000 < _MAX_ALARM_MS:  # NaN fails too
+        raise ValueError(f"alarm time {when!r} is not epoch seconds before the year 10000")
     return round(when * 1000)
 
 
