@@ -488,3 +488,27 @@ async def test_close_refuses_a_negative_grace(data_dir: str) -> None:
     async with stead.Runtime({"S": Stuck}, data_dir=data_dir) as rt:
         with pytest.raises(ValueError, match="grace"):
             await rt.close(grace=-1)
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"durability": "sometimes"}, ValueError),
+        ({"idle_timeout": 0}, ValueError),
+        ({"idle_timeout": float("nan")}, ValueError),
+        ({"max_resident": 0}, ValueError),
+        ({"max_pending": 0}, ValueError),
+        ({"alarm_retry_limit": -1}, ValueError),
+        ({"alarm_retry_base": -1.0}, ValueError),
+        ({"alarm_retry_base": float("inf")}, ValueError),
+        ({"max_value_bytes": 0}, ValueError),
+        ({"max_value_bytes": 3 << 30}, ValueError),
+        ({"max_value_bytes": 1.5}, TypeError),
+    ],
+)
+def test_bad_options_are_refused_by_name_when_the_runtime_is_built(
+    options: dict[str, Any], error: type[Exception]
+) -> None:
+    (name,) = options
+    with pytest.raises(error, match=name):
+        stead.Runtime({"C": Counter}, **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -29,6 +30,8 @@ logger.addHandler(logging.NullHandler())
 
 _DURABILITY_MODES = ("fsync", "os", "none")
 MAX_VALUE_BYTES = 2 * 1024 * 1024
+# The engine refuses a batch (a turn's writes) over 2 GiB: no one value can be larger.
+MAX_BATCH_BYTES = 1 << 31
 
 
 class Env:
@@ -75,7 +78,15 @@ class Runtime:
         alarm_retry_base: float = 2.0,
         max_value_bytes: int = MAX_VALUE_BYTES,
     ) -> None:
-        _check_options(durability, idle_timeout, max_resident, max_pending, alarm_retry_limit)
+        _check_options(
+            durability,
+            idle_timeout,
+            max_resident,
+            max_pending,
+            alarm_retry_limit,
+            alarm_retry_base,
+            max_value_bytes,
+        )
         self._classes = _check_bindings(objects or {})
         self.data_dir = None if data_dir is None else str(data_dir)
         self.durability = durability
@@ -273,11 +284,19 @@ def _check_options(
     max_resident: int | None,
     max_pending: int,
     alarm_retry_limit: int,
+    alarm_retry_base: float,
+    max_value_bytes: int,
 ) -> None:
     if durability not in _DURABILITY_MODES:
         raise ValueError(f"durability must be one of {_DURABILITY_MODES}, not {durability!r}")
-    if idle_timeout <= 0:
-        raise ValueError("idle_timeout must be > 0")
+    if not idle_timeout > 0:  # NaN too
+        raise ValueError(f"idle_timeout must be > 0, not {idle_timeout!r}")
+    if not 0 <= alarm_retry_base < math.inf:
+        raise ValueError(f"alarm_retry_base must be finite seconds >= 0, not {alarm_retry_base!r}")
+    if isinstance(max_value_bytes, bool) or not isinstance(max_value_bytes, int):
+        raise TypeError(f"max_value_bytes must be an int, not {type(max_value_bytes).__name__}")
+    if not 1 <= max_value_bytes <= MAX_BATCH_BYTES:
+        raise ValueError(f"max_value_bytes must be 1 to {MAX_BATCH_BYTES}, not {max_value_bytes}")
     if max_resident is not None and max_resident < 1:
         raise ValueError("max_resident must be >= 1 or None")
     if max_pending < 1:
