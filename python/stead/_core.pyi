@@ -35,12 +35,15 @@ class Engine:
         cache_bytes: int = 67108864,
         segment_bytes: int = 67108864,
         compaction: bool = True,
+        read_only: bool = False,
     ) -> Engine:
         """Open (creating if needed) and recover ``data_dir``; ``None`` is in memory.
 
         ``durability`` is ``"fsync"``, ``"os"`` or ``"none"``. Raises
         ``DataDirLockedError`` if another process holds the dir,
         ``CorruptionError`` for a damaged record before valid ones.
+        ``read_only`` opens an existing dir without changing any file (a torn
+        tail is read past, not truncated); commits then raise ``StorageError``.
         """
 
     @property

@@ -62,7 +62,8 @@ impl Engine {
     #[new]
     #[pyo3(signature = (
         data_dir, durability = "fsync", *, max_key_bytes = 2048, max_value_bytes = 2_097_152,
-        cache_bytes = 67_108_864, segment_bytes = 67_108_864, compaction = true
+        cache_bytes = 67_108_864, segment_bytes = 67_108_864, compaction = true,
+        read_only = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -74,6 +75,7 @@ impl Engine {
         cache_bytes: usize,
         segment_bytes: u64,
         compaction: bool,
+        read_only: bool,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).map_err(to_py_err)?;
         let opts = Options {
@@ -83,6 +85,7 @@ impl Engine {
             cache_bytes,
             segment_bytes,
             compaction,
+            read_only,
         };
         let dir = data_dir.clone();
         let inner = py

@@ -106,6 +106,50 @@ fn bad_checksum_in_last_record_is_a_torn_tail() {
 }
 
 #[test]
+fn a_read_only_open_reads_past_a_torn_tail_and_changes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ends = write_batches(dir.path(), 3);
+    let seg = &segments(dir.path())[0];
+    let mut bytes = fs::read(seg).unwrap();
+    bytes[ends[2] as usize - 1] ^= 0xFF;
+    fs::write(seg, &bytes).unwrap();
+    // Leftovers an interrupted compaction may leave: also left alone.
+    fs::write(dir.path().join("seg-9.log.tmp"), b"partial").unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
+    let opts = Options {
+        read_only: true,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir.path()), opts).unwrap();
+    assert_eq!(engine.last_seq(), 2);
+    assert_eq!(engine.get(b"o", b"batch").unwrap().unwrap(), b"k001");
+    assert!(matches!(
+        engine.commit(b"o", &[Op::Put(b"x", b"y")]),
+        Err(Error::Closed(_))
+    ));
+    assert!(matches!(engine.compact(), Err(Error::Closed(_))));
+    engine.close().unwrap();
+    for (path, contents) in before {
+        assert_eq!(fs::read(&path).unwrap(), contents, "{}", path.display());
+    }
+    // A read-only open never creates the data dir.
+    let missing = dir.path().join("missing");
+    assert!(Engine::open(
+        Some(&missing),
+        Options {
+            read_only: true,
+            ..options()
+        }
+    )
+    .is_err());
+    assert!(!missing.exists());
+}
+
+#[test]
 fn damage_before_valid_records_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let ends = write_batches(dir.path(), 5);

@@ -61,8 +61,12 @@ impl Engine {
         let Some(dir) = data_dir else {
             return Self::start(None, opts, None, recovery::Recovered::empty());
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        if opts.read_only {
+            std::fs::read_dir(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
+        } else {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
         let lock = sys::lock_dir(dir)?;
         let recovered = recovery::recover(dir, &opts)?;
         Self::start(Some(dir.to_path_buf()), opts, Some(lock), recovered)
@@ -74,7 +78,7 @@ impl Engine {
         lock: Option<DirLock>,
         recovered: recovery::Recovered,
     ) -> Result<Engine> {
-        let on_disk = dir.is_some();
+        let on_disk = dir.is_some() && !opts.read_only;
         let compaction = opts.compaction;
         let state = State::new(recovered, opts.cache_bytes);
         let shared = Arc::new(Shared::new(dir, opts, state)?);
@@ -103,6 +107,9 @@ impl Engine {
     /// Reject a batch that breaks a limit, before anything is written.
     fn check_limits(&self, object_id: &[u8], ops: &[Op<'_>]) -> Result<()> {
         let opts = &self.shared.opts;
+        if opts.read_only {
+            return Err(Error::Closed("the engine was opened read-only".into()));
+        }
         if object_id.is_empty() {
             return Err(Error::InvalidArgument("object id must not be empty".into()));
         }
@@ -382,6 +389,9 @@ impl Engine {
 
     /// Compact all sealed segments now (blocking).
     pub fn compact(&self) -> Result<()> {
+        if self.shared.opts.read_only {
+            return Err(Error::Closed("the engine was opened read-only".into()));
+        }
         if self.shared.dir.is_none() {
             return Ok(());
         }

@@ -43,6 +43,9 @@ pub struct Options {
     pub cache_bytes: usize,
     pub segment_bytes: u64,
     pub compaction: bool,
+    /// Open for reading only: recovery changes no file (a torn tail is left in
+    /// place and ignored), no thread starts, commits and compaction are refused.
+    pub read_only: bool,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             cache_bytes: 64 << 20,
             segment_bytes: 64 << 20,
             compaction: true,
+            read_only: false,
         }
     }
 }

@@ -54,14 +54,15 @@ struct Found {
 }
 
 pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
-    let (obsolete, live) = scan_dir(dir)?;
+    let read_only = opts.read_only;
+    let (obsolete, live) = scan_dir(dir, read_only)?;
     let live = &live[..];
     let mut out = Recovered::empty();
     let last = live.len().checked_sub(1);
     for (i, seg) in live.iter().enumerate() {
         let id = out.next_file_id + 1;
         out.next_file_id = id;
-        let len = load_segment(dir, seg, id, Some(i) == last, &mut out)?;
+        let len = load_segment(dir, seg, id, Some(i) == last, read_only, &mut out)?;
         let file = seg
             .file
             .try_clone()
@@ -76,7 +77,9 @@ pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
         out.file_bytes.insert(id, len - HEADER_LEN);
         out.last_seq = out.last_seq.max(seg.header.base_seq);
     }
-    remove_obsolete(dir, &obsolete)?;
+    if !read_only {
+        remove_obsolete(dir, &obsolete)?;
+    }
     out.active = Some(choose_active(&mut out, live, opts));
     Ok(out)
 }
@@ -106,13 +109,13 @@ fn choose_active(out: &mut Recovered, live: &[Found], opts: &Options) -> Active 
 /// (obsolete: its state includes theirs, their contents are never read), and
 /// the rest in log order. Leftovers of an interrupted compaction are removed
 /// and a header-less last segment (crash right after creating it) is dropped.
-fn scan_dir(dir: &Path) -> Result<(Vec<Numbered>, Vec<Found>)> {
-    let mut numbered = list_segments(dir)?;
+fn scan_dir(dir: &Path, read_only: bool) -> Result<(Vec<Numbered>, Vec<Found>)> {
+    let mut numbered = list_segments(dir, read_only)?;
     let count = numbered.len();
     let mut live = Vec::new();
     while let Some((seg, path)) = numbered.pop() {
         let is_last = numbered.len() + 1 == count;
-        let Some(found) = open_segment(seg, path, is_last)? else {
+        let Some(found) = open_segment(seg, path, is_last, read_only)? else {
             continue;
         };
         let compacted = found.header.compacted();
@@ -126,14 +129,16 @@ fn scan_dir(dir: &Path) -> Result<(Vec<Numbered>, Vec<Found>)> {
 }
 
 /// `(n, path)` of every `seg-<n>.log`, ascending.
-fn list_segments(dir: &Path) -> Result<Vec<Numbered>> {
+fn list_segments(dir: &Path, read_only: bool) -> Result<Vec<Numbered>> {
     let mut numbered = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".tmp") || name.ends_with(".compact") {
-            let _ = fs::remove_file(entry.path());
+            if !read_only {
+                let _ = fs::remove_file(entry.path());
+            }
             continue;
         }
         let seg = name
@@ -147,11 +152,12 @@ fn list_segments(dir: &Path) -> Result<Vec<Numbered>> {
     Ok(numbered)
 }
 
-/// Open a segment and read its header; `None` for a header-less last segment (removed).
-fn open_segment(seg: u64, path: PathBuf, is_last: bool) -> Result<Option<Found>> {
+/// Open a segment and read its header; `None` for a header-less last segment
+/// (removed, unless read-only).
+fn open_segment(seg: u64, path: PathBuf, is_last: bool, read_only: bool) -> Result<Option<Found>> {
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(!read_only)
         .open(&path)
         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let len = file
@@ -169,6 +175,7 @@ fn open_segment(seg: u64, path: PathBuf, is_last: bool) -> Result<Option<Found>>
             header,
             len,
         })),
+        None if is_last && len < HEADER_LEN && read_only => Ok(None),
         None if is_last && len < HEADER_LEN => {
             eprintln!(
                 "stead engine: removing {} (created but never written)",
@@ -192,6 +199,7 @@ fn load_segment(
     seg: &Found,
     id: u32,
     is_last: bool,
+    read_only: bool,
     out: &mut Recovered,
 ) -> Result<u64> {
     if seg.header.compacted()
@@ -227,7 +235,17 @@ fn load_segment(
                         reason: bad.describe(),
                     });
                 }
-                truncate(seg, pos as u64, &bad.describe())?;
+                if read_only {
+                    eprintln!(
+                        "stead engine: torn tail of {} at offset {pos} ({} bytes, left in place: \
+                         read-only): {}",
+                        seg.path.display(),
+                        seg.len - pos as u64,
+                        bad.describe()
+                    );
+                } else {
+                    truncate(seg, pos as u64, &bad.describe())?;
+                }
                 return Ok(pos as u64);
             }
         }
