@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 import stead
-from stead.cli import cli
+from stead._core import Engine
+from stead.cli import cli, main
 from tests._apps.counter import Counter
 from tests._apps.serving import Server, child_env, stead_command
 
@@ -50,6 +51,36 @@ def test_plugins_lists_the_builtin_plugin(runner: CliRunner) -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STEAD_PORT", "abc"),
+        ("STEAD_MAX_BODY_BYTES", "1MB"),
+        ("STEAD_DISABLE_PLUGIN_AUTOLOAD", "maybe"),
+    ],
+)
+def test_a_malformed_environment_variable_is_a_usage_error(
+    runner: CliRunner, variable: str, value: str
+) -> None:
+    for args in (["plugins"], ["serve", "--help"], ["inspect", "."], ["bench", "--help"]):
+        result = runner.invoke(cli, args, env={variable: value})
+        assert result.exit_code == 2, (args, result.output)
+        assert f"Error: invalid environment: {variable}" in result.output
+        assert isinstance(result.exception, SystemExit)  # no traceback
+
+
+def test_the_console_script_reports_a_malformed_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEAD_PORT", "abc")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])  # plugins are loaded before click parses anything
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "Error: invalid environment: STEAD_PORT must be an integer, not 'abc'\n"
+    )
+
+
+@pytest.mark.parametrize(
     ("target", "message"),
     [
         ("no_colon", "module:attribute"),
@@ -72,6 +103,17 @@ def test_bench_prints_a_result_table(runner: CliRunner, tmp_path: Path) -> None:
     assert rows["requests"].strip() == "300"
     assert rows["throughput"].endswith("req/s")
     assert "increments" in result.stderr  # the progress bar's label
+
+
+def test_bench_refuses_a_data_dir_in_use(runner: CliRunner, data_dir: str) -> None:
+    holder = Engine(data_dir, "none")  # as a running server would
+    try:
+        result = runner.invoke(cli, ["bench", "--requests", "1", "--data-dir", data_dir])
+    finally:
+        holder.close()
+    assert result.exit_code == 1
+    assert "Error: " in result.stderr and "locked by another process" in result.stderr
+    assert isinstance(result.exception, SystemExit)  # no traceback
 
 
 # -- inspect -----------------------------------------------------------------
@@ -110,6 +152,17 @@ def test_inspect_does_not_change_the_data_dir(runner: CliRunner, stored: str) ->
     assert runner.invoke(cli, ["inspect", stored, "-b", "COUNTER"]).exit_code == 0
     after = {path.name: path.read_bytes() for path in Path(stored).rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_inspect_reports_a_corrupt_data_dir(runner: CliRunner, stored: str) -> None:
+    (segment,) = Path(stored).glob("seg-*.log")
+    data = bytearray(segment.read_bytes())
+    data[40] ^= 0xFF  # inside the first record, with valid records after it
+    segment.write_bytes(bytes(data))
+    result = runner.invoke(cli, ["inspect", stored])
+    assert result.exit_code == 1
+    assert f"Error: cannot read {stored}: corrupt record in" in result.output
+    assert isinstance(result.exception, SystemExit)  # no traceback
 
 
 def test_inspect_refuses_a_dir_that_is_not_a_data_dir(runner: CliRunner, tmp_path: Path) -> None:

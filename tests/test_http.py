@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,12 +14,13 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 import stead
 from stead.http import create_app
 from stead.plugins import Plugins
-from tests._apps.counter import Counter, Plain
+from tests._apps.counter import INVALID_RESPONSES, Counter, Faulty, Plain
 
 pytestmark = pytest.mark.anyio
 
@@ -26,7 +30,7 @@ BASE = "http://test"
 @pytest.fixture
 def stead_runtime_options(data_dir: str) -> dict[str, Any]:
     return {
-        "objects": {"COUNTER": Counter, "PLAIN": Plain},
+        "objects": {"COUNTER": Counter, "PLAIN": Plain, "FAULTY": Faulty},
         "data_dir": data_dir,
         "durability": "os",
     }
@@ -83,6 +87,12 @@ async def test_rpc_converts_arguments_by_type_hint(client: httpx.AsyncClient) ->
     }
 
 
+async def test_rpc_converts_json_object_keys_to_int_keys(client: httpx.AsyncClient) -> None:
+    # JSON object keys are strings; a dict[int, str] parameter gets ints (sorted as numbers).
+    ranks = {"10": "ten", "2": "two", "1": "one"}
+    assert await rpc(client, "by_rank", args=[ranks]) == ["one", "two", "ten"]
+
+
 @pytest.mark.parametrize(
     ("method", "body"),
     [
@@ -100,6 +110,7 @@ async def test_rpc_converts_arguments_by_type_hint(client: httpx.AsyncClient) ->
         ("pick", {"args": ["c"]}),
         ("pick", {"args": ["a", "x"]}),
         ("echo", {"args": [2**70]}),
+        ("by_rank", {"args": [{"first": "x"}]}),
         ("increment", {"args": {"by": 1}}),
         ("increment", {"kwargs": [1]}),
         ("increment", {"extra": 1}),
@@ -118,6 +129,16 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient, raw: bytes) -> N
     response = await client.post("/objects/COUNTER/a/rpc/increment", content=raw)
     assert response.status_code == 400
     assert error_of(response)[1] in {"MalformedJSON", "InvalidArguments"}
+
+
+async def test_deeply_nested_json_is_400(client: httpx.AsyncClient) -> None:
+    deep = b'{"args": [' + b"[" * 1000 + b"]" * 1000 + b"]}"  # 2 KB
+    response = await client.post("/objects/COUNTER/a/rpc/echo", content=deep)
+    assert error_of(response) == (400, "MalformedJSON")
+    nested: list[Any] = []
+    for _ in range(50):
+        nested = [nested]
+    assert await rpc(client, "echo", args=[nested]) == nested  # reasonable nesting still works
 
 
 async def test_unknown_binding_and_method_are_404(client: httpx.AsyncClient) -> None:
@@ -149,12 +170,19 @@ async def test_invalid_names_are_400(client: httpx.AsyncClient) -> None:
     assert await rpc(client, "increment", name=longest) == 1
 
 
-async def test_wrong_http_method_is_405(client: httpx.AsyncClient) -> None:
-    assert error_of(await client.get("/objects/COUNTER/a/rpc/increment")) == (
-        405,
-        "MethodNotAllowed",
-    )
-    assert error_of(await client.post("/healthz")) == (405, "MethodNotAllowed")
+async def test_wrong_http_method_is_405_with_allow(client: httpx.AsyncClient) -> None:
+    allowed = {
+        ("GET", "/objects/COUNTER/a/rpc/increment"): {"POST"},
+        ("PUT", "/objects/COUNTER/a/rpc/increment"): {"POST"},
+        ("POST", "/healthz"): {"GET", "HEAD"},
+        ("POST", "/objects/COUNTER"): {"GET", "HEAD"},
+        ("DELETE", "/objects/COUNTER"): {"GET", "HEAD"},
+    }
+    for (method, path), methods in allowed.items():
+        response = await client.request(method, path)
+        assert error_of(response) == (405, "MethodNotAllowed"), (method, path)
+        assert set(response.headers["allow"].split(", ")) == methods, (method, path)
+    assert error_of(await client.post("/objects/NOPE")) == (404, "UnknownBindingError")
 
 
 async def test_handler_errors_are_500_without_traceback(client: httpx.AsyncClient) -> None:
@@ -163,6 +191,45 @@ async def test_handler_errors_are_500_without_traceback(client: httpx.AsyncClien
     assert response.json()["error"]["message"] == "kaput"
     response = await client.post("/objects/COUNTER/a/rpc/unencodable")
     assert error_of(response)[0] == 500
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="Python 3.10 cannot tell a handler's CancelledError from the request's own",
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/objects/FAULTY/a/rpc/cancelled"),
+        ("POST", "/objects/FAULTY/a/rpc/awaits_a_cancelled_task"),
+        ("GET", "/objects/FAULTY/a/fetch/cancelled"),
+    ],
+)
+async def test_a_handler_raising_cancelled_error_is_a_json_500(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, method: str, path: str
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="stead.http"):
+        response = await client.request(method, path)
+    assert error_of(response) == (500, "CancelledError")
+    assert "raised CancelledError" in caplog.text
+
+
+async def test_a_cancelled_request_stays_cancelled(data_dir: str) -> None:
+    Counter.gate = asyncio.Event()
+    try:
+        runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
+        async with runtime, client_for(create_app(runtime, token="")) as client:
+            request = asyncio.create_task(client.post("/objects/COUNTER/a/rpc/hold"))
+            for _ in range(100_000):  # yield until the handler runs
+                if runtime.stats()["running_events"] >= 1:
+                    break
+                await asyncio.sleep(0)
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request  # not turned into a 500 answer
+            Counter.gate.set()
+    finally:
+        Counter.gate = None
 
 
 async def test_storage_failure_is_503_and_nothing_is_acknowledged(
@@ -245,6 +312,17 @@ async def test_fetch_forwards_the_request_and_returns_the_response_as_is(
     assert missing.headers["content-type"] == "text/plain"
 
 
+@pytest.mark.parametrize("path", sorted(INVALID_RESPONSES))
+async def test_an_invalid_fetch_response_is_a_json_500(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="stead.http"):
+        response = await client.get(f"/objects/FAULTY/a/fetch{path}")
+    assert error_of(response) == (500, "InvalidResponse")
+    assert "invalid response" in response.json()["error"]["message"]
+    assert "FAULTY.fetch returned an invalid response" in caplog.text
+
+
 async def test_fetch_errors(client: httpx.AsyncClient) -> None:
     assert error_of(await client.get("/objects/COUNTER/a/fetch/boom")) == (500, "RuntimeError")
     assert (await client.get("/objects/PLAIN/a/fetch/")).status_code == 501
@@ -292,6 +370,12 @@ async def test_list_ids_errors(client: httpx.AsyncClient) -> None:
 async def test_healthz(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+async def test_healthz_is_503_while_the_runtime_is_not_running(data_dir: str) -> None:
+    runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
+    async with client_for(create_app(runtime, token="")) as client:  # no lifespan: not started
+        assert error_of(await client.get("/healthz")) == (503, "NotStarted")
 
 
 async def test_metrics_count_requests_and_expose_runtime_gauges(
@@ -370,6 +454,20 @@ async def test_bearer_token_guards_every_route_but_healthz(stead_runtime: stead.
         assert echoed.json()["authorization"] is None  # the server's token is not forwarded
 
 
+async def test_the_auth_scheme_is_case_insensitive(stead_runtime: stead.Runtime) -> None:
+    async with client_for(create_app(stead_runtime, token="s3cret")) as client:
+        for value in ("bearer s3cret", "BEARER s3cret", "Bearer  s3cret"):
+            headers = {"Authorization": value}
+            response = await client.post("/objects/COUNTER/a/rpc/get", headers=headers)
+            assert response.status_code == 200, value
+            assert (await client.get("/metrics", headers=headers)).status_code == 200, value
+        for value in ("Basic s3cret", "Bearers3cret", "bearer S3CRET", "s3cret"):
+            response = await client.post(
+                "/objects/COUNTER/a/rpc/get", headers={"Authorization": value}
+            )
+            assert error_of(response) == (401, "Unauthorized"), value
+
+
 async def test_token_defaults_to_stead_token(
     stead_runtime: stead.Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -421,6 +519,78 @@ async def test_plugin_routes_are_mounted_behind_auth(stead_runtime: stead.Runtim
         await client.post("/objects/COUNTER/p/rpc/increment", json={"args": [7]}, headers=auth)
         assert (await client.get("/total/p", headers=auth)).text == "7"
         assert (await client.get("/total/p")).status_code == 401
+
+
+class WebSocketPlugin:
+    @stead.hookimpl
+    def stead_routes(self, runtime: stead.Runtime) -> list[WebSocketRoute]:
+        async def feed(websocket: WebSocket) -> None:
+            await websocket.accept()
+            await websocket.send_text("secret data")
+            await websocket.close()
+
+        return [WebSocketRoute("/feed", feed)]
+
+
+async def websocket_handshake(
+    app: Any, path: str, headers: dict[str, str], *, denial_responses: bool
+) -> list[dict[str, Any]]:
+    """What ``app`` sends to a WebSocket client connecting to ``path``, as an ASGI
+    server would drive it (with or without the denial-response extension)."""
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "http_version": "1.1",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+        "subprotocols": [],
+        "extensions": {"websocket.http.response": {}} if denial_responses else {},
+    }
+    incoming = [{"type": "websocket.connect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("denial_responses", [True, False])
+async def test_plugin_websocket_routes_are_behind_auth(
+    stead_runtime: stead.Runtime, denial_responses: bool
+) -> None:
+    plugins = Plugins.load(autoload=False, extra=[WebSocketPlugin()])
+    app = create_app(stead_runtime, token="t", plugins=plugins)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        sent = await websocket_handshake(app, "/feed", headers, denial_responses=denial_responses)
+        if denial_responses:  # refused with the usual JSON 401
+            assert [m["type"] for m in sent] == [
+                "websocket.http.response.start",
+                "websocket.http.response.body",
+            ]
+            assert sent[0]["status"] == 401
+            assert json.loads(sent[1]["body"])["error"]["type"] == "Unauthorized"
+        else:  # refused before the handshake completes: servers answer 403
+            assert [(m["type"], m["code"]) for m in sent] == [("websocket.close", 1008)]
+    accepted = await websocket_handshake(
+        app, "/feed", {"Authorization": "Bearer t"}, denial_responses=denial_responses
+    )
+    assert [m["type"] for m in accepted] == [
+        "websocket.accept",
+        "websocket.send",
+        "websocket.close",
+    ]
+    assert accepted[1]["text"] == "secret data"
 
 
 async def test_the_app_lifespan_starts_and_closes_an_unstarted_runtime(data_dir: str) -> None:

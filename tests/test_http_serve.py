@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +42,38 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert [entry["name"] for entry in listing["ids"]] == ["persist"]
         code = server.stop(signal.SIGTERM)
     assert code == 0
+
+
+def test_the_log_shows_why_a_handler_failed(tmp_path: Path) -> None:
+    with serve(tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        response = client.post("/objects/COUNTER/a/rpc/fail", json={"args": ["kaput"]})
+        assert response.json() == {"error": {"type": "ValueError", "message": "kaput"}}
+        output = server.wait_for_output("ValueError: kaput")  # the handler's traceback
+        assert re.search(r"INFO: +stead\.[a-z.]+: .*\nTraceback \(most recent call last\)", output)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE stands in for a full disk")
+def test_a_failed_storage_engine_fails_healthz_and_exits_1(tmp_path: Path) -> None:
+    env = {"STEAD_TEST_DATA_DIR": str(tmp_path)}
+    server = Server(["serve", "tests._apps.diskfull:runtime"], env=env, exit_status=1)
+    with server, httpx.Client(base_url=server.url) as client:
+        assert client.post("/objects/DISK/a/rpc/write", json={"args": [10]}).status_code == 200
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.post("/objects/DISK/a/rpc/fill").status_code == 200
+        for name, size in (("a", 1_500_000), ("b", 10)):  # the write that fails, then any write
+            response = client.post(f"/objects/DISK/{name}/rpc/write", json={"args": [size]})
+            assert response.status_code == 503
+            assert response.json()["error"]["type"] == "StorageError"
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["error"]["type"] == "StorageError"
+        assert server.stop(signal.SIGTERM) == 1
+    shutdown = server.output.split("Finished server process")[-1]  # after uvicorn's last line
+    assert "Traceback" not in shutdown
+    last = shutdown.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and last.endswith(
+        "nothing written after the failure was saved)"
+    )
 
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, object], int, str]] = [

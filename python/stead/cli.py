@@ -7,6 +7,7 @@ can add commands through the ``stead_cli`` hook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect as pyinspect
 import json
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from stead import config as cfg
-from stead.errors import DataDirLockedError, SteadError
+from stead.errors import DataDirLockedError, SteadError, StorageError
 
 if TYPE_CHECKING:
     from stead.runtime import Runtime
@@ -48,6 +49,15 @@ def cli() -> None:
     dir, or measure this machine. Every option can also be set with the
     STEAD_* environment variable shown in its help.
     """
+    _check_environment()
+
+
+def _check_environment() -> None:
+    """A malformed ``STEAD_*`` variable is a usage error naming it (exit status 2)."""
+    try:
+        cfg.Config.from_env()
+    except ValueError as exc:
+        raise click.UsageError(f"invalid environment: {exc}") from None
 
 
 # -- serve -------------------------------------------------------------------
@@ -172,11 +182,32 @@ def serve(
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again.
     previous = signal.signal(signal.SIGTERM, _stop_requested)
     try:
-        _run(_serve(runtime, server), _loop_factory(server.config))
+        with _logging_to_stderr(log_level):
+            _run(_serve(runtime, server), _loop_factory(server.config))
     except (KeyboardInterrupt, _StopRequested):
         pass  # a requested stop, after a clean shutdown: exit status 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: str) -> Iterator[None]:
+    """Show the records of stead's loggers at ``level`` and above on stderr, next to
+    uvicorn's (handler tracebacks, server errors, storage failures); undone after."""
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(name)s: %(message)s"))
+    stead_logger = logging.getLogger("stead")
+    saved = stead_logger.level, stead_logger.propagate
+    stead_logger.addHandler(handler)
+    stead_logger.setLevel(level.upper())
+    stead_logger.propagate = False  # as uvicorn's loggers: not twice if the root logs too
+    try:
+        yield
+    finally:
+        stead_logger.removeHandler(handler)
+        stead_logger.level, stead_logger.propagate = saved
 
 
 def _loop_factory(config: Any) -> Callable[[], Any] | None:
@@ -242,7 +273,15 @@ async def _serve(runtime: Runtime, server: Any) -> None:
             )
         await server.serve()
     finally:
+        await _close(runtime)
+
+
+async def _close(runtime: Runtime) -> None:
+    try:
         await runtime.close()
+    except StorageError as exc:  # the engine failed while serving (a full disk, say)
+        message = f"{exc} (nothing written after the failure was saved)"
+        raise click.ClickException(message) from None
 
 
 def _run(coroutine: Coroutine[Any, Any, T], loop_factory: Callable[[], Any] | None = None) -> T:
@@ -324,10 +363,14 @@ def inspect(
             f"{data_dir} is in use by a running stead process (one process per data dir): "
             "stop it, or query the server over HTTP instead"
         ) from None
+    except SteadError as exc:  # a corrupt log, ...
+        raise click.ClickException(f"cannot read {data_dir}: {exc}") from None
     try:
         views = _object_views(engine, bindings, binding, name, max_keys)
         for view in _take(views, limit):
             click.echo(json.dumps(view, default=repr) if as_json else _render_object(view))
+    except SteadError as exc:
+        raise click.ClickException(f"cannot read {data_dir}: {exc}") from None
     finally:
         engine.close()
 
@@ -456,7 +499,12 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="stead-bench-") as scratch:
         directory = data_dir or os.path.join(scratch, "data")
         with click.progressbar(length=total, label="increments", file=sys.stderr) as bar:
-            result = _run(_bench(directory, durability, objects, total, concurrency, bar.update))
+            try:
+                result = _run(
+                    _bench(directory, durability, objects, total, concurrency, bar.update)
+                )
+            except SteadError as exc:  # the data dir is in use or corrupt, a disk failed, ...
+                raise click.ClickException(str(exc)) from None
     _table(("measure", "value"), result)
 
 
@@ -559,6 +607,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The ``stead`` console script: plugins may add commands, then click runs."""
     from stead.plugins import PluginError, Plugins
 
+    try:
+        _check_environment()  # loading plugins reads it too
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
     try:
         Plugins.load().extend_cli(cli)
     except PluginError as exc:

@@ -50,6 +50,9 @@ class Counter(stead.DurableObject):
     def echo(self, value: Any) -> Any:
         return value
 
+    def by_rank(self, ranks: dict[int, str]) -> list[str]:
+        return [ranks[rank] for rank in sorted(ranks)]
+
     def fail(self, message: str) -> None:
         raise ValueError(message)
 
@@ -90,6 +93,35 @@ class Plain(stead.DurableObject):
 
     def ping(self) -> str:
         return "pong"
+
+
+# Responses no HTTP server can send as they are: a handler's bug.
+INVALID_RESPONSES = {
+    "/status-999": lambda: stead.Response(b"x", status=999),
+    "/status-0": lambda: stead.Response(b"x", status=0),
+    "/int-header": lambda: stead.Response(b"x", headers={"x-count": 5}),  # type: ignore[dict-item]
+    "/crlf-header": lambda: stead.Response(b"x", headers={"x-a": "1\r\nset-cookie: evil=1"}),
+    "/wrong-length": lambda: stead.Response(b"hello", headers={"content-length": "100"}),
+    "/no-content-with-body": lambda: stead.Response(b"x", status=204),
+}
+
+
+class Faulty(stead.DurableObject):
+    """Handlers with bugs the HTTP frontend must answer with a JSON 500 (not in ``runtime``)."""
+
+    async def cancelled(self) -> None:
+        raise asyncio.CancelledError
+
+    async def awaits_a_cancelled_task(self) -> None:
+        task = asyncio.ensure_future(asyncio.sleep(3600))
+        await asyncio.sleep(0)
+        task.cancel()
+        await task
+
+    async def fetch(self, request: stead.Request) -> stead.Response:
+        if request.path == "/cancelled":
+            raise asyncio.CancelledError
+        return INVALID_RESPONSES[request.path]()
 
 
 runtime = stead.Runtime(

@@ -33,11 +33,17 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class Server:
-    """``stead serve ... --port 0`` in a subprocess; ``url`` once it listens."""
+    """``stead serve ... --port 0`` in a subprocess; ``url`` once it listens.
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    Leaving the ``with`` block stops it and checks its exit status is ``exit_status``.
+    """
+
+    def __init__(
+        self, args: Sequence[str], env: Mapping[str, str] | None = None, *, exit_status: int = 0
+    ) -> None:
         self.args = [*stead_command(), *args, "--port", "0"]
         self.env = child_env(env)
+        self.exit_status = exit_status
         self.url = ""
         self.returncode: int | None = None
         self._lines: list[str] = []
@@ -110,4 +116,4 @@ class Server:
     ) -> None:
         code = self.stop()
         if exc_type is None:
-            assert code == 0, f"stead serve exited with {code}:\n{self.output}"
+            assert code == self.exit_status, f"stead serve exited with {code}:\n{self.output}"

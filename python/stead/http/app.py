@@ -16,9 +16,15 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from stead.config import Config
+from stead.errors import StorageError
 from stead.http.auth import BearerAuthMiddleware, BearerToken, route_path
 from stead.http.body import BodyLimitMiddleware
-from stead.http.errors import error_response, http_exception_handler, server_error_handler
+from stead.http.errors import (
+    HttpError,
+    error_response,
+    http_exception_handler,
+    server_error_handler,
+)
 from stead.http.metrics import CONTENT_TYPE, HttpMetrics
 from stead.http.openapi import build_openapi
 from stead.http.routes import ObjectRoutes
@@ -129,7 +135,8 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
     openapi: dict[str, Any] = {}
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        problem = _health_problem(objects.runtime)
+        return JSONResponse({"status": "ok"}) if problem is None else problem.response()
 
     async def metrics_text(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -149,6 +156,24 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/objects/{rest:path}", objects.not_found, methods=_ANY_METHOD),
     ]
+
+
+def _health_problem(runtime: Runtime) -> HttpError | None:
+    """Why the runtime cannot serve requests (503), or ``None`` if it can."""
+    try:
+        engine = runtime.engine
+    except RuntimeError:
+        return HttpError(503, "NotStarted", "the runtime is not running")
+    try:
+        # Waits for a commit not made yet, for no time: raises only if a log write
+        # or sync has failed, after which the engine refuses every write until
+        # the process restarts.
+        engine.wait_durable(engine.last_seq() + 1, 0.0)
+    except StorageError:
+        # The reason (a path, an OS error) is in the server's log, not on this open route.
+        message = "the storage engine failed: writes are refused until the server restarts"
+        return HttpError(503, "StorageError", message)
+    return None
 
 
 def _plugin_routes(runtime: Runtime, plugins: Plugins | None) -> list[BaseRoute]:

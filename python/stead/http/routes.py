@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -16,6 +18,7 @@ from stead import codec
 from stead.errors import InvalidIdError, SerializationError, UnknownBindingError
 from stead.http.body import read_body
 from stead.http.errors import HttpError, handler_error
+from stead.http.responses import InvalidResponseError, http_response
 from stead.http.signatures import ArgumentError, Signature
 from stead.messages import Request as ObjectRequest
 from stead.objects import rpc_methods
@@ -49,6 +52,7 @@ class RpcBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _body_decoder = msgspec.json.Decoder(RpcBody)
+_INTERNAL_ERROR_BODY = HttpError(500, "InternalServerError", "internal server error").body()
 _result_encoder = msgspec.json.Encoder()
 
 
@@ -86,6 +90,9 @@ class ObjectRoutes:
             status = 200
         except HttpError as error:
             status, body, extra = error.status, error.body(), error.raw_headers()
+        except Exception as exc:  # a bug of ours: still no traceback for the client
+            logger.error("RPC %s.%s failed", binding, method, exc_info=exc)
+            status, body = 500, _INTERNAL_ERROR_BODY
         headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body)), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -105,6 +112,10 @@ class ObjectRoutes:
         except Exception as exc:
             _log_handler_error(binding, method, exc)
             raise handler_error(exc) from None
+        except asyncio.CancelledError:
+            if _request_cancelled():
+                raise
+            raise _handler_cancelled(binding, method) from None
         return _encode_result(result)
 
     def _signature(self, stub: Stub, method: str) -> Signature:
@@ -154,7 +165,16 @@ class ObjectRoutes:
         except Exception as exc:
             _log_handler_error(binding, "fetch", exc)
             raise handler_error(exc) from None
-        return Response(answer.body, answer.status, headers=answer.headers)
+        except asyncio.CancelledError:
+            if _request_cancelled():
+                raise
+            raise _handler_cancelled(binding, "fetch") from None
+        try:
+            return http_response(answer, head=request.method == "HEAD")
+        except InvalidResponseError as exc:
+            logger.error("%s.fetch returned an invalid response: %s", binding, exc)
+            message = f"the fetch handler returned an invalid response: {exc}"
+            raise HttpError(500, "InvalidResponse", message) from None
 
     # -- listing -------------------------------------------------------------
 
@@ -190,6 +210,12 @@ class ObjectRoutes:
 
     def _misrouted(self, http_method: str, rest: str) -> HttpError:
         parts = rest.split("/")
+        if len(parts) == 1 and parts[0]:  # /objects/{binding} is GET only
+            try:
+                self._namespace(parts[0])
+            except HttpError as error:
+                return error
+            return _not_allowed(http_method, "GET, HEAD")
         kind = parts[2] if len(parts) >= 3 else ""
         if kind not in ("rpc", "fetch") or (kind == "rpc" and len(parts) != 4):
             return HttpError(404, "NotFound", "no such route")
@@ -201,7 +227,7 @@ class ObjectRoutes:
             return error
         if kind == "rpc" and not parts[3]:
             return HttpError(404, "UnknownMethodError", "no method named ''")
-        return HttpError(405, "MethodNotAllowed", f"{http_method} is not allowed here; use POST")
+        return _not_allowed(http_method, "POST")
 
     # -- shared --------------------------------------------------------------
 
@@ -220,6 +246,11 @@ class ObjectRoutes:
         return namespace.get_by_name(name)
 
 
+def _not_allowed(http_method: str, allowed: str) -> HttpError:
+    message = f"{http_method} is not allowed here; use {allowed.split(',')[0]}"
+    return HttpError(405, "MethodNotAllowed", message, {"Allow": allowed})
+
+
 def _decode_body(raw: bytes) -> RpcBody:
     if not raw.strip():
         return RpcBody()
@@ -229,6 +260,8 @@ def _decode_body(raw: bytes) -> RpcBody:
         raise HttpError(400, "InvalidArguments", f"body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HttpError(400, "MalformedJSON", str(exc)) from None
+    except RecursionError:
+        raise HttpError(400, "MalformedJSON", "the JSON is nested too deeply") from None
 
 
 def _bind(signature: Signature, body: RpcBody) -> tuple[list[Any], dict[str, Any]]:
@@ -238,13 +271,15 @@ def _bind(signature: Signature, body: RpcBody) -> tuple[list[Any], dict[str, Any
             codec.encode((args, kwargs))  # values the codec cannot carry (huge ints) are a 400
     except (ArgumentError, SerializationError) as exc:
         raise HttpError(400, "InvalidArguments", str(exc)) from None
+    except RecursionError:
+        raise HttpError(400, "InvalidArguments", "the arguments are nested too deeply") from None
     return args, kwargs
 
 
 def _encode_result(result: Any) -> bytes:
     try:
         return _result_encoder.encode({"result": result})
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise HttpError(500, "SerializationError", f"the result is not JSON: {exc}") from None
 
 
@@ -264,3 +299,19 @@ def _limit(text: str | None) -> int:
 def _log_handler_error(binding: str, method: str, exc: Exception) -> None:
     # The traceback stays here (and in the object's log); the client gets type and message.
     logger.debug("%s.%s raised %s", binding, method, type(exc).__name__, exc_info=exc)
+
+
+def _request_cancelled() -> bool:
+    """Whether the request's own task is being cancelled (a shutdown, say), as
+    opposed to a handler raising ``CancelledError`` or awaiting a cancelled task.
+    Python 3.10 cannot tell them apart: there, the cancellation is passed on."""
+    if sys.version_info < (3, 11):
+        return True
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def _handler_cancelled(binding: str, method: str) -> HttpError:
+    # A handler's bug (nothing cancelled the request): a 500 like any other raise.
+    logger.error("%s.%s raised CancelledError", binding, method, exc_info=True)
+    return HttpError(500, "CancelledError", "the handler was cancelled")

@@ -3,7 +3,8 @@
 One :class:`Signature` per RPC method, built once. ``bind`` turns the JSON
 ``args``/``kwargs`` of a request into the values the method receives, converted
 with ``msgspec.convert`` (so ``"2024-01-01T00:00:00Z"`` becomes a ``datetime``
-where the hint says so), or raises :class:`ArgumentError` (a 400).
+and the key ``"1"`` of a ``dict[int, str]`` the int ``1`` where the hint says
+so), or raises :class:`ArgumentError` (a 400).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _convert_parameter(parameter: Parameter, value: Any) -> Any:
 
 def _convert(name: str, value: Any, hint: Any) -> Any:
     try:
-        return msgspec.convert(value, hint)
+        return msgspec.convert(value, hint, str_keys=True)  # JSON object keys are str
     except msgspec.ValidationError as exc:
         raise ArgumentError(f"argument {name!r}: {exc}") from None
     except TypeError:
