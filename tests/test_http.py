@@ -170,6 +170,17 @@ async def test_invalid_names_are_400(client: httpx.AsyncClient) -> None:
     assert await rpc(client, "increment", name=longest) == 1
 
 
+async def test_names_that_are_not_utf8_are_400_not_one_object(client: httpx.AsyncClient) -> None:
+    # %FF and %FE are not UTF-8; decoded leniently both became U+FFFD (%EF%BF%BD,
+    # a real name) and reached one object under three names.
+    for raw in ("%FF", "%FE", "a%C3"):
+        for method, path in (("POST", "rpc/increment"), ("GET", "fetch/count")):
+            response = await client.request(method, f"/objects/COUNTER/{raw}/{path}")
+            assert error_of(response) == (400, "InvalidName"), (raw, path)
+    assert await rpc(client, "increment", name="\ufffd") == 1
+    assert await rpc(client, "increment", name="\ufffd") == 2
+
+
 async def test_wrong_http_method_is_405_with_allow(client: httpx.AsyncClient) -> None:
     allowed = {
         ("GET", "/objects/COUNTER/a/rpc/increment"): {"POST"},

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -106,6 +107,12 @@ class SteadApp(Starlette):
         self._objects, self._bearer = objects, bearer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\ufffd" in scope["path"] and not _utf8_path(scope):
+            # Servers decode the path with errors="replace": %FF and %FE would both
+            # become U+FFFD and address one object under two names.
+            message = "the path is not valid UTF-8 once percent-decoded"
+            await HttpError(400, "InvalidName", message).response()(scope, receive, send)
+            return
         objects = self._objects
         if objects is not None and scope["type"] == "http" and scope["method"] == "POST":
             parts = route_path(scope).split("/")
@@ -129,6 +136,18 @@ class SteadApp(Starlette):
             await error_response(500, "InternalServerError", "internal server error")(
                 scope, receive, send
             )
+
+
+def _utf8_path(scope: Scope) -> bool:
+    """Whether the request path, as sent, percent-decodes to valid UTF-8."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:
+        return True  # the server gave no raw path: nothing else to go by
+    try:
+        unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRoute]:
