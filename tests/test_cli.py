@@ -165,6 +165,19 @@ def test_inspect_reports_a_corrupt_data_dir(runner: CliRunner, stored: str) -> N
     assert isinstance(result.exception, SystemExit)  # no traceback
 
 
+def test_inspect_changes_no_file_even_with_a_torn_tail(runner: CliRunner, stored: str) -> None:
+    # A crash in the middle of a write leaves a torn last record; inspecting the
+    # dir must not truncate it (the evidence) nor touch anything else.
+    (segment,) = Path(stored).glob("seg-*.log")
+    data = segment.read_bytes()
+    end = len(data.rstrip(b"\0"))  # records end where the reserved zeros begin
+    segment.write_bytes(data[: end - 3])
+    before = {path: path.read_bytes() for path in Path(stored).iterdir()}
+    result = runner.invoke(cli, ["inspect", stored])
+    assert result.exit_code == 0, result.output
+    assert {path: path.read_bytes() for path in Path(stored).iterdir()} == before
+
+
 def test_inspect_refuses_a_dir_that_is_not_a_data_dir(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(cli, ["inspect", str(tmp_path)])
     assert result.exit_code == 1

@@ -388,8 +388,9 @@ def _known_bindings() -> set[str]:
 def _open_read_only(data_dir: str) -> Any:
     from stead._core import Engine
 
-    # No commits are made and compaction is off, so nothing in the dir is rewritten.
-    return Engine(data_dir, "none", compaction=False)
+    # Read-only: recovery changes no file (a torn tail a crash left is read past,
+    # not truncated: the server it belongs to does that when it starts).
+    return Engine(data_dir, "none", read_only=True)
 
 
 def _object_views(

@@ -36,14 +36,16 @@ async def patterns(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 async def make_patterns(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[MakePatterns]:
-    """A factory for a harness with custom ``objects`` and ``vars``."""
+    """A factory for a harness with custom ``objects``, ``vars`` and ``max_value_bytes``."""
     made: list[Patterns] = []
 
     async def make(
         objects: Mapping[str, type[stead.DurableObject]] | None = None,
         vars: Mapping[str, str] | None = None,
+        max_value_bytes: int | None = None,
     ) -> Patterns:
-        harness = Patterns(tmp_path / f"data{len(made)}", request.param, objects, vars)
+        data_dir = tmp_path / f"data{len(made)}"
+        harness = Patterns(data_dir, request.param, objects, vars, max_value_bytes)
         made.append(harness)
         return await harness.start()
 

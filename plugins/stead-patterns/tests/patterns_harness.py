@@ -48,11 +48,15 @@ class Patterns:
         via: str,
         objects: Mapping[str, type[stead.DurableObject]] | None = None,
         vars: Mapping[str, str] | None = None,
+        max_value_bytes: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.via = via
         self.objects = dict(objects or stead_patterns.bindings())
         self.vars = dict(vars or {})
+        #: The runtime's value limit (stead's 2 MiB when ``None``): a small one lets a
+        #: test go over it with a request body under the HTTP frontend's body limit.
+        self.max_value_bytes = max_value_bytes
         self._runtime: stead.Runtime | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -68,9 +72,10 @@ class Patterns:
         return self._client
 
     async def start(self) -> Patterns:
-        runtime = stead.Runtime(
-            self.objects, data_dir=str(self.data_dir), durability="os", vars=self.vars
-        )
+        options: dict[str, Any] = {"durability": "os", "vars": self.vars}
+        if self.max_value_bytes is not None:
+            options["max_value_bytes"] = self.max_value_bytes
+        runtime = stead.Runtime(self.objects, data_dir=str(self.data_dir), **options)
         self._runtime = await runtime.start()
         if self.via == "http":
             from stead.http import create_app

@@ -120,6 +120,32 @@ async def test_commands_are_acknowledged_and_survive_restarts(patterns: Patterns
     assert limited == {"commands": []}
 
 
+@pytest.mark.parametrize("limit", ["99999999999999999999999", "1001", "-1", "ten", "²"])
+async def test_out_of_range_commands_limit_is_400(patterns: Patterns, limit: str) -> None:
+    reply = await patterns.fetch(B, NAME, f"/commands?limit={limit}")
+    assert reply.status == 400
+    assert "limit" in reply.json()["error"]
+    assert (await patterns.fetch(B, NAME, "/commands?limit=1000")).status == 200
+
+
+async def test_a_refused_event_emits_nothing_so_a_retry_does_not_duplicate(
+    make_patterns: MakePatterns,
+) -> None:
+    patterns = await make_patterns(max_value_bytes=10_000)
+    # Each command fits the value limit; the decision log with both reasons does not.
+    opportunities = ["a" * 6_000, "b" * 6_000]
+    research = {"keywords": ["k"], "opportunities": opportunities}
+    refused = await event(patterns, "research.completed", research)
+    assert refused.status == 400
+    assert await commands(patterns) == []
+    current = await state(patterns)
+    assert current["observations"]["lastResearchAt"] is None and current["decisions"] == []
+    # The client shortens its event and retries: exactly its commands are emitted.
+    retried = {"keywords": ["k"], "opportunities": ["a", "b"]}
+    assert (await event(patterns, "research.completed", retried)).json()["commands"] == 2
+    assert [c["payload"]["keyword"] for c in await commands(patterns)] == ["a", "b"]
+
+
 async def test_decision_cycle_requests_routine_research(patterns: Patterns) -> None:
     await patterns.rpc(B, NAME, "decision_cycle", None)
     current = await state(patterns)

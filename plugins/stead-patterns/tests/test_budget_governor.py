@@ -44,14 +44,18 @@ PROCESSORS = [
     },
 ]
 
+NEGATIVE_WEIGHT = {**PROCESSORS[1], "weight": -1}
+
 
 class DataPlane:
-    """A real processor service; ``keywords`` reports its usage back while it runs."""
+    """A real processor service; ``keywords`` reports its usage back while it runs,
+    after sending the governor the ``meanwhile`` requests (path, body, expected status)."""
 
     def __init__(self) -> None:
         self.jobs: list[dict[str, Any]] = []
         self.finished: list[str] = []
         self.patterns: Patterns | None = None
+        self.meanwhile: list[tuple[str, Any, int]] = []
         self.app = Starlette(routes=[Route("/process", self._process, methods=["POST"])])
         self.base = ""
 
@@ -60,6 +64,9 @@ class DataPlane:
         self.jobs.append(job)
         if job["processorId"] == "keywords" and self.patterns is not None:
             # Calls back into the governor while its /execute is still waiting for us.
+            for path, body, expected in self.meanwhile:
+                sent = await self.patterns.post(B, "gov", path, body)
+                assert sent.status == expected, (path, sent.body)
             usage = {
                 "processorId": "keywords",
                 "cost": 0.1,
@@ -146,6 +153,68 @@ async def test_execute_runs_phases_in_order_and_takes_usage_reports_meanwhile(
     assert (await patterns.fetch(B, "gov", "/status")).json()["cycleHistory"][0] == summary
 
 
+async def test_max_items_is_the_floor_of_remaining_budget_over_cost(
+    make_patterns: MakePatterns, data_plane: DataPlane
+) -> None:
+    patterns = await make_patterns(vars={"PROCESSOR_API": data_plane.base})
+    only = {**PROCESSORS[0], "id": "solo", "weight": 1.0}  # standard tier: 0.005 a call
+    await call(patterns, "/configure", {"processors": [only]})
+    for budget, expected in [(0.03, 6), (0.06, 12), (0.09, 18)]:  # Math.floor(budget / 0.005)
+        await call(patterns, "/start-cycle", {"totalBudget": budget})
+        assert (await call(patterns, "/execute")).status == 200
+        assert data_plane.jobs[-1]["maxItems"] == expected, budget
+
+
+async def test_a_refused_request_during_execute_changes_nothing(
+    make_patterns: MakePatterns, data_plane: DataPlane
+) -> None:
+    patterns = await make_patterns(vars={"PROCESSOR_API": data_plane.base}, max_value_bytes=10_000)
+    data_plane.patterns = patterns
+    await call(patterns, "/configure", {"processors": PROCESSORS})
+    cycle_id = (await call(patterns, "/start-cycle", {"totalBudget": 1.0})).json()["cycleId"]
+    too_big = [{**PROCESSORS[0], "weight": 1.0, "name": "n" * 20_000}]  # over the value limit
+    data_plane.meanwhile = [("/configure", {"processors": too_big}, 400)]
+    reply = await call(patterns, "/execute")
+    assert reply.status == 200
+    status = (await patterns.fetch(B, "gov", "/status")).json()
+    assert status["processors"] == PROCESSORS
+    assert status["currentCycle"] is None
+    [summary] = status["cycleHistory"]
+    assert summary["cycleId"] == cycle_id
+    assert summary["totalSpent"] == pytest.approx(0.1)  # the report made after the refusal
+
+
+async def test_a_refused_configure_keeps_the_processors(make_patterns: MakePatterns) -> None:
+    patterns = await make_patterns(max_value_bytes=10_000)
+    await call(patterns, "/configure", {"processors": PROCESSORS})
+    too_big = [{**PROCESSORS[0], "weight": 1.0, "name": "n" * 20_000}]
+    refused = await call(patterns, "/configure", {"processors": too_big})
+    assert refused.status == 400  # the processors do not fit the value limit
+    assert (await patterns.rpc(B, "gov", "status"))["processors"] == PROCESSORS
+    started = (await call(patterns, "/start-cycle", {"totalBudget": 1.0})).json()
+    assert [a["processor"] for a in started["allocations"]] == [p["id"] for p in PROCESSORS]
+
+
+async def test_out_of_range_usage_is_400_and_changes_nothing(patterns: Patterns) -> None:
+    await call(patterns, "/configure", {"processors": PROCESSORS})
+    await call(patterns, "/start-cycle", {"totalBudget": 1.0})
+    usage = {"processorId": "keywords", "cost": 0.1, "items": 1, "errors": 0, "avgLatencyMs": 1}
+
+    async def current_cycle() -> Any:
+        return (await patterns.fetch(B, "gov", "/status")).json()["currentCycle"]
+
+    before = await current_cycle()
+    for bad in ({"items": 2**63}, {"cost": 1e300}, {"errors": -1}):
+        assert (await call(patterns, "/report-usage", {**usage, **bad})).status == 400, bad
+    assert await current_cycle() == before
+    # In range, but a second one would take the item total past 2**53 - 1.
+    most = {**usage, "items": 2**53 - 1}
+    assert (await call(patterns, "/report-usage", most)).status == 200
+    before = await current_cycle()
+    assert (await call(patterns, "/report-usage", most)).status == 400
+    assert await current_cycle() == before
+
+
 async def test_usage_reports(patterns: Patterns) -> None:
     usage = {"processorId": "keywords", "cost": 0.2, "items": 10, "errors": 0, "avgLatencyMs": 100}
     no_cycle = await call(patterns, "/report-usage", usage)
@@ -190,6 +259,9 @@ async def test_exhausted_budget_is_skipped_and_dead_processors_do_not_stop_the_c
         ("/configure", {"processors": [{"id": "x"}]}),
         ("/configure", {"processors": [{**PROCESSORS[0], "modelTier": "gold"}]}),
         ("/start-cycle", {}),
+        ("/start-cycle", {"totalBudget": 1e300}),
+        # Weights that sum to 1, but are not shares.
+        ("/configure", {"processors": [{**PROCESSORS[0], "weight": 2}, NEGATIVE_WEIGHT]}),
         ("/report-usage", {"processorId": "x"}),
     ],
 )

@@ -19,17 +19,19 @@ B = "CACHE_COORDINATOR"
 
 
 class PurgeServer:
-    """A real HTTP server recording the purge calls it receives; store ``broken`` answers 500."""
+    """A real HTTP server recording the purge calls it receives; the stores in ``down``
+    (``broken``) answer 500."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.down = {"broken"}
         self.app = Starlette(routes=[Route("/{store}/purge", self._purge, methods=["POST"])])
         self.base = ""
 
     async def _purge(self, request: Request) -> JSONResponse:
         store = request.path_params["store"]
         self.calls.append((store, await request.json()))
-        if store == "broken":
+        if store in self.down:
             return JSONResponse({"error": "down"}, status_code=500)
         return JSONResponse({"purged": True})
 
@@ -117,6 +119,31 @@ async def test_failed_purge_is_recorded_and_retried(
     assert retried.json()["failed"] == ["broken"]
     assert purge_server.purged("broken") == ["k", "k"]
     assert len((await patterns.rpc(B, "cdn", "get_entry", "k"))["failures"]) == 2
+
+
+async def test_invalidating_a_tag_again_retries_its_failed_purges(
+    make_patterns: MakePatterns, purge_server: PurgeServer
+) -> None:
+    patterns = await make_patterns(vars={"CACHE_PURGE_BASE": purge_server.base})
+    await register(patterns, "product:1", "edge-us", ["product"])
+    await register(patterns, "product:1", "edge-eu", ["product"])
+    await register(patterns, "product:2", "edge-us", ["product"])
+    purge_server.down = {"edge-eu"}
+    first = (await patterns.post(B, "cdn", "/invalidate-tag", {"tag": "product"})).json()
+    assert first["details"] == {"product:1": ["edge-us"], "product:2": ["edge-us"]}
+    assert first["failed"] == {"product:1": ["edge-eu"]}
+    purge_server.down = set()  # the store is back
+    second = await patterns.post(B, "cdn", "/invalidate-tag", {"tag": "product"})
+    assert second.json() == {
+        "invalidated": True,
+        "tag": "product",
+        "keysInvalidated": 1,
+        "details": {"product:1": ["edge-eu"]},
+        "failed": {},
+    }
+    assert purge_server.purged("edge-eu") == ["product:1", "product:1"]
+    done = await patterns.post(B, "cdn", "/invalidate-tag", {"tag": "product"})
+    assert done.json()["keysInvalidated"] == 0  # nothing left to purge: the tag is gone
 
 
 async def test_unreachable_purge_base_is_not_fatal(make_patterns: MakePatterns) -> None:

@@ -92,6 +92,51 @@ async def test_bad_increment_is_400(patterns: Patterns, body: object) -> None:
     assert (await patterns.fetch(B, "page-views", "/get")).json() == {}
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"key": "x", "amount": 2**63},  # past int64 once added up
+        {"key": "x", "amount": 2**53},  # past JavaScript's safe integers
+        {"key": "x", "amount": -1e300},
+        {"key": "k" * 501},  # too long to be part of a storage key
+    ],
+)
+async def test_out_of_range_increments_are_400_and_valid_counts_still_flush(
+    patterns: Patterns, body: object
+) -> None:
+    for _ in range(3):
+        await increment(patterns, "page-views")
+    assert (await patterns.post(B, "page-views", "/increment", body)).status == 400
+    assert (await patterns.post(B, "page-views", "/flush")).json() == {"flushed": True}
+    await patterns.restart()
+    assert (await patterns.fetch(B, "page-views", "/get")).json() == {"page-views": 3}
+
+
+async def test_a_count_stays_within_javascripts_safe_integers(patterns: Patterns) -> None:
+    most = 2**53 - 1
+    await increment(patterns, "big", most - 1)
+    await patterns.post(B, "page-views", "/flush")
+    await increment(patterns, "big")  # buffered: the stored and buffered counts add up
+    refused = await patterns.post(B, "page-views", "/increment", {"key": "big"})
+    assert refused.status == 400
+    await increment(patterns, "big", -5)
+    await patterns.post(B, "page-views", "/flush")
+    assert await count(patterns, "big") == most - 5
+
+
+async def test_any_number_of_counters_can_be_flushed(make_patterns: MakePatterns) -> None:
+    # Together the counts are far over the value limit; each one is far under it.
+    patterns = await make_patterns(max_value_bytes=4_096)
+    keys = [f"/products/{n:03d}/" + "p" * 400 for n in range(40)]
+    for n, key in enumerate(keys):
+        await increment(patterns, key, n + 1)
+    assert (await patterns.post(B, "page-views", "/flush")).json() == {"flushed": True}
+    await patterns.restart()
+    assert await patterns.rpc(B, "page-views", "counts") == {
+        key: n + 1 for n, key in enumerate(keys)
+    }
+
+
 async def test_unknown_path_is_404(patterns: Patterns) -> None:
     assert (await patterns.fetch(B, "page-views", "/nope")).status == 404
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
-from patterns_harness import Patterns, Reply, eventually
+from patterns_harness import MakePatterns, Patterns, Reply, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -93,6 +93,26 @@ async def test_lease_survives_a_restart_and_still_expires(patterns: Patterns) ->
 )
 async def test_bad_bodies_are_400(patterns: Patterns, path: str, body: Any) -> None:
     assert (await call(patterns, path, body)).status == 400
+
+
+@pytest.mark.parametrize("ttl_ms", [2**63, 315_360_000_001])  # past the year 9999; over ten years
+async def test_out_of_range_ttl_is_400_and_elects_no_one(patterns: Patterns, ttl_ms: int) -> None:
+    refused = await call(patterns, "/acquire", {"candidateId": "w1", "ttlMs": ttl_ms})
+    assert refused.status == 400
+    assert await leader(patterns) == {"leader": None, "acquiredAt": None}
+    taken = await call(patterns, "/acquire", {"candidateId": "w2", "ttlMs": 60_000})
+    assert taken.json() == {"acquired": True, "renewed": False}
+
+
+async def test_a_refused_acquire_leaves_no_leader(make_patterns: MakePatterns) -> None:
+    patterns = await make_patterns(max_value_bytes=10_000)
+    refused = await call(patterns, "/acquire", {"candidateId": "w" * 20_000})
+    assert refused.status == 400  # the lease does not fit the value limit
+    assert await leader(patterns) == {"leader": None, "acquiredAt": None}
+    taken = await call(patterns, "/acquire", {"candidateId": "w2"})
+    assert taken.json() == {"acquired": True, "renewed": False}
+    await patterns.restart()
+    assert (await leader(patterns))["leader"] == "w2"
 
 
 async def test_unknown_path_is_404(patterns: Patterns) -> None:

@@ -98,6 +98,25 @@ async def test_bad_parameters_get_400(patterns: Patterns, query: str) -> None:
     assert "error" in reply.json()
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=100&window=10000000000000000000",  # past the year 9999
+        "limit=100&window=315360000001",  # over ten years
+        "limit=100001&window=60000",  # more timestamps than one value holds
+    ],
+)
+async def test_out_of_range_parameters_get_400_and_the_key_keeps_working(
+    patterns: Patterns, query: str
+) -> None:
+    reply = await check(patterns, "api-key-1", query)
+    assert reply.status == 400
+    assert "must be <=" in reply.json()["error"]
+    assert await patterns.names(B) == []  # nothing was written
+    allowed = await check(patterns, "api-key-1", "limit=100&window=60000")
+    assert allowed.json() == {"allowed": True, "current": 1, "limit": 100, "remaining": 99}
+
+
 async def test_unknown_path_is_404(patterns: Patterns) -> None:
     reply = await patterns.fetch(B, "k", "/nope")
     assert (reply.status, reply.text()) == (404, "Not found")
@@ -111,11 +130,13 @@ async def test_check_is_also_an_rpc_method(patterns: Patterns) -> None:
 
 
 async def test_rpc_arguments_are_validated_over_http(tmp_path: Path) -> None:
-    # The HTTP frontend checks RPC arguments against the type hints (limit >= 1).
+    # The HTTP frontend checks RPC arguments against the type hints (limit 1-100 000,
+    # window 1 ms to ten years).
     patterns = await Patterns(tmp_path / "data", "http").start()
     try:
-        response = await patterns.client.post(f"/objects/{B}/k/rpc/check", json={"args": [0, 1]})
-        assert response.status_code == 400
-        assert response.json()["error"]["type"] == "InvalidArguments"
+        for args in ([0, 1], [1, 10**19], [100_001, 1]):
+            response = await patterns.client.post(f"/objects/{B}/k/rpc/check", json={"args": args})
+            assert response.status_code == 400, args
+            assert response.json()["error"]["type"] == "InvalidArguments"
     finally:
         await patterns.close()

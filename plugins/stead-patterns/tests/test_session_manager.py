@@ -6,7 +6,10 @@ import time
 
 import anyio
 import pytest
-from patterns_harness import Patterns, eventually
+from patterns_harness import MakePatterns, Patterns, eventually
+
+import stead
+from stead_patterns import SessionManager
 
 pytestmark = pytest.mark.anyio
 
@@ -102,8 +105,66 @@ async def test_expiry_alarm_survives_a_restart(patterns: Patterns) -> None:
     assert (await patterns.fetch(B, "s", "/get")).status == 404
 
 
+class _LateAlarm(SessionManager):
+    """A session manager whose expiry alarm never gets to run (as if it were late)."""
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        pass
+
+
+async def test_an_expired_session_is_gone_even_before_its_alarm_runs(
+    make_patterns: MakePatterns,
+) -> None:
+    patterns = await make_patterns({B: _LateAlarm})
+    await patterns.post(B, "s", "/create", {"userId": "u", "ttlMs": 200})
+    await anyio.sleep(0.3)  # lets the TTL run out; not synchronisation
+    assert await patterns.rpc(B, "s", "peek") is None
+    assert (await patterns.post(B, "s", "/set", {"k": 1})).status == 404
+    missing = await patterns.fetch(B, "s", "/get")
+    assert (missing.status, missing.json()) == (404, {"error": "No session"})
+    assert await patterns.names(B) == []  # deleted, as its alarm would have
+
+
+async def test_a_session_that_expired_while_the_server_was_down_is_not_served(
+    make_patterns: MakePatterns,
+) -> None:
+    patterns = await make_patterns({B: _LateAlarm})
+    await patterns.post(B, "s", "/create", {"userId": "u", "ttlMs": 200})
+    await patterns.close()
+    await anyio.sleep(0.3)  # the server is down while the TTL runs out
+    await patterns.start()
+    assert (await patterns.fetch(B, "s", "/get")).status == 404
+
+
+async def test_a_refused_set_leaves_the_session_unchanged(make_patterns: MakePatterns) -> None:
+    patterns = await make_patterns(max_value_bytes=20_000)
+    await patterns.post(B, "s", "/create", {"userId": "alice", "data": {"cart": 1}})
+    assert (await patterns.post(B, "s", "/set", {"notes": "x" * 12_000})).status == 200
+    # A second one does not fit the value limit: 400, and nothing changes.
+    refused = await patterns.post(B, "s", "/set", {"more": "y" * 12_000})
+    assert refused.status == 400
+    assert "limit" in refused.json()["error"]
+    huge_int = b'{"n": 18446744073709551616}'  # not storable in 64 bits
+    assert (await patterns.fetch(B, "s", "/set", method="POST", body=huge_int)).status == 400
+    session = (await patterns.fetch(B, "s", "/get")).json()
+    assert set(session["data"]) == {"cart", "notes"}
+    assert (await patterns.post(B, "s", "/set", {"cart": 2})).json() == {"updated": True}
+    await patterns.restart()
+    data = (await patterns.fetch(B, "s", "/get")).json()["data"]
+    assert (data["cart"], set(data)) == (2, {"cart", "notes"})
+
+
 @pytest.mark.parametrize(
-    "body", [b"", b"not json", b"{}", b'{"userId": 5}', b'{"userId": "u", "ttlMs": -1}']
+    "body",
+    [
+        b"",
+        b"not json",
+        b"{}",
+        b'{"userId": 5}',
+        b'{"userId": "u", "ttlMs": -1}',
+        b'{"userId": "u", "ttlMs": 9223372036854775808}',  # 2**63 ms: past the year 9999
+        b'{"userId": "u", "ttlMs": 315360000001}',  # over ten years
+    ],
 )
 async def test_bad_create_body_is_400(patterns: Patterns, body: bytes) -> None:
     reply = await patterns.fetch(B, "s", "/create", method="POST", body=body)

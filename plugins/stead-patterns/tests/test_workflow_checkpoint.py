@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from patterns_harness import Patterns, Reply
+from patterns_harness import MakePatterns, Patterns, Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -89,6 +89,23 @@ async def test_a_restarted_worker_gets_the_unfinished_step_again(patterns: Patte
     assert (await call(patterns, "/next")).json()["stepId"] == "parse"
     await patterns.restart()  # the process dies while "parse" runs
     assert (await status(patterns))["steps"][1]["status"] == "running"
+    assert (await call(patterns, "/next")).json()["stepId"] == "parse"
+
+
+async def test_a_refused_completion_leaves_the_step_to_do(make_patterns: MakePatterns) -> None:
+    patterns = await make_patterns(max_value_bytes=10_000)
+    await call(patterns, "/create", {"workflowId": "wf-1", "steps": STEPS})
+    await call(patterns, "/next")
+    refused = await call(patterns, "/complete-step", {"output": "x" * 20_000})
+    assert refused.status == 400  # the output does not fit the value limit
+    state = await status(patterns)
+    assert (state["currentStep"], state["steps"][0]["status"]) == (0, "running")
+    assert "output" not in state["steps"][0]
+    # The worker retries the same step and completes it.
+    assert (await call(patterns, "/next")).json()["stepId"] == "fetch"
+    done = await call(patterns, "/complete-step", {"output": "small"})
+    assert done.json() == {"status": "running", "completedSteps": 1, "totalSteps": 3}
+    await patterns.restart()
     assert (await call(patterns, "/next")).json()["stepId"] == "parse"
 
 

@@ -3,24 +3,31 @@
 The catalog's objects answer unknown paths with a plain ``Not found`` (404)
 and report their own errors as ``{"error": "..."}``. A body that is not the
 JSON a route expects is answered with 400 (the catalog's code would throw and
-answer 500).
+answer 500), and a request answered with 400 changes nothing (see ``route``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-from stead import LimitError, Request, Response
+from stead import LimitError, Request, Response, SerializationError, Storage
 
 __all__ = [
+    "MAX_DURATION_MS",
+    "MAX_NAME_LENGTH",
+    "MAX_SAFE_INTEGER",
+    "REFUSED",
     "BadRequest",
+    "Duration",
     "Handler",
     "KeyName",
-    "Positive",
+    "SafeInt",
+    "SafeNumber",
     "decode_body",
     "error",
     "int_param",
@@ -32,17 +39,37 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: A name that becomes part of a storage key: 1-500 characters, so that with any
-#: prefix it stays within stead's 2048-byte key limit even in 4-byte UTF-8. RPC
-#: arguments outside it are answered with 400 by the HTTP frontend.
-KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
-#: A positive integer argument.
-Positive = Annotated[int, msgspec.Meta(ge=1)]
+#: The longest name that becomes part of a storage key: with any prefix it stays
+#: within stead's 2048-byte key limit even in 4-byte UTF-8.
+MAX_NAME_LENGTH = 500
+#: The longest TTL or window, in ms: ten years. Every alarm a pattern sets is at
+#: most this far ahead, well inside what an alarm can say (the year 9999).
+MAX_DURATION_MS = 10 * 365 * 24 * 3_600_000
+#: JavaScript's ``Number.MAX_SAFE_INTEGER``: counts, amounts and other numbers a
+#: pattern adds up stay within ± this, so they are exact in the catalog's
+#: JavaScript clients and fit a 64-bit integer in storage however often added.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+#: A name that becomes part of a storage key: 1-500 characters. RPC arguments
+#: outside it are answered with 400 by the HTTP frontend.
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+#: A TTL or window in ms: 1 ms to ten years.
+Duration = Annotated[int, msgspec.Meta(ge=1, le=MAX_DURATION_MS)]
+#: An integer within ± ``MAX_SAFE_INTEGER``.
+SafeInt = Annotated[int, msgspec.Meta(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+#: A number (integer or float) within ± ``MAX_SAFE_INTEGER``.
+SafeNumber = SafeInt | Annotated[float, msgspec.Meta(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(Exception):
     """The request is not what the route expects; answered with 400 ``{"error": message}``."""
+
+
+#: What a handler raises for a request it refuses (400): a bad request, a key or
+#: value over stead's limits, or a value the codec cannot store (an integer
+#: beyond 64 bits in a JSON body).
+REFUSED = (BadRequest, LimitError, SerializationError)
 
 
 def now_ms() -> int:
@@ -58,8 +85,9 @@ def decode_body(request: Request, type: type[T]) -> T:
         raise BadRequest(f"invalid JSON body: {exc}") from None
 
 
-def int_param(request: Request, name: str, default: int, *, minimum: int = 1) -> int:
-    """An integer query parameter (``default`` when absent); ``BadRequest`` if invalid."""
+def int_param(request: Request, name: str, default: int, *, minimum: int = 1, maximum: int) -> int:
+    """An integer query parameter (``default`` when absent); ``BadRequest`` if it is
+    not an integer from ``minimum`` to ``maximum``."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -69,6 +97,8 @@ def int_param(request: Request, name: str, default: int, *, minimum: int = 1) ->
         raise BadRequest(f"query parameter {name!r} must be an integer, not {raw!r}") from None
     if value < minimum:
         raise BadRequest(f"query parameter {name!r} must be >= {minimum}, not {value}")
+    if value > maximum:
+        raise BadRequest(f"query parameter {name!r} must be <= {maximum}, not {value}")
     return value
 
 
@@ -82,15 +112,50 @@ def not_found() -> Response:
     return Response("Not found", status=404)
 
 
-async def route(request: Request, routes: Mapping[str, Handler]) -> Response:
-    """Call the handler for ``request.path`` (any method, as in the catalog)."""
+async def route(
+    request: Request,
+    routes: Mapping[str, Handler],
+    storage: Storage | None,
+    *,
+    reload: Callable[[], None] | None = None,
+) -> Response:
+    """Call the handler for ``request.path`` (any method, as in the catalog).
+
+    A request either completes or changes nothing, so a client that gets a 400
+    (or a 500) can retry it without duplicating anything. The handler runs in
+    ``storage.transaction()``: if it raises, every write it made is rolled
+    back, even those before the write that failed. Then ``reload`` rebuilds
+    the object's in-memory copy of its state from the (rolled back) storage,
+    undoing whatever the handler changed in memory before that write.
+
+    ``storage=None`` runs the handler outside a transaction, for a handler
+    with nothing to roll back (a block copies the object's read cache when it
+    opens), or one that must not roll back: a ``reentrant`` object's handler
+    that awaits, since its block would also take back the writes of the events
+    that run while it waits.
+    """
     handler = routes.get(request.path)
     if handler is None:
         return not_found()
     try:
-        return await handler(request)
-    except (BadRequest, LimitError) as exc:  # LimitError: a key or value over stead's limits
+        with _all_or_nothing(storage, reload):
+            return await handler(request)
+    except REFUSED as exc:
         return error(str(exc), 400)
+
+
+@contextmanager
+def _all_or_nothing(storage: Storage | None, reload: Callable[[], None] | None) -> Iterator[None]:
+    try:
+        if storage is None:
+            yield
+        else:
+            with storage.transaction():
+                yield
+    except BaseException:
+        if reload is not None:
+            reload()
+        raise
 
 
 def json_safe(data: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,10 @@ logs every decision with its reason, and runs an hourly decision cycle
 stead has no queues yet, so the catalog's ``COMMAND_QUEUE.send`` becomes a
 durable outbox in the agent's own storage: an emitted command is written in
 the same atomic batch as the state change and decision behind it, and the
-event is acknowledged only once both are durable. A consumer polls
-``/commands`` and acknowledges what it has handled.
+event is acknowledged only once both are durable; an event answered with an
+error writes nothing (no command, no decision), so retrying it duplicates
+nothing. A consumer polls ``/commands`` (``limit`` 0 to 1000) and acknowledges
+what it has handled.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import msgspec
 
 import stead
 from stead import Request, Response
-from stead_patterns._http import BadRequest, decode_body, now_ms, route
+from stead_patterns._http import BadRequest, decode_body, int_param, now_ms, route
 
-__all__ = ["DEFAULT_BRAND_STATE", "BrandAgent", "stead_bindings"]
+__all__ = ["DEFAULT_BRAND_STATE", "MAX_COMMANDS_LIMIT", "BrandAgent", "stead_bindings"]
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+#: The most commands one ``/commands`` call returns (``?limit=``).
+MAX_COMMANDS_LIMIT = 1000
 
 DEFAULT_BRAND_STATE: dict[str, Any] = {
     "brandId": "",
@@ -112,7 +116,7 @@ class BrandAgent(stead.Agent):
             "/commands": self._commands,
             "/commands/ack": self._ack,
         }
-        return await route(request, routes)
+        return await route(request, routes, self.ctx.storage)
 
     def _ensure_identity(self) -> None:
         if not self.state["brandId"] and self.ctx.id.name:
@@ -282,10 +286,8 @@ class BrandAgent(stead.Agent):
         storage.put_many({"command-seq": seq, f"command:{seq:012d}": command})
 
     async def _commands(self, request: Request) -> Response:
-        limit = request.query.get("limit", "100")
-        if not limit.isdigit():
-            raise BadRequest("limit must be a non-negative integer")
-        commands = self.ctx.storage.list(prefix="command:", limit=int(limit))
+        limit = int_param(request, "limit", 100, minimum=0, maximum=MAX_COMMANDS_LIMIT)
+        commands = self.ctx.storage.list(prefix="command:", limit=limit)
         return Response.json({"commands": list(commands.values())})
 
     async def _ack(self, request: Request) -> Response:

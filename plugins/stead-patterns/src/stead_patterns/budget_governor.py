@@ -12,20 +12,33 @@ other requests (above all the processors' own ``/report-usage`` calls) are
 served, as Cloudflare's input gate allows; a second ``/execute`` meanwhile
 gets 409. A processor that cannot be reached or answers an error is reported
 in its result (``"error"``) and the cycle goes on.
+
+Weights are 0 to 1; budgets, costs, item and error counts and latencies are 0
+to 2**53 - 1 (JavaScript's safe integers), and so are a processor's usage
+totals; anything else is answered with 400.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar, Literal
+import math
+from typing import Annotated, Any, ClassVar, Literal
 
 import httpx
 import msgspec
 
 import stead
 from stead import Request, Response
-from stead_patterns._http import decode_body, error, now_ms, route
+from stead_patterns._http import (
+    MAX_SAFE_INTEGER,
+    BadRequest,
+    SafeInt,
+    decode_body,
+    error,
+    now_ms,
+    route,
+)
 
 __all__ = ["BudgetGovernor", "GovernorState", "ProcessorConfig", "stead_bindings"]
 
@@ -34,6 +47,9 @@ logger.addHandler(logging.NullHandler())
 
 ModelTier = Literal["premium", "standard", "economy"]
 _MAX_HISTORY = 50
+Weight = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]
+Amount = Annotated[float, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]
 
 
 class ProcessorConfig(msgspec.Struct, rename="camel"):
@@ -41,8 +57,8 @@ class ProcessorConfig(msgspec.Struct, rename="camel"):
 
     id: str
     name: str
-    weight: float
-    phase: int
+    weight: Weight
+    phase: SafeInt
     model_tier: ModelTier
     enabled: bool
 
@@ -97,15 +113,15 @@ class _ConfigureBody(msgspec.Struct):
 
 
 class _StartBody(msgspec.Struct, rename="camel"):
-    total_budget: float
+    total_budget: Amount
 
 
 class _UsageReport(msgspec.Struct, rename="camel"):
     processor_id: str
-    cost: float
-    items: int
-    errors: int
-    avg_latency_ms: float
+    cost: Amount
+    items: Count
+    errors: Count
+    avg_latency_ms: Amount
 
 
 class BudgetGovernor(stead.DurableObject):
@@ -116,21 +132,37 @@ class BudgetGovernor(stead.DurableObject):
     process_timeout: ClassVar[float] = 30.0
 
     governor: GovernorState
-    _executing: bool = False
+    #: The cycle a running ``/execute`` dispatches (``None``: not executing). Usage
+    #: reports update it in place while it runs, as in the catalog.
+    _executing: BudgetCycle | None = None
 
     async def on_start(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
         stored = self.ctx.storage.get("governor", type=GovernorState)
         self.governor = stored if stored is not None else GovernorState()
 
+    def _reload(self) -> None:
+        """The state as stored, after a request that failed (see ``route``): new objects,
+        so a running ``/execute`` follows its cycle to the one reports now update."""
+        self._load()
+        current, executing = self.governor.current_cycle, self._executing
+        if current is not None and executing is not None and current.cycle_id == executing.cycle_id:
+            self._executing = current
+
     async def fetch(self, request: Request) -> Response:
+        if request.path == "/execute":
+            # Not in a transaction: other events run (and write) while it waits for
+            # the data plane, and a rollback would take their writes with it.
+            return await route(request, {"/execute": self._execute}, None, reload=self._reload)
         routes = {
             "/configure": self._configure,
             "/start-cycle": self._start_cycle,
-            "/execute": self._execute,
             "/report-usage": self._report_usage,
             "/status": self._status,
         }
-        return await route(request, routes)
+        return await route(request, routes, self.ctx.storage, reload=self._reload)
 
     def _save(self) -> None:
         self.ctx.storage.put("governor", self.governor)
@@ -185,17 +217,22 @@ class BudgetGovernor(stead.DurableObject):
         cycle = self.governor.current_cycle
         if cycle is None:
             return error("No active cycle", 400)
-        if self._executing:
+        if self._executing is not None:
             return error("Cycle already executing", 409)
-        self._executing = True
+        self._executing = cycle
         try:
-            results = await self._run_phases(cycle)
+            results = await self._run_phases()
+            self._archive(self._executing_cycle())
         finally:
-            self._executing = False
-        self._archive(cycle)
+            self._executing = None
         return Response.json({"cycleId": cycle.cycle_id, "results": results})
 
-    async def _run_phases(self, cycle: BudgetCycle) -> dict[str, Any]:
+    def _executing_cycle(self) -> BudgetCycle:
+        cycle = self._executing
+        assert cycle is not None, "only while /execute runs"
+        return cycle
+
+    async def _run_phases(self) -> dict[str, Any]:
         phases: dict[int, list[ProcessorConfig]] = {}
         for processor in self.governor.processors:
             if processor.enabled:
@@ -203,14 +240,15 @@ class BudgetGovernor(stead.DurableObject):
         results: dict[str, Any] = {}
         async with httpx.AsyncClient(timeout=self.process_timeout) as client:
             for phase in sorted(phases):
-                runs = (self._dispatch(client, cycle, p) for p in phases[phase])
+                runs = (self._dispatch(client, p) for p in phases[phase])
                 for result in await asyncio.gather(*runs):
                     results[result["processor"]] = result
         return results
 
     async def _dispatch(
-        self, client: httpx.AsyncClient, cycle: BudgetCycle, processor: ProcessorConfig
+        self, client: httpx.AsyncClient, processor: ProcessorConfig
     ) -> dict[str, Any]:
+        cycle = self._executing_cycle()
         allocation = cycle.allocations.get(processor.id)
         if allocation is None or allocation.spent >= allocation.allocated:
             return {"processor": processor.id, "skipped": True, "reason": "budget exhausted"}
@@ -218,7 +256,8 @@ class BudgetGovernor(stead.DurableObject):
         routing = self.governor.model_routing.get(processor.model_tier)
         if routing is None:
             return {**head, "error": f"no model routing for tier {processor.model_tier!r}"}
-        max_items = int((allocation.allocated - allocation.spent) // routing.cost_per_call)
+        # As the catalog's Math.floor(remaining / cost): 0.03 // 0.005 would give 5, not 6.
+        max_items = math.floor((allocation.allocated - allocation.spent) / routing.cost_per_call)
         job = {
             "processorId": processor.id,
             "model": routing.model,
@@ -249,6 +288,9 @@ class BudgetGovernor(stead.DurableObject):
 
 
 def _apply_usage(allocation: BudgetAllocation, report: _UsageReport) -> None:
+    totals = (allocation.spent + report.cost, allocation.items + report.items)
+    if max(*totals, allocation.errors + report.errors) > MAX_SAFE_INTEGER:
+        raise BadRequest(f"usage totals of {report.processor_id!r} would exceed {MAX_SAFE_INTEGER}")
     previous_items = allocation.items
     allocation.spent += report.cost
     allocation.items += report.items

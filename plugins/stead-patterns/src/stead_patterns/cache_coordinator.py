@@ -9,7 +9,8 @@ is a runtime var (``Runtime(vars=...)``, ``self.env.CACHE_PURGE_BASE``).
 A failed purge (connection error, timeout, a non-2xx answer, no
 ``CACHE_PURGE_BASE``) is never fatal: it is logged, recorded on the entry
 (``failures``, the last 20), named in the answer's ``failed`` field, and the
-store stays registered so the next invalidation retries it. Stores that were
+store stays registered so the next invalidation retries it: by key, or by tag
+(the tag keeps the keys that still have stores to purge). Stores that were
 purged are removed from the entry, as in the catalog.
 """
 
@@ -79,7 +80,7 @@ class CacheCoordinator(stead.DurableObject):
             "/invalidate": self._invalidate,
             "/invalidate-tag": self._invalidate_tag,
         }
-        return await route(request, routes)
+        return await route(request, routes, self.ctx.storage)
 
     async def _register(self, request: Request) -> Response:
         body = decode_body(request, _RegisterBody)
@@ -110,7 +111,10 @@ class CacheCoordinator(stead.DurableObject):
                 details[key], key_failed = await self._invalidate_key(client, key)
                 if key_failed:
                     failed[key] = key_failed
-        self.ctx.storage.delete(f"tag:{body.tag}")
+        if failed:  # only they are left to purge: invalidating the tag again retries them
+            self.ctx.storage.put(f"tag:{body.tag}", list(failed))
+        else:
+            self.ctx.storage.delete(f"tag:{body.tag}")
         return Response.json(
             {
                 "invalidated": True,

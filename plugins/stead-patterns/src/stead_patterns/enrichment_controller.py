@@ -88,6 +88,9 @@ class EnrichmentController(stead.DurableObject):
         return ControllerState(self.initial_batch_size, self.base_interval_ms, Metrics())
 
     async def on_start(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
         stored = self.ctx.storage.get("controller", type=ControllerState)
         self.controller = stored if stored is not None else self._default()
 
@@ -98,7 +101,7 @@ class EnrichmentController(stead.DurableObject):
             "/status": self._status,
             "/reset": self._reset,
         }
-        return await route(request, routes)
+        return await route(request, routes, self.ctx.storage, reload=self._load)
 
     async def _start(self, request: Request) -> Response:
         self.controller.status = "running"

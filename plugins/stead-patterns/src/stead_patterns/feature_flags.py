@@ -60,7 +60,7 @@ class FeatureFlagController(stead.DurableObject):
             "/list": self._list,
             "/delete": self._delete,
         }
-        return await route(request, routes)
+        return await route(request, routes, self.ctx.storage)
 
     async def _evaluate(self, request: Request) -> Response:
         body = decode_body(request, _EvaluateBody)

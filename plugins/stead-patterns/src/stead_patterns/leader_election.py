@@ -4,18 +4,19 @@ Routes: ``/acquire`` (body ``{"candidateId", "ttlMs"?}``), ``/heartbeat`` and
 ``/release`` (body ``{"leaderId"}``; 403 for anyone but the leader),
 ``/leader``. The lease lasts ``ttlMs`` (30 s) after the last heartbeat; an
 alarm removes an expired leader. A lease that has expired counts as no
-leader everywhere, even in the moment before its alarm has run.
+leader everywhere, even in the moment before its alarm has run. ``ttlMs`` is
+at most ten years.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 import stead
 from stead import AlarmInfo, Request, Response
-from stead_patterns._http import decode_body, now_ms, route
+from stead_patterns._http import MAX_DURATION_MS, decode_body, now_ms, route
 
 __all__ = ["LeaderElection", "LeaderRecord", "stead_bindings"]
 
@@ -36,7 +37,7 @@ class LeaderRecord(msgspec.Struct, rename="camel"):
 
 class _AcquireBody(msgspec.Struct, rename="camel"):
     candidate_id: str
-    ttl_ms: int | None = None
+    ttl_ms: Annotated[int, msgspec.Meta(le=MAX_DURATION_MS)] | None = None
 
 
 class _LeaderBody(msgspec.Struct, rename="camel"):
@@ -49,6 +50,9 @@ class LeaderElection(stead.DurableObject):
     leader: LeaderRecord | None = None
 
     async def on_start(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
         self.leader = self.ctx.storage.get("leader", type=LeaderRecord)
 
     async def fetch(self, request: Request) -> Response:
@@ -58,7 +62,7 @@ class LeaderElection(stead.DurableObject):
             "/release": self._release,
             "/leader": self._leader,
         }
-        return await route(request, routes)
+        return await route(request, routes, self.ctx.storage, reload=self._load)
 
     def _live_leader(self, now: int) -> LeaderRecord | None:
         leader = self.leader

@@ -3,22 +3,30 @@
 ``GET /check?limit=100&window=60000`` answers ``{"allowed": true, "current",
 "limit", "remaining"}``, or 429 with ``Retry-After`` (seconds) and
 ``{"allowed": false, "current", "limit", "retryAfterMs"}``. Over HTTP:
-``/objects/RATE_LIMITER/{key}/fetch/check?limit=...&window=...``.
+``/objects/RATE_LIMITER/{key}/fetch/check?limit=...&window=...``. ``limit`` is
+1 to 100 000 (its timestamps must fit one stored value), ``window`` 1 ms to ten
+years; anything else is answered with 400.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 import stead
 from stead import AlarmInfo, Request, Response
-from stead_patterns._http import Positive, int_param, now_ms, route
+from stead_patterns._http import MAX_DURATION_MS, Duration, int_param, now_ms, route
 
-__all__ = ["RateLimiter", "stead_bindings"]
+__all__ = ["MAX_LIMIT", "RateLimiter", "stead_bindings"]
 
 _DEFAULT_LIMIT = 100
 _DEFAULT_WINDOW_MS = 60_000
+#: The largest ``limit``: up to ``limit`` timestamps are stored as one value, and
+#: 100 000 of them (under 1 MiB) always fit stead's 2 MiB value limit.
+MAX_LIMIT = 100_000
+Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)]
 
 
 class RateLimiter(stead.DurableObject):
@@ -30,11 +38,11 @@ class RateLimiter(stead.DurableObject):
     """
 
     async def fetch(self, request: Request) -> Response:
-        return await route(request, {"/check": self._check_request})
+        return await route(request, {"/check": self._check_request}, self.ctx.storage)
 
     async def _check_request(self, request: Request) -> Response:
-        limit = int_param(request, "limit", _DEFAULT_LIMIT)
-        window_ms = int_param(request, "window", _DEFAULT_WINDOW_MS)
+        limit = int_param(request, "limit", _DEFAULT_LIMIT, maximum=MAX_LIMIT)
+        window_ms = int_param(request, "window", _DEFAULT_WINDOW_MS, maximum=MAX_DURATION_MS)
         result = self.check(limit, window_ms)
         if result["allowed"]:
             return Response.json(result)
@@ -42,11 +50,11 @@ class RateLimiter(stead.DurableObject):
         return Response.json(result, status=429, headers={"Retry-After": str(retry_after_s)})
 
     def check(
-        self, limit: Positive = _DEFAULT_LIMIT, window_ms: Positive = _DEFAULT_WINDOW_MS
+        self, limit: Limit = _DEFAULT_LIMIT, window_ms: Duration = _DEFAULT_WINDOW_MS
     ) -> dict[str, Any]:
         """Count one request against the limit (also callable by RPC); the catalog's JSON."""
-        if limit < 1 or window_ms < 1:
-            raise ValueError("limit and window_ms must be >= 1")
+        if not (1 <= limit <= MAX_LIMIT and 1 <= window_ms <= MAX_DURATION_MS):
+            raise ValueError(f"limit must be 1 to {MAX_LIMIT}, window_ms 1 to {MAX_DURATION_MS}")
         now = now_ms()
         stored: list[int] = self.ctx.storage.get("timestamps", [], type=list[int])
         # Kept sorted, so the expired ones are a prefix found by bisection.

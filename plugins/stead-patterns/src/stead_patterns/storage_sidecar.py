@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import stead
-from stead import LimitError, Request, Response
-from stead_patterns._http import BadRequest, KeyName, decode_body, error
+from stead import Request, Response
+from stead_patterns._http import REFUSED, BadRequest, KeyName, decode_body, error
 
 __all__ = ["StorageSidecar", "stead_bindings"]
 
@@ -34,9 +34,7 @@ class StorageSidecar(stead.DurableObject):
             return Response("Method not allowed", status=405)
         try:
             return handler(request, key)
-        except BadRequest as exc:
-            return error(str(exc), 400)
-        except LimitError as exc:  # an over-long key or an over-large value
+        except REFUSED as exc:  # e.g. an over-long key or an over-large value
             return error(str(exc), 400)
 
     def _get(self, request: Request, key: str | None) -> Response:

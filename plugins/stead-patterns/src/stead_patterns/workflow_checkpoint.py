@@ -70,6 +70,9 @@ class WorkflowCheckpoint(stead.DurableObject):
     workflow: WorkflowState | None = None
 
     async def on_start(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
         self.workflow = self.ctx.storage.get("workflow", type=WorkflowState)
 
     async def fetch(self, request: Request) -> Response:
@@ -80,7 +83,7 @@ class WorkflowCheckpoint(stead.DurableObject):
             "/status": self._status,
             "/resume": self._resume,
         }
-        return await route(request, routes)
+        return await route(request, routes, self.ctx.storage, reload=self._load)
 
     async def _create(self, request: Request) -> Response:
         body = decode_body(request, _CreateBody)
