@@ -81,6 +81,11 @@ class Engine:
     def durable_seq(self) -> int:
         """The highest sequence number known durable under the durability mode."""
 
+    @property
+    def failure(self) -> str | None:
+        """Why every write is refused (a log write or sync failed; restart the
+        process), or ``None`` while the engine is healthy."""
+
     def last_seq(self) -> int:
         """The highest sequence number handed out so far."""
 

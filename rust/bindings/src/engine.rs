@@ -171,6 +171,11 @@ impl Engine {
         self.inner.durable_seq()
     }
 
+    #[getter]
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+
     fn last_seq(&self) -> u64 {
         self.inner.last_seq()
     }

@@ -244,6 +244,15 @@ impl Engine {
         }
     }
 
+    /// Why the engine refuses every write (a log write or sync failed), or
+    /// `None` while it is healthy.
+    pub fn failure(&self) -> Option<String> {
+        if !self.shared.poisoned.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.shared.poison_error().to_string())
+    }
+
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::SeqCst)
     }
