@@ -512,3 +512,55 @@ def test_bad_options_are_refused_by_name_when_the_runtime_is_built(
     (name,) = options
     with pytest.raises(error, match=name):
         stead.Runtime({"C": Counter}, **options)
+
+
+class Blocking(stead.DurableObject):
+    """Reentrant, with nested and overlapping block_concurrency_while blocks."""
+
+    reentrant = True
+    log: ClassVar[list[str]] = []
+
+    async def nested(self) -> None:
+        async def inner() -> None:
+            await asyncio.sleep(0.01)
+
+        async def outer() -> None:
+            await self.ctx.block_concurrency_while(inner)
+            Blocking.log.append("inner-done")
+            await asyncio.sleep(0.1)  # still inside the outer block
+            Blocking.log.append("outer-end")
+
+        await self.ctx.block_concurrency_while(outer)
+
+    async def block(self, tag: str, seconds: float) -> None:
+        async def hold() -> None:
+            Blocking.log.append(f"{tag}-in")
+            await asyncio.sleep(seconds)
+            Blocking.log.append(f"{tag}-out")
+
+        await asyncio.sleep(0.01)
+        await self.ctx.block_concurrency_while(hold)
+
+    def ping(self) -> None:
+        Blocking.log.append("ping")
+
+
+async def test_the_input_stays_closed_until_the_last_open_block_ends(data_dir: str) -> None:
+    async with stead.Runtime({"R": Blocking}, data_dir=data_dir) as rt:
+        r = rt.env.R.get_by_name("r")
+        Blocking.log = []
+        nested = asyncio.ensure_future(r.nested())
+        await asyncio.sleep(0.05)  # the inner block has ended, the outer has not
+        await r.ping()
+        await nested
+        assert Blocking.log == ["inner-done", "outer-end", "ping"]
+        Blocking.log = []
+        # Two events, both running, each open a block: B's ends first.
+        long, short = (
+            asyncio.ensure_future(r.block("A", 0.3)),
+            asyncio.ensure_future(r.block("B", 0.05)),
+        )
+        await asyncio.sleep(0.15)
+        await r.ping()
+        await asyncio.gather(long, short)
+        assert Blocking.log == ["A-in", "B-in", "B-out", "A-out", "ping"]

@@ -76,6 +76,7 @@ class ObjectHost:
     __slots__ = (
         "_dispatcher",
         "background",
+        "blocking",
         "broken",
         "ctx",
         "gate",
@@ -109,6 +110,9 @@ class ObjectHost:
         # flag). A class without its own on_start has nothing to run first.
         self.ready = cls.on_start is _DEFAULT_ON_START
         self.gate: asyncio.Event | None = None
+        # block_concurrency_while blocks open (nested, or of overlapping events):
+        # the input reopens when the last one ends.
+        self.blocking = 0
         self.inflight = 0
         self.broken = False
         # wait_until tasks still running (a count: no set per resident object).
@@ -126,10 +130,13 @@ class ObjectHost:
             return await fn()
         gate = self.gate = self.gate or asyncio.Event()
         gate.clear()
+        self.blocking += 1
         try:
             return await fn()
         finally:
-            gate.set()
+            self.blocking -= 1
+            if not self.blocking:
+                gate.set()
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         # Not part of a turn, but its calls leave through this object's output gate.
