@@ -614,3 +614,34 @@ async def test_callers_giving_up_at_random_moments_never_leave_half_a_turn(data_
         assert all(rt.dispatcher.is_idle(host) for host in rt.dispatcher.hosts.values())
     async with stead.Runtime({"L": Ledger}, data_dir=data_dir) as rt:
         assert [await rt.env.L.get_by_name(f"a{i}").books() for i in range(5)] == books
+
+
+class Starter(stead.DurableObject):
+    """on_start asks another object, which calls back into this one."""
+
+    async def on_start(self) -> None:
+        self.greeting = await self.env.HELPER.get_by_name("h").call_back(self.ctx.id.name)
+
+    def plain(self) -> str:
+        return "plain"
+
+    def greet(self) -> str:
+        return self.greeting
+
+
+class Helper(stead.DurableObject):
+    async def call_back(self, name: str) -> str:
+        return str(await self.env.S.get_by_name(name).plain())
+
+    def ok(self) -> str:
+        return "ok"
+
+
+async def test_a_call_back_into_an_object_whose_on_start_runs_is_a_deadlock_error(
+    data_dir: str,
+) -> None:
+    # on_start waits on the call that waits on on_start: refused at once, not a hang.
+    async with stead.Runtime({"S": Starter, "HELPER": Helper}, data_dir=data_dir) as rt:
+        with pytest.raises(stead.DeadlockError, match="on_start"):
+            await asyncio.wait_for(rt.env.S.get_by_name("s").greet(), 5)
+        assert await asyncio.wait_for(rt.env.HELPER.get_by_name("h").ok(), 5) == "ok"

@@ -713,6 +713,10 @@ class Dispatcher:
         host = self.hosts.get(key)
         if host is None:
             raise StorageError("the object was reset while this call chain was running")
+        if not host.ready:
+            # Its on_start is on this chain, waiting for this very call: it would
+            # wait on itself forever.
+            raise DeadlockError("call cycle: a call back into an object whose on_start is running")
         outcome, failed = await self._invoke(host, invoke)
         seq = self._end_turn(host, failed)
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
