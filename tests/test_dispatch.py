@@ -645,3 +645,66 @@ async def test_a_call_back_into_an_object_whose_on_start_runs_is_a_deadlock_erro
         with pytest.raises(stead.DeadlockError, match="on_start"):
             await asyncio.wait_for(rt.env.S.get_by_name("s").greet(), 5)
         assert await asyncio.wait_for(rt.env.HELPER.get_by_name("h").ok(), 5) == "ok"
+
+
+class Front(stead.DurableObject):
+    async def via_relay(self) -> str:
+        return str(await self.env.RELAY.get_by_name("r").relay())
+
+    async def via_nap(self) -> str:
+        return str(await self.env.RELAY.get_by_name("r").nap())
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class Relay(stead.DurableObject):
+    reentrant = True
+
+    async def relay(self) -> str:
+        await asyncio.sleep(0.05)
+        return str(await self.env.BACK.get_by_name("b").work())
+
+    async def nap(self) -> str:
+        await asyncio.sleep(0.1)
+        return "rested"
+
+
+class Back(stead.DurableObject):
+    async def start(self) -> str:
+        await asyncio.sleep(0.02)
+        return str(await self.env.FRONT.get_by_name("a").ping())
+
+    def work(self) -> str:
+        return "worked"
+
+
+async def test_a_cycle_across_chains_through_a_reentrant_object_is_a_deadlock_error(
+    data_dir: str,
+) -> None:
+    # Chain 1: A -> R (reentrant) -> B; chain 2: B -> A. Each waits on the other:
+    # one is refused at once (it hung), the other then completes.
+    bindings = {"FRONT": Front, "RELAY": Relay, "BACK": Back}
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                rt.env.FRONT.get_by_name("a").via_relay(),
+                rt.env.BACK.get_by_name("b").start(),
+                return_exceptions=True,
+            ),
+            5,
+        )
+        assert sum(isinstance(result, stead.DeadlockError) for result in results) == 1
+        assert "worked" in results or "pong" in results
+        # No false alarm: R's other event waiting on B does not make A wait on B.
+        # A -> R.nap (calls no one); B -> A; another caller -> R.relay -> B.
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                rt.env.FRONT.get_by_name("a").via_nap(),
+                rt.env.BACK.get_by_name("b").start(),
+                rt.env.FRONT.get_by_name("c").via_relay(),
+                return_exceptions=True,
+            ),
+            5,
+        )
+        assert results == ["rested", "pong", "worked"]

@@ -60,6 +60,14 @@ _call_chain: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
     "stead_call_chain", default=()
 )
 _BACKGROUND = b""  # never an engine object key
+# The event of a reentrant object running in this context (its node in the
+# waits-for graph), or None in a turn: a turn-based object's node is its key,
+# but a reentrant object's events wait on different things and each is a node.
+_event_node: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "stead_event_node", default=None
+)
+# A node of the waits-for graph: a turn-based object's key, or a reentrant event.
+Node = bytes | int
 # Whatever a commit raises (the engine failed, or refused the batch as too large
 # as a whole: keys and values were checked as they were written), the object is
 # reset: left pending, its writes would fail every later turn the same way.
@@ -181,6 +189,7 @@ def context_outside_turns() -> contextvars.Context:
     re-entry into the objects whose turns happened to be running."""
     context = contextvars.copy_context()
     context.run(_call_chain.set, ())
+    context.run(_event_node.set, None)
     return context
 
 
@@ -237,7 +246,7 @@ class Dispatcher:
         self.mailbox = Mailbox(max_pending)
         self.hosts: OrderedDict[bytes, ObjectHost] = OrderedDict()
         self._waiters: dict[int, asyncio.Future[None]] = {}
-        self._waits_for: dict[bytes, list[bytes]] = {}
+        self._waits_for: dict[Node, list[Node]] = {}
         self._tokens = itertools.count(1)
         self.background: set[asyncio.Future[Any]] = set()
         # Events running as tasks of their own (see ``_detached``).
@@ -506,12 +515,14 @@ class Dispatcher:
             else:
                 await self._release_outbound(chain[-1])
         host = self.host(object_id)
-        if host.reentrant:
-            return await self._deliver_interleaved(host, chain, invoke, detach)
-        caller = chain[-1] if chain else None
+        # Who waits for this event: the caller's turn, or its reentrant event.
+        caller: Node | None = (_event_node.get() or chain[-1]) if chain else None
+        target: Node = next(self._tokens) if host.reentrant else key
         if caller is not None:
-            self._waits_for.setdefault(caller, []).append(key)
+            self._waits_for.setdefault(caller, []).append(target)
         try:
+            if host.reentrant:
+                return await self._deliver_interleaved(host, chain, invoke, detach, target)
             token = next(self._tokens)
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, caller)
@@ -520,7 +531,7 @@ class Dispatcher:
             return await self._run_event(host, turn, detach)  # type: ignore[no-any-return]
         finally:
             if caller is not None:
-                self._forget_wait(caller, key)
+                self._forget_wait(caller, target)
 
     def _host_for_turn(self, object_id: ObjectId) -> ObjectHost:
         """The host, for a caller just handed the object's turn: if the instance
@@ -547,7 +558,7 @@ class Dispatcher:
         ):
             await self.flush(caller)
 
-    async def _wait_turn(self, key: bytes, token: int, caller: bytes | None) -> None:
+    async def _wait_turn(self, key: bytes, token: int, caller: Node | None) -> None:
         if caller is not None and self._would_deadlock(caller, key):
             self.mailbox.cancel(key, token)
             raise DeadlockError(
@@ -583,9 +594,9 @@ class Dispatcher:
                 return
             token = mailbox.finish(key)
 
-    def _would_deadlock(self, caller: bytes, target: bytes) -> bool:
-        seen: set[bytes] = set()
-        stack = [target]
+    def _would_deadlock(self, caller: Node, target: bytes) -> bool:
+        seen: set[Node] = set()
+        stack: list[Node] = [target]
         while stack:
             node = stack.pop()
             if node == caller:
@@ -595,7 +606,7 @@ class Dispatcher:
                 stack.extend(self._waits_for.get(node, ()))
         return False
 
-    def _forget_wait(self, caller: bytes, key: bytes) -> None:
+    def _forget_wait(self, caller: Node, key: Node) -> None:
         targets = self._waits_for.get(caller)
         if targets is not None:
             targets.remove(key)
@@ -618,11 +629,13 @@ class Dispatcher:
     ) -> tuple[Any, bool, int]:
         """One event to its end: the handler, its commit, handing the object on."""
         context_token = _call_chain.set((*chain, host.key))
+        node_token = _event_node.set(None)
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            _event_node.reset(node_token)
             _call_chain.reset(context_token)
             host.last_used = time.monotonic()
             self._hand_off(host.key)
@@ -722,25 +735,33 @@ class Dispatcher:
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
 
     async def _deliver_interleaved(
-        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[T], detach: bool
+        self,
+        host: ObjectHost,
+        chain: tuple[bytes, ...],
+        invoke: Invoke[T],
+        detach: bool,
+        node: int,
     ) -> T:
-        """Reentrant objects: events interleave at awaits, bounded by ``max_pending``."""
+        """Reentrant objects: events interleave at awaits, bounded by ``max_pending``.
+        ``node`` is the event in the waits-for graph."""
         if host.inflight >= self.max_pending:
             raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
         host.inflight += 1
-        event = self._interleaved_event(host, chain, invoke)
+        event = self._interleaved_event(host, chain, invoke, node)
         return await self._run_event(host, event, detach)  # type: ignore[no-any-return]
 
     async def _interleaved_event(
-        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any]
+        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any], node: int
     ) -> tuple[Any, bool, int]:
         context_token = _call_chain.set((*chain, host.key))
+        node_token = _event_node.set(node)
         try:
             while host.gate is not None and not host.gate.is_set():
                 await host.gate.wait()
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            _event_node.reset(node_token)
             _call_chain.reset(context_token)
             host.inflight -= 1
             host.last_used = time.monotonic()
