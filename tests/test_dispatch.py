@@ -708,3 +708,58 @@ async def test_a_cycle_across_chains_through_a_reentrant_object_is_a_deadlock_er
             5,
         )
         assert results == ["rested", "pong", "worked"]
+
+
+class Bank(stead.DurableObject):
+    def credit(self, who: str, amount: int) -> None:
+        self.ctx.storage.put(who, self.ctx.storage.get(who, 0) + amount)
+
+    def balance(self, who: str) -> int:
+        return int(self.ctx.storage.get(who, 0))
+
+
+class Till(stead.DurableObject):
+    """Reentrant: one event debits, waits, then pays out; another aborts meanwhile."""
+
+    reentrant = True
+
+    async def debit_then_pay(self) -> str:
+        self.ctx.storage.put("debited", True)
+        await asyncio.sleep(0.1)  # the object is aborted meanwhile: the debit is gone
+        await self.env.BANK.get_by_name("b").credit("bob", 100)
+        return "paid"
+
+    def pay_later(self) -> None:
+        async def pay() -> None:
+            await asyncio.sleep(0.1)
+            await self.env.BANK.get_by_name("b").credit("carol", 100)
+
+        self.ctx.storage.put("debited", True)
+        self.ctx.wait_until(pay())
+
+    def reset(self) -> None:
+        self.ctx.abort("reset by an operator")
+
+    def debited(self) -> bool | None:
+        return self.ctx.storage.get("debited")  # type: ignore[no-any-return]
+
+
+async def test_no_call_leaves_an_object_reset_while_its_event_ran(data_dir: str) -> None:
+    # The output gate: the write behind the call was dropped by the reset, so the
+    # call must be dropped too (it left regardless, and bob was paid twice over).
+    async with stead.Runtime({"T": Till, "BANK": Bank}, data_dir=data_dir) as rt:
+        till, bank = rt.env.T.get_by_name("t"), rt.env.BANK.get_by_name("b")
+        paying = asyncio.ensure_future(till.debit_then_pay())
+        await asyncio.sleep(0.02)
+        with pytest.raises(stead.RemoteError, match="reset by an operator"):
+            await till.reset()
+        with pytest.raises(stead.StorageError, match="reset"):
+            await paying
+        assert await till.debited() is None
+        assert await bank.balance("bob") == 0
+        # wait_until work of a reset instance: its call is dropped as well.
+        await till.pay_later()
+        with pytest.raises(stead.RemoteError, match="reset by an operator"):
+            await till.reset()
+        await asyncio.sleep(0.2)
+        assert await bank.balance("carol") == 0

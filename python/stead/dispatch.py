@@ -68,6 +68,11 @@ _event_node: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 # A node of the waits-for graph: a turn-based object's key, or a reentrant event.
 Node = bytes | int
+# The instance whose event (or wait_until work) runs in this context: its calls
+# pass its output gate, and none leave once it was reset.
+_running_host: contextvars.ContextVar[ObjectHost | None] = contextvars.ContextVar(
+    "stead_running_host", default=None
+)
 # Whatever a commit raises (the engine failed, or refused the batch as too large
 # as a whole: keys and values were checked as they were written), the object is
 # reset: left pending, its writes would fail every later turn the same way.
@@ -150,6 +155,7 @@ class ObjectHost:
         # Not part of a turn, but its calls leave through this object's output gate.
         context = contextvars.copy_context()
         context.run(_call_chain.set, (_BACKGROUND, self.key))
+        context.run(_running_host.set, self)
         future = context.run(asyncio.ensure_future, awaitable)
         self.background += 1
         self._dispatcher.background.add(future)
@@ -190,6 +196,7 @@ def context_outside_turns() -> contextvars.Context:
     context = contextvars.copy_context()
     context.run(_call_chain.set, ())
     context.run(_event_node.set, None)
+    context.run(_running_host.set, None)
     return context
 
 
@@ -517,12 +524,13 @@ class Dispatcher:
         host = self.host(object_id)
         # Who waits for this event: the caller's turn, or its reentrant event.
         caller: Node | None = (_event_node.get() or chain[-1]) if chain else None
-        target: Node = next(self._tokens) if host.reentrant else key
+        event_node = next(self._tokens) if host.reentrant else None
+        target: Node = key if event_node is None else event_node
         if caller is not None:
             self._waits_for.setdefault(caller, []).append(target)
         try:
-            if host.reentrant:
-                return await self._deliver_interleaved(host, chain, invoke, detach, target)
+            if event_node is not None:
+                return await self._deliver_interleaved(host, chain, invoke, detach, event_node)
             token = next(self._tokens)
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, caller)
@@ -552,7 +560,11 @@ class Dispatcher:
     async def _release_outbound(self, caller_key: bytes) -> None:
         # Output gate: a turn's calls leave only after its writes so far are durable.
         # Earlier turns' writes count too: this turn may have read them.
-        caller = self.hosts.get(caller_key)
+        caller = _running_host.get() or self.hosts.get(caller_key)
+        if caller is not None and caller.broken:
+            # Reset (aborted, or a commit failed) while this event or work ran on:
+            # the writes behind the call are gone, so the call must not leave.
+            raise StorageError("the calling object was reset; its outbound calls are dropped")
         if caller is not None and (
             caller.storage.has_pending or not self.waiter.is_durable(caller.storage.last_seq)
         ):
@@ -630,11 +642,13 @@ class Dispatcher:
         """One event to its end: the handler, its commit, handing the object on."""
         context_token = _call_chain.set((*chain, host.key))
         node_token = _event_node.set(None)
+        host_token = _running_host.set(host)
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            _running_host.reset(host_token)
             _event_node.reset(node_token)
             _call_chain.reset(context_token)
             host.last_used = time.monotonic()
@@ -755,12 +769,14 @@ class Dispatcher:
     ) -> tuple[Any, bool, int]:
         context_token = _call_chain.set((*chain, host.key))
         node_token = _event_node.set(node)
+        host_token = _running_host.set(host)
         try:
             while host.gate is not None and not host.gate.is_set():
                 await host.gate.wait()
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            _running_host.reset(host_token)
             _event_node.reset(node_token)
             _call_chain.reset(context_token)
             host.inflight -= 1
