@@ -763,3 +763,52 @@ async def test_no_call_leaves_an_object_reset_while_its_event_ran(data_dir: str)
             await till.reset()
         await asyncio.sleep(0.2)
         assert await bank.balance("carol") == 0
+
+
+class Guarded(stead.DurableObject):
+    """Reentrant: a block that aborts, and an on_start that fails once."""
+
+    reentrant = True
+    starts = 0
+
+    async def on_start(self) -> None:
+        Guarded.starts += 1
+        await asyncio.sleep(0.05)  # later events arrive while it runs
+        if Guarded.starts == 1:
+            raise KeyError("the first start fails")
+
+    async def critical(self) -> None:
+        async def check() -> None:
+            await asyncio.sleep(0.1)
+            self.ctx.abort("bad state")
+
+        await self.ctx.block_concurrency_while(check)
+
+    async def put(self, value: int) -> int:
+        await asyncio.sleep(0)
+        self.ctx.storage.put("value", value)
+        return value
+
+    def get(self) -> int | None:
+        return self.ctx.storage.get("value")  # type: ignore[no-any-return]
+
+
+async def test_events_waiting_on_a_reset_reentrant_instance_run_on_a_fresh_one(
+    data_dir: str,
+) -> None:
+    # As a turn-based object's queued events do (they failed with StorageError,
+    # although no commit had failed, and their writes were lost).
+    Guarded.starts = 0
+    async with stead.Runtime({"G": Guarded}, data_dir=data_dir) as rt:
+        guarded = rt.env.G.get_by_name("g")
+        first, *waiting = await asyncio.gather(
+            guarded.put(0), guarded.put(1), guarded.put(2), return_exceptions=True
+        )
+        assert isinstance(first, KeyError)  # the event that ran the failing on_start
+        assert waiting == [1, 2]
+        critical = asyncio.ensure_future(guarded.critical())
+        await asyncio.sleep(0.02)  # the block is open: these wait at the input
+        assert await asyncio.gather(guarded.put(3), guarded.put(4)) == [3, 4]
+        with pytest.raises(stead.RemoteError, match="bad state"):
+            await critical
+        assert await guarded.get() == 4

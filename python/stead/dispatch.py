@@ -83,6 +83,10 @@ _DEFAULT_ON_START = DurableObject.on_start
 AlarmListener = Callable[[bytes, "int | None"], None]
 
 
+class _ResetBeforeStart(Exception):
+    """A reentrant object's event found its instance reset before it began."""
+
+
 class ObjectHost:
     """A resident object: its instance, storage and gate state."""
 
@@ -758,11 +762,16 @@ class Dispatcher:
     ) -> T:
         """Reentrant objects: events interleave at awaits, bounded by ``max_pending``.
         ``node`` is the event in the waits-for graph."""
-        if host.inflight >= self.max_pending:
-            raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
-        host.inflight += 1
-        event = self._interleaved_event(host, chain, invoke, node)
-        return await self._run_event(host, event, detach)  # type: ignore[no-any-return]
+        while True:
+            if host.inflight >= self.max_pending:
+                raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
+            host.inflight += 1
+            event = self._interleaved_event(host, chain, invoke, node)
+            try:
+                return await self._run_event(host, event, detach)  # type: ignore[no-any-return]
+            except _ResetBeforeStart:
+                # As a turn-based object's queued events do: run on a fresh instance.
+                host = self.host(host.id)
 
     async def _interleaved_event(
         self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any], node: int
@@ -773,6 +782,12 @@ class Dispatcher:
         try:
             while host.gate is not None and not host.gate.is_set():
                 await host.gate.wait()
+            if not host.ready and host.started is not None:
+                # Another event is running on_start: wait for it to end either way.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(host.started)
+            if host.broken:  # reset (aborted, on_start failed) before this event began
+                raise _ResetBeforeStart
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
