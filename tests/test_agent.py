@@ -232,3 +232,122 @@ async def test_random_schedules_and_cancels_run_exactly_the_survivors(data_dir: 
             assert sorted(int(payload) for payload, _ in runs) == sorted(payloads)
             assert all(ran >= due[int(payload)] - 0.002 for payload, ran in runs)
             assert await rt.env.A.get_by_name(name).pending() == []
+
+
+class Unlucky(stead.Agent):
+    """One callback always raises, the other is healthy."""
+
+    runs: list[tuple[str, float]] = []
+
+    def plan(self, bad_in: float, good_in: float) -> None:
+        self.schedule(bad_in, "bad")
+        self.schedule(good_in, "good")
+
+    def plan_cron(self) -> str:
+        return self.schedule("* * * * * *", "bad").id
+
+    async def bad(self, payload: Any) -> None:
+        Unlucky.runs.append(("bad", time.time()))
+        raise RuntimeError("boom")
+
+    async def good(self, payload: Any) -> None:
+        Unlucky.runs.append(("good", time.time()))
+
+    def schedules(self) -> list[stead.Schedule]:
+        return self.get_schedules()
+
+
+async def test_a_failing_schedule_is_retried_on_its_own_and_never_stops_the_others(
+    data_dir: str,
+) -> None:
+    # The failing schedule once took the object's one alarm with it: its
+    # backoff held back the healthy schedule, and after the retry limit the
+    # alarm was deleted, so the healthy schedule never ran.
+    Unlucky.runs = []
+    async with stead.Runtime(
+        {"A": Unlucky}, data_dir=data_dir, alarm_retry_base=0.5, alarm_retry_limit=2
+    ) as rt:
+        agent = rt.env.A.get_by_name("a")
+        planned = time.time()
+        await agent.plan(0.05, 0.15)
+
+        async def good_ran() -> bool:
+            return any(name == "good" for name, _ in Unlucky.runs)
+
+        await eventually(good_ran, timeout=3)
+        # On time, not after the first retry of "bad" (0.375 s or more later).
+        assert [name for name, _ in Unlucky.runs] == ["bad", "good"]
+        [retrying] = await agent.schedules()
+        assert (retrying.callback, retrying.retry_count) == ("bad", 1)
+        assert retrying.time >= planned + 0.05 + 0.5 * 0.75
+
+        async def bad_gave_up() -> bool:
+            return not await agent.schedules()
+
+        await eventually(bad_gave_up, timeout=5)
+        await asyncio.sleep(0.3)  # nothing more comes
+        assert [name for name, _ in Unlucky.runs] == ["bad", "good", "bad", "bad"]
+        bad_times = [at for name, at in Unlucky.runs if name == "bad"]
+        assert bad_times[2] - bad_times[1] >= 2 * 0.5 * 0.75  # backoff doubles
+
+
+async def test_a_failing_cron_schedule_moves_to_its_next_time_after_its_retries(
+    data_dir: str,
+) -> None:
+    Unlucky.runs = []
+    async with stead.Runtime(
+        {"A": Unlucky}, data_dir=data_dir, alarm_retry_base=0.02, alarm_retry_limit=1
+    ) as rt:
+        agent = rt.env.A.get_by_name("a")
+        cron_id = await agent.plan_cron()
+
+        async def three_runs() -> bool:
+            return len(Unlucky.runs) >= 3
+
+        await eventually(three_runs, timeout=5)  # a run, its one retry, the next second's run
+        times = [at for _, at in Unlucky.runs]
+        assert times[1] - times[0] < 0.5 <= times[2] - times[0]
+        [cron] = await agent.schedules()
+        assert cron.id == cron_id and cron.kind == "cron"
+
+
+class Aborter(stead.Agent):
+    """A callback that aborts the object on its first run."""
+
+    runs: list[tuple[int, Any]] = []
+
+    def plan(self) -> None:
+        self.schedule(0, "once")
+
+    async def once(self, payload: Any) -> None:
+        Aborter.runs.append((len(Aborter.runs), self.ctx.storage.get("mark")))
+        self.ctx.storage.put("mark", len(Aborter.runs))
+        if len(Aborter.runs) == 1:
+            self.ctx.abort("first run aborts")
+
+    def mark(self) -> Any:
+        return self.ctx.storage.get("mark")
+
+    def schedules(self) -> list[stead.Schedule]:
+        return self.get_schedules()
+
+
+async def test_abort_in_a_callback_still_aborts_and_the_schedule_runs_again(
+    data_dir: str,
+) -> None:
+    Aborter.runs = []
+    async with stead.Runtime({"A": Aborter}, data_dir=data_dir, alarm_retry_base=0.05) as rt:
+        agent = rt.env.A.get_by_name("a")
+        await agent.plan()
+
+        async def ran_twice() -> bool:
+            return len(Aborter.runs) == 2
+
+        await eventually(ran_twice, timeout=3)
+        assert Aborter.runs == [(0, None), (1, None)]  # the aborted run's write was dropped
+
+        async def done() -> bool:
+            return not await agent.schedules()
+
+        await eventually(done)
+        assert await agent.mark() == 2

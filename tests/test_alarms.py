@@ -381,3 +381,48 @@ async def test_an_alarm_time_out_of_range_is_refused_as_it_is_set(
         assert await reminder.when() == far
     async with stead.Runtime({"R": Scheduled}, data_dir=data_dir) as rt:
         assert await rt.env.R.get_by_name("r").when() == far
+
+
+class Aborting(stead.DurableObject):
+    """Aborts every alarm run after a write; counts its instances."""
+
+    runs: ClassVar[list[int]] = []
+    instances = 0
+
+    def __init__(self, ctx: stead.ObjectContext, env: Any) -> None:
+        super().__init__(ctx, env)
+        Aborting.instances += 1
+
+    def arm(self) -> None:
+        self.ctx.storage.set_alarm(time.time())
+
+    def written(self) -> Any:
+        return self.ctx.storage.get("written")
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Aborting.runs.append(info.retry_count)
+        self.ctx.storage.put("written", info.retry_count)
+        self.ctx.abort("not today")
+
+
+async def test_an_alarm_that_aborts_is_retried_with_backoff_up_to_the_limit(
+    data_dir: str,
+) -> None:
+    # An abort is a failed run: counted, backed off and dropped after the limit
+    # (it once ran again every 5 s forever, always with retry_count 0).
+    Aborting.runs, Aborting.instances = [], 0
+    async with stead.Runtime(
+        {"A": Aborting}, data_dir=data_dir, alarm_retry_base=0.05, alarm_retry_limit=2
+    ) as rt:
+        aborting = rt.env.A.get_by_name("a")
+        await aborting.arm()
+
+        async def three_runs() -> bool:
+            return len(Aborting.runs) == 3
+
+        await eventually(three_runs, timeout=3)
+        await asyncio.sleep(0.4)  # nothing more comes
+        assert Aborting.runs == [0, 1, 2]
+        assert rt.engine.get_alarm(rt.env.A.id_from_name("a").storage_key) is None
+        assert await aborting.written() is None  # each run's writes were dropped
+        assert Aborting.instances >= 4  # the arming instance, then a fresh one per run

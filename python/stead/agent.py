@@ -3,13 +3,16 @@
 State is stored with the turn that sets it. Schedules (a delay, a date, or a
 cron expression) are stored records multiplexed onto the object's one alarm:
 the alarm is always set to the earliest schedule, and each due schedule's
-callback runs as a turn of its own, in time order.
+callback runs as a turn of its own, in time order. A callback that raises is
+retried per schedule (its own backoff and retry count, the runtime's alarm
+retry policy), so one failing schedule never holds back or strands the others.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import secrets
 import time
 from datetime import datetime
@@ -18,11 +21,13 @@ from typing import Any, ClassVar, Literal
 import msgspec
 from croniter import croniter
 
-from stead.alarms import AlarmInfo
+from stead.alarms import AlarmInfo, retry_policy
 from stead.messages import Request, Response
 from stead.objects import DurableObject
 
 __all__ = ["Agent", "Schedule"]
+
+logger = logging.getLogger(__name__)
 
 _STATE_KEY = b"agent-state"
 _SCHEDULE_PREFIX = b"agent-schedule:"
@@ -30,7 +35,11 @@ _MISSING: Any = object()
 
 
 class Schedule(msgspec.Struct, frozen=True):
-    """A stored schedule: ``callback`` is awaited with ``payload`` at ``time`` (epoch s)."""
+    """A stored schedule: ``callback`` is awaited with ``payload`` at ``time`` (epoch s).
+
+    ``retry_count`` is how many times in a row the callback has raised (0 until it
+    fails); ``time`` is then the time of the next retry.
+    """
 
     id: str
     callback: str
@@ -38,6 +47,7 @@ class Schedule(msgspec.Struct, frozen=True):
     kind: Literal["delayed", "scheduled", "cron"]
     time: float
     cron: str | None = None
+    retry_count: int = 0
 
 
 def _next_cron_time(expression: str, after: float) -> float:
@@ -142,20 +152,62 @@ class Agent(DurableObject):
 
     async def alarm(self, info: AlarmInfo) -> None:
         """Run the earliest due schedule (one per turn); re-arm for the next."""
-        now = time.time()
         schedules = self.get_schedules()
-        if schedules and schedules[0].time <= now:
-            due = schedules[0]
+        if schedules and schedules[0].time <= time.time():
+            await self._run_schedule(schedules[0])
+        self._arm()
+
+    async def _run_schedule(self, due: Schedule) -> None:
+        # Only the callback's Exceptions: ctx.abort() (ObjectAborted) and
+        # cancellation end the whole alarm run, as in any alarm handler.
+        failure: Exception | None = None
+        try:
             result = getattr(self, due.callback)(due.payload)
             if inspect.isawaitable(result):
                 await result
-            key = _SCHEDULE_PREFIX + due.id.encode()
-            if self.get_schedule(due.id) is None:
-                pass  # the callback cancelled its own schedule
-            elif due.kind == "cron" and due.cron is not None:
-                # From now, not from the missed time: no catch-up storm after downtime.
-                next_time = _next_cron_time(due.cron, time.time())
-                self.ctx.storage.put_internal(key, msgspec.structs.replace(due, time=next_time))
-            else:
-                self.ctx.storage.delete_internal(key)
-        self._arm()
+        except Exception as error:
+            failure = error
+        if self.get_schedule(due.id) is None:
+            return  # the callback cancelled its own schedule
+        if failure is not None and due.retry_count < retry_policy().limit:
+            self._retry_schedule(due, failure)
+            return
+        if failure is not None:
+            logger.error(
+                "schedule %s (%s) of %r failed %d times; %s",
+                due.id,
+                due.callback,
+                self.ctx.id,
+                due.retry_count + 1,
+                "moved to its next time" if due.kind == "cron" else "dropped",
+                exc_info=failure,
+            )
+        self._finish_schedule(due)
+
+    def _retry_schedule(self, due: Schedule, failure: Exception) -> None:
+        """Re-time only ``due``, with the runtime's alarm backoff."""
+        delay = retry_policy().delay(due.retry_count)
+        logger.warning(
+            "schedule %s (%s) of %r raised; retry %d in %.3fs",
+            due.id,
+            due.callback,
+            self.ctx.id,
+            due.retry_count + 1,
+            delay,
+            exc_info=failure,
+        )
+        retry = msgspec.structs.replace(
+            due, time=time.time() + delay, retry_count=due.retry_count + 1
+        )
+        self.ctx.storage.put_internal(_SCHEDULE_PREFIX + due.id.encode(), retry)
+
+    def _finish_schedule(self, due: Schedule) -> None:
+        """Remove a one-shot schedule; move a cron schedule to its next time."""
+        key = _SCHEDULE_PREFIX + due.id.encode()
+        if due.kind == "cron" and due.cron is not None:
+            # From now, not from the missed time: no catch-up storm after downtime.
+            next_time = _next_cron_time(due.cron, time.time())
+            following = msgspec.structs.replace(due, time=next_time, retry_count=0)
+            self.ctx.storage.put_internal(key, following)
+        else:
+            self.ctx.storage.delete_internal(key)

@@ -2,8 +2,10 @@
 
 An alarm is a record in the log; the wheel only holds its time and is rebuilt
 from the engine at startup. Delivery is at least once and never early. A
-raising handler is retried with exponential backoff and jitter; the retry
-state is stored with the object, so pending retries survive restarts.
+raising (or aborting) handler is retried with exponential backoff and
+jitter; the retry state is stored with the object, so pending retries survive
+restarts. While a handler runs, ``retry_policy()`` is the runtime's policy, for
+handlers that retry parts of their work themselves (``Agent`` schedules).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
+from functools import partial
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -25,8 +29,9 @@ from stead.ids import IdFactory
 
 if TYPE_CHECKING:
     from stead.dispatch import Dispatcher, ObjectHost
+    from stead.ids import ObjectId
 
-__all__ = ["AlarmInfo", "AlarmScheduler"]
+__all__ = ["AlarmInfo", "AlarmScheduler", "RetryPolicy", "retry_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +50,42 @@ class AlarmInfo(msgspec.Struct, frozen=True):
     scheduled_time: float
 
 
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """How failed alarm runs are retried: the runtime's ``alarm_retry_limit``
+    (``limit``) and ``alarm_retry_base`` (``base``)."""
+
+    limit: int = 6
+    base: float = 2.0
+
+    def delay(self, retry_count: int) -> float:
+        """Seconds to wait after a failed run that had ``retry_count`` retries before
+        it: ``base * 2**retry_count``, ±25% jitter."""
+        return self.base * 2.0**retry_count * random.uniform(0.75, 1.25)
+
+
+_DEFAULT_POLICY = RetryPolicy()
+_policy: ContextVar[RetryPolicy | None] = ContextVar("stead_alarm_retry_policy", default=None)
+
+
+def retry_policy() -> RetryPolicy:
+    """The retry policy of the runtime whose ``alarm()`` is running (the defaults
+    outside an alarm run)."""
+    return _policy.get() or _DEFAULT_POLICY
+
+
 class _RetryState(msgspec.Struct, array_like=True):
     count: int
     scheduled_time: float
+
+
+class _Run:
+    """One delivery of an alarm: set when its handler aborted the object."""
+
+    __slots__ = ("aborted",)
+
+    def __init__(self) -> None:
+        # (retry count, scheduled time, alarm time in ms) of the aborted run.
+        self.aborted: tuple[int, float, int] | None = None
 
 
 def _now_ms() -> int:
@@ -70,8 +108,7 @@ class AlarmScheduler:
         self._engine = engine
         self._ids = ids
         self._dispatcher = dispatcher
-        self._retry_limit = retry_limit
-        self._retry_base = retry_base
+        self._policy = RetryPolicy(retry_limit, retry_base)
         self._now_ms = now_ms
         self._wheel = TimerWheel(now_ms())
         self._token_of: dict[bytes, int] = {}
@@ -144,24 +181,51 @@ class AlarmScheduler:
                 "alarm of an object of an unknown binding (key %s) left pending", key.hex()
             )
             return
+        run = _Run()
         try:
             # This task is the alarm event's own: no caller can give up on it.
-            await self._dispatcher.deliver(object_id, self._run, detach=False)
-        except (OverloadedError, StorageError) as error:
-            logger.warning("alarm of %r not delivered (%s); trying again", object_id, error)
-            self._redeliver_soon(key)
+            await self._dispatcher.deliver(object_id, partial(self._run, run=run), detach=False)
+        except Exception as error:
+            if run.aborted is not None:  # a failed run, counted like a raising one
+                await self._retry_aborted(object_id, key, run.aborted)
+            elif isinstance(error, (OverloadedError, StorageError)):
+                logger.warning("alarm of %r not delivered (%s); trying again", object_id, error)
+                self._redeliver_soon(key)
+            else:
+                # The handler's own errors are retried inside the turn; this is the
+                # object failing to start (constructor or on_start). Keep the alarm:
+                # tried again every _FAILED_START_DELAY_MS, not counted as a retry.
+                logger.exception("alarm of %r could not run; trying again", object_id)
+                self._redeliver_soon(key, _FAILED_START_DELAY_MS)
+
+    async def _retry_aborted(
+        self, object_id: ObjectId, key: bytes, aborted: tuple[int, float, int]
+    ) -> None:
+        """The handler aborted: its writes were dropped with the instance, so the
+        retry is recorded by an event of its own (on the new instance)."""
+        try:
+            await self._dispatcher.deliver(
+                object_id, partial(self._record_abort, aborted=aborted), detach=False
+            )
         except Exception:
-            # The handler's own errors are retried inside the turn; this is the
-            # object failing to start (constructor or on_start). Keep the alarm.
-            logger.exception("alarm of %r could not run; trying again", object_id)
+            logger.exception(
+                "retry of the aborted alarm of %r not recorded; trying again", object_id
+            )
             self._redeliver_soon(key, _FAILED_START_DELAY_MS)
+
+    async def _record_abort(self, host: ObjectHost, aborted: tuple[int, float, int]) -> None:
+        count, scheduled, alarm_ms = aborted
+        current = host.storage.get_alarm()
+        if current is not None and round(current * 1000) == alarm_ms:
+            self._schedule_retry(host, count, scheduled, "aborted")
+        # else: changed by an event since the abort; the wheel has the new time.
 
     def _redeliver_soon(self, key: bytes, delay_ms: int = _REDELIVERY_DELAY_MS) -> None:
         if key in self._token_of and not self._closed:
             self._wheel.set(self._token_of[key], self._now_ms() + delay_ms)
             self._rearm()
 
-    async def _run(self, host: ObjectHost) -> None:
+    async def _run(self, host: ObjectHost, run: _Run) -> None:
         """The alarm event, run as a turn of the object."""
         storage = host.storage
         current = storage.get_alarm()
@@ -171,28 +235,44 @@ class AlarmScheduler:
         retry = storage.get_internal(RETRY_KEY, type=_RetryState | None)
         count, scheduled = (retry.count, retry.scheduled_time) if retry else (0, current)
         self.fired += 1
+        policy = _policy.set(self._policy)
         try:
             await host.instance.alarm(AlarmInfo(count, count > 0, scheduled))
-        except (ObjectAborted, asyncio.CancelledError):
+        except ObjectAborted:
+            # The object is reset and this turn's writes dropped; _deliver records
+            # the retry once the turn has ended.
+            run.aborted = (count, scheduled, round(current * 1000))
+            raise
+        except asyncio.CancelledError:
             raise
         except Exception:
-            self._schedule_retry(host, count, scheduled)
+            self._schedule_retry(host, count, scheduled, "raised")
             return
+        finally:
+            _policy.reset(policy)
         if not storage.alarm_changed:
             storage.delete_alarm()
         if retry:
             storage.delete_internal(RETRY_KEY)
 
-    def _schedule_retry(self, host: ObjectHost, count: int, scheduled: float) -> None:
+    def _schedule_retry(self, host: ObjectHost, count: int, scheduled: float, how: str) -> None:
         storage = host.storage
-        if count >= self._retry_limit:
-            logger.error("alarm of %r failed %d times; dropped", host.id, count + 1, exc_info=True)
+        # The handler's exception, when it raised (an abort is over by now).
+        exc_info = how == "raised"
+        if count >= self._policy.limit:
+            logger.error(
+                "alarm of %r failed %d times (last run %s); dropped",
+                host.id,
+                count + 1,
+                how,
+                exc_info=exc_info,
+            )
             storage.delete_alarm()
             storage.delete_internal(RETRY_KEY)
             return
-        delay = self._retry_base * 2**count * random.uniform(0.75, 1.25)
+        delay = self._policy.delay(count)
         logger.warning(
-            "alarm of %r raised; retry %d in %.3fs", host.id, count + 1, delay, exc_info=True
+            "alarm of %r %s; retry %d in %.3fs", host.id, how, count + 1, delay, exc_info=exc_info
         )
         storage.set_alarm(self._now_ms() / 1000 + delay)
         storage.put_internal(RETRY_KEY, _RetryState(count + 1, scheduled))
