@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 
 import pytest
 
@@ -99,3 +100,38 @@ def test_name_ids_under_a_known_secret_are_unchanged() -> None:
     tag = hmac.digest(secret, b"tag\0Counter\0" + head, "sha256")[:16]
     assert object_id.raw == head + tag
     assert str(object_id) == (head + tag).hex()
+
+
+class Emptied(stead.DurableObject):
+    def put(self) -> None:
+        self.ctx.storage.put("k", 1)
+
+    def delete(self) -> None:
+        self.ctx.storage.delete("k")
+
+    def remind(self) -> None:
+        self.ctx.storage.set_alarm(time.time() + 3600)
+
+    def forget(self) -> None:
+        self.ctx.storage.delete_alarm()
+
+
+async def test_objects_emptied_key_by_key_are_not_listed(data_dir: str) -> None:
+    # Only its recorded name was left: that is not storage (delete_all agreed).
+    async with stead.Runtime({"E": Emptied}, data_dir=data_dir) as rt:
+        for i in range(6):
+            await rt.env.E.get_by_name(f"kept{i}").put()
+        emptied, reminded = rt.env.E.get_by_name("emptied"), rt.env.E.get_by_name("reminded")
+        await emptied.put()
+        await emptied.delete()
+        await reminded.remind()
+        listed = {object_id.name for object_id in await rt.env.E.list_ids()}
+        assert listed == {f"kept{i}" for i in range(6)} | {"reminded"}
+        await reminded.forget()
+        # Pages are filled past the objects left out.
+        first = await rt.env.E.list_ids(limit=4)
+        rest = await rt.env.E.list_ids(limit=4, after=first[-1])
+        assert len(first) == 4 and len(rest) == 2
+        assert {i.name for i in first + rest} == {f"kept{i}" for i in range(6)}
+    async with stead.Runtime({"E": Emptied}, data_dir=data_dir) as rt:
+        assert len(await rt.env.E.list_ids()) == 6

@@ -74,8 +74,22 @@ class Namespace:
         if after is not None:
             after_id = after if isinstance(after, ObjectId) else self.id_from_string(after)
             cursor = after_id.storage_key
-        keys = self._engine.objects(prefix=self._prefix, after=cursor, limit=limit)
-        return [self._id_for_key(key) for key in keys]
+        found: list[ObjectId] = []
+        while limit is None or len(found) < limit:
+            wanted = None if limit is None else limit - len(found)
+            keys = self._engine.objects(prefix=self._prefix, after=cursor, limit=wanted)
+            found.extend(self._id_for_key(key) for key in keys if self._has_storage(key))
+            if limit is None or len(keys) < (wanted or 0) or not keys:
+                break
+            cursor = keys[-1]
+        return found
+
+    def _has_storage(self, key: bytes) -> bool:
+        # The recorded name alone is not storage: it stays when an object's last
+        # key is deleted one by one (delete_all removes it too).
+        if self._engine.get_alarm(key) is not None:
+            return True
+        return any(stored != NAME_KEY for stored, _ in self._engine.list(key, limit=2))
 
     def _id_for_key(self, key: bytes) -> ObjectId:
         raw_name = self._engine.get(key, NAME_KEY)
