@@ -721,7 +721,7 @@ class Dispatcher:
         if host.broken:
             if failed:  # aborted, or the failure that broke it is already the outcome
                 return 0
-            raise StorageError("the object was reset by a failed commit; its turn was dropped")
+            raise StorageError("the object was reset (aborted, or a commit failed); turn dropped")
         return self.commit(host)
 
     async def _start(self, host: ObjectHost) -> None:
