@@ -504,6 +504,11 @@ async def test_close_refuses_a_negative_grace(data_dir: str) -> None:
         ({"max_value_bytes": 0}, ValueError),
         ({"max_value_bytes": 3 << 30}, ValueError),
         ({"max_value_bytes": 1.5}, TypeError),
+        ({"idle_timeout": "10"}, TypeError),
+        ({"max_pending": "x"}, TypeError),
+        ({"alarm_retry_limit": 1.5}, TypeError),
+        ({"max_resident": 2.0}, TypeError),
+        ({"vars": {"REGION": 1}}, TypeError),
     ],
 )
 def test_bad_options_are_refused_by_name_when_the_runtime_is_built(

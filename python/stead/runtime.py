@@ -86,6 +86,7 @@ class Runtime:
             alarm_retry_limit,
             alarm_retry_base,
             max_value_bytes,
+            vars or {},
         )
         self._classes = _check_bindings(objects or {})
         self.data_dir = None if data_dir is None else str(data_dir)
@@ -286,15 +287,27 @@ def _check_options(
     alarm_retry_limit: int,
     alarm_retry_base: float,
     max_value_bytes: int,
+    vars: Mapping[str, str],
 ) -> None:
+    _check_type("idle_timeout", idle_timeout, (int, float))
+    _check_type("alarm_retry_base", alarm_retry_base, (int, float))
+    for name, count in (
+        ("max_pending", max_pending),
+        ("alarm_retry_limit", alarm_retry_limit),
+        ("max_value_bytes", max_value_bytes),
+    ):
+        _check_type(name, count, (int,))
+    if max_resident is not None:
+        _check_type("max_resident", max_resident, (int,))
+    for name, value in vars.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"vars maps names to str values, not {name!r}: {value!r}")
     if durability not in _DURABILITY_MODES:
         raise ValueError(f"durability must be one of {_DURABILITY_MODES}, not {durability!r}")
     if not idle_timeout > 0:  # NaN too
         raise ValueError(f"idle_timeout must be > 0, not {idle_timeout!r}")
     if not 0 <= alarm_retry_base < math.inf:
         raise ValueError(f"alarm_retry_base must be finite seconds >= 0, not {alarm_retry_base!r}")
-    if isinstance(max_value_bytes, bool) or not isinstance(max_value_bytes, int):
-        raise TypeError(f"max_value_bytes must be an int, not {type(max_value_bytes).__name__}")
     if not 1 <= max_value_bytes <= MAX_BATCH_BYTES:
         raise ValueError(f"max_value_bytes must be 1 to {MAX_BATCH_BYTES}, not {max_value_bytes}")
     if max_resident is not None and max_resident < 1:
@@ -303,6 +316,12 @@ def _check_options(
         raise ValueError("max_pending must be >= 1")
     if alarm_retry_limit < 0:
         raise ValueError("alarm_retry_limit must be >= 0")
+
+
+def _check_type(name: str, value: object, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) or not isinstance(value, types):
+        wanted = " or ".join(t.__name__ for t in types)
+        raise TypeError(f"{name} must be an {wanted}, not {type(value).__name__}")
 
 
 def _check_bindings(
