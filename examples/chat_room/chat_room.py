@@ -1,4 +1,4 @@
-"""A chat room per name: durable history, a member count, and a daily digest alarm.
+"""A chat room per name: durable history and a daily digest alarm.
 
 Run: python examples/chat_room/chat_room.py [DATA_DIR]
 Run it twice: the second run continues the history of the first.

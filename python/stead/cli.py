@@ -46,8 +46,8 @@ def cli() -> None:
     """stead: Durable Objects for Python.
 
     Serve durable objects over HTTP, list installed plugins, look into a data
-    dir, or measure this machine. Every option can also be set with the
-    STEAD_* environment variable shown in its help.
+    dir, or measure this machine. The serve options can also be set with
+    the STEAD_* environment variable shown in their help.
     """
     _check_environment()
 
