@@ -38,7 +38,9 @@ async def test_id_from_string_round_trips_and_rejects_bad_ids(data_dir: str) -> 
         unique = rt.env.T.new_unique_id()
         assert unique.name is None
         assert rt.env.T.id_from_string(str(unique)) == unique
-        for bad in ["", "zz", "00" * 32, str(unique)[:-2] + "00", str(unique) + "00"]:
+        # A wrong tag: the last byte flipped (a fixed "00" matched 1 run in 256).
+        wrong_tag = str(unique)[:-2] + f"{int(str(unique)[-2:], 16) ^ 0xFF:02x}"
+        for bad in ["", "zz", "00" * 32, wrong_tag, str(unique) + "00"]:
             with pytest.raises(stead.InvalidIdError):
                 rt.env.T.id_from_string(bad)
         with pytest.raises(stead.InvalidIdError):
