@@ -333,10 +333,9 @@ class Dispatcher:
         ):
             return
         try:
-            host.storage.commit_outside_transactions()
+            self.commit(host, midway=True)  # resets the object if refused
         except _REFUSED:
             logger.error("commit of %r's writes outside events failed", host.id, exc_info=True)
-            self.reset(host)
 
     def evict_idle(self, now: float) -> int:
         """Evict every host idle for ``idle_timeout``, after committing writes made
@@ -359,14 +358,17 @@ class Dispatcher:
 
     # -- commits -------------------------------------------------------------
 
-    def commit(self, host: ObjectHost) -> int:
+    def commit(self, host: ObjectHost, *, midway: bool = False) -> int:
         """Hand the host's pending writes to the engine as one batch; the seq to
-        wait for (see ``Storage.commit``; 0: nothing ever written).
+        wait for (see ``Storage.commit``; 0: nothing ever written). ``midway``
+        (in the middle of a turn) leaves open ``transaction()`` blocks' writes
+        pending (``Storage.commit_outside_transactions``).
 
         A refused batch resets the object. (Inlined in ``call``.)
         """
+        storage = host.storage
         try:
-            return host.storage.commit()
+            return storage.commit_outside_transactions() if midway else storage.commit()
         except _REFUSED:
             self.reset(host)
             raise
@@ -389,12 +391,7 @@ class Dispatcher:
         A reentrant object's events share one storage, and an open block may be
         another event's: all its writes go, or this event's own would be held back.
         """
-        storage = host.storage
-        try:
-            seq = storage.commit() if host.reentrant else storage.commit_outside_transactions()
-        except _REFUSED:
-            self.reset(host)
-            raise
+        seq = self.commit(host, midway=not host.reentrant)
         if seq:
             await self._await_durable(host, seq)
 

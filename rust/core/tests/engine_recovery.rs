@@ -92,27 +92,29 @@ fn torn_tail_is_truncated_at_every_cut_point() {
     }
 }
 
+/// Three batches whose last record fails its checksum; the record ends and the segment.
+fn with_a_bad_last_checksum(dir: &Path) -> (Vec<u64>, PathBuf) {
+    let ends = write_batches(dir, 3);
+    let seg = segments(dir).swap_remove(0);
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[ends[2] as usize - 1] ^= 0xFF;
+    fs::write(&seg, &bytes).unwrap();
+    (ends, seg)
+}
+
 #[test]
 fn bad_checksum_in_last_record_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let ends = write_batches(dir.path(), 3);
-    let seg = &segments(dir.path())[0];
-    let mut bytes = fs::read(seg).unwrap();
-    bytes[ends[2] as usize - 1] ^= 0xFF;
-    fs::write(seg, &bytes).unwrap();
+    let (ends, seg) = with_a_bad_last_checksum(dir.path());
     let engine = Engine::open(Some(dir.path()), options()).unwrap();
     assert_eq!(engine.last_seq(), 2);
-    assert_eq!(data_end(seg), ends[1]);
+    assert_eq!(data_end(&seg), ends[1]);
 }
 
 #[test]
 fn a_read_only_open_reads_past_a_torn_tail_and_changes_no_file() {
     let dir = tempfile::tempdir().unwrap();
-    let ends = write_batches(dir.path(), 3);
-    let seg = &segments(dir.path())[0];
-    let mut bytes = fs::read(seg).unwrap();
-    bytes[ends[2] as usize - 1] ^= 0xFF;
-    fs::write(seg, &bytes).unwrap();
+    with_a_bad_last_checksum(dir.path());
     // Leftovers an interrupted compaction may leave: also left alone.
     fs::write(dir.path().join("seg-9.log.tmp"), b"partial").unwrap();
     let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir.path())
