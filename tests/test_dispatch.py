@@ -300,6 +300,32 @@ async def test_outbound_calls_wait_for_the_writes_made_before_them(data_dir: str
         assert seen >= before + 1  # A's batch was durable before B ran
 
 
+class Bouncer(stead.DurableObject):
+    """A calls B, B calls back into A (re-entry), and the re-entered A writes and calls out."""
+
+    async def start(self) -> list[int]:
+        return list(await self.env.BOUNCE.get_by_name("b").call_back())
+
+    async def call_back(self) -> list[int]:
+        return list(await self.env.BOUNCE.get_by_name("a").write_then_call())
+
+    async def write_then_call(self) -> list[int]:
+        self.ctx.storage.put("re-entered", 1)
+        seen = await self.env.PROBE.get_by_name("p").durable_seq_seen()
+        return [self.ctx.storage.last_seq, seen]  # the batch the write went out in
+
+
+async def test_a_reentered_objects_calls_wait_for_its_own_writes(data_dir: str) -> None:
+    # The re-entered event runs in A's turn: its call to PROBE must leave through
+    # A's output gate (A's write durable first), not through B's, whose turn it
+    # happens to be nested in.
+    async with stead.Runtime({"BOUNCE": Bouncer, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        written, seen = await asyncio.wait_for(rt.env.BOUNCE.get_by_name("a").start(), timeout=5)
+        assert written > 0  # committed before the call left
+        assert seen >= written  # and durable when PROBE ran
+
+
 class Transferor(stead.DurableObject):
     """Writes before and inside a transaction that makes calls (and syncs) midway."""
 

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from stead import codec
 from stead._core import Engine, Mailbox
@@ -53,25 +53,27 @@ __all__ = ["Dispatcher", "ObjectHost", "context_outside_turns", "finish_or_cance
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Engine keys of the objects whose turns are on the current call chain, innermost last.
-# ``(_BACKGROUND, key)`` marks ``wait_until`` work of object ``key``: outside any turn,
-# but its calls pass that object's output gate.
-_call_chain: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
-    "stead_call_chain", default=()
-)
-_BACKGROUND = b""  # never an engine object key
-# The event of a reentrant object running in this context (its node in the
-# waits-for graph), or None in a turn: a turn-based object's node is its key,
-# but a reentrant object's events wait on different things and each is a node.
-_event_node: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "stead_event_node", default=None
-)
 # A node of the waits-for graph: a turn-based object's key, or a reentrant event.
 Node = bytes | int
-# The instance whose event (or wait_until work) runs in this context: its calls
-# pass its output gate, and none leave once it was reset.
-_running_host: contextvars.ContextVar[ObjectHost | None] = contextvars.ContextVar(
-    "stead_running_host", default=None
+
+
+class _Running(NamedTuple):
+    """What runs in the current context: an event of ``host``, or its ``wait_until``
+    work (``chain`` empty: outside any turn, but its calls pass ``host``'s output gate)."""
+
+    # Engine keys of the objects whose turns are on the call chain, innermost last.
+    chain: tuple[bytes, ...]
+    # The instance whose output gate the context's calls pass; once it is reset,
+    # none leave.
+    host: ObjectHost
+    # A reentrant object's event is its own node of the waits-for graph (its
+    # events wait on different things); None for a turn, whose node is its key.
+    node: int | None
+
+
+# None outside events (callers, background tasks, timers).
+_running: contextvars.ContextVar[_Running | None] = contextvars.ContextVar(
+    "stead_running", default=None
 )
 # Whatever a commit raises (the engine failed, or refused the batch as too large
 # as a whole: keys and values were checked as they were written), the object is
@@ -158,8 +160,7 @@ class ObjectHost:
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         # Not part of a turn, but its calls leave through this object's output gate.
         context = contextvars.copy_context()
-        context.run(_call_chain.set, (_BACKGROUND, self.key))
-        context.run(_running_host.set, self)
+        context.run(_running.set, _Running((), self, None))
         future = context.run(asyncio.ensure_future, awaitable)
         self.background += 1
         self._dispatcher.background.add(future)
@@ -198,9 +199,7 @@ def context_outside_turns() -> contextvars.Context:
     turn but not part of it (background tasks, timers) must not count as
     re-entry into the objects whose turns happened to be running."""
     context = contextvars.copy_context()
-    context.run(_call_chain.set, ())
-    context.run(_event_node.set, None)
-    context.run(_running_host.set, None)
+    context.run(_running.set, None)
     return context
 
 
@@ -429,11 +428,18 @@ class Dispatcher:
             args, kwargs = method.copy_args(args, kwargs)  # type: ignore[assignment]
         key = object_id.storage_key
         host = self.hosts.get(key)
-        if host is None and not _call_chain.get():
+        running = _running.get()
+        if host is None and running is None:
             # A new instance (its constructor runs now, as in deliver): an object
             # without on_start takes the fast path from its first call.
             host = self.host(object_id)
-        if host is None or not host.ready or host.reentrant or method.suspends or _call_chain.get():
+        if (
+            host is None
+            or not host.ready
+            or host.reentrant
+            or method.suspends
+            or running is not None
+        ):
             invoke = partial(_invoke_rpc, method, args, kwargs)
             return await self.deliver(object_id, invoke, detach=method.suspends)
         if self.max_resident is not None:
@@ -512,19 +518,19 @@ class Dispatcher:
         if asyncio.get_running_loop() is not self.loop:
             raise self._foreign_loop()
         key = object_id.storage_key
-        chain = _call_chain.get()
-        if chain:
-            if chain[0] == _BACKGROUND:
-                # wait_until work of chain[1]: gated by that object's writes, not part of a turn.
-                await self._release_outbound(chain[1])
-                chain = ()
-            elif key in chain:
-                return await self._reenter(key, chain, invoke)
-            else:
-                await self._release_outbound(chain[-1])
+        running = _running.get()
+        chain: tuple[bytes, ...] = ()
+        # Who waits for this event: the caller's turn, or its reentrant event
+        # (wait_until work is not part of any event: nobody).
+        caller: Node | None = None
+        if running is not None:
+            if key in running.chain:
+                return await self._reenter(key, running, invoke)
+            await self._release_outbound(running.host)
+            if running.chain:
+                chain = running.chain
+                caller = running.chain[-1] if running.node is None else running.node
         host = self.host(object_id)
-        # Who waits for this event: the caller's turn, or its reentrant event.
-        caller: Node | None = (_event_node.get() or chain[-1]) if chain else None
         event_node = next(self._tokens) if host.reentrant else None
         target: Node = key if event_node is None else event_node
         if caller is not None:
@@ -558,17 +564,14 @@ class Dispatcher:
             "from that loop (from another thread: asyncio.run_coroutine_threadsafe(..., loop))"
         )
 
-    async def _release_outbound(self, caller_key: bytes) -> None:
+    async def _release_outbound(self, caller: ObjectHost) -> None:
         # Output gate: a turn's calls leave only after its writes so far are durable.
         # Earlier turns' writes count too: this turn may have read them.
-        caller = _running_host.get() or self.hosts.get(caller_key)
-        if caller is not None and caller.broken:
+        if caller.broken:
             # Reset (aborted, or a commit failed) while this event or work ran on:
             # the writes behind the call are gone, so the call must not leave.
             raise StorageError("the calling object was reset; its outbound calls are dropped")
-        if caller is not None and (
-            caller.storage.has_pending or not self.waiter.is_durable(caller.storage.last_seq)
-        ):
+        if caller.storage.has_pending or not self.waiter.is_durable(caller.storage.last_seq):
             await self.flush(caller)
 
     async def _wait_turn(self, key: bytes, token: int, caller: Node | None) -> None:
@@ -641,17 +644,13 @@ class Dispatcher:
         self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any]
     ) -> tuple[Any, bool, int]:
         """One event to its end: the handler, its commit, handing the object on."""
-        context_token = _call_chain.set((*chain, host.key))
-        node_token = _event_node.set(None)
-        host_token = _running_host.set(host)
+        token = _running.set(_Running((*chain, host.key), host, None))
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
-            _running_host.reset(host_token)
-            _event_node.reset(node_token)
-            _call_chain.reset(context_token)
+            _running.reset(token)
             host.last_used = time.monotonic()
             self._hand_off(host.key)
         return outcome, failed, seq
@@ -736,7 +735,7 @@ class Dispatcher:
         host.started.set_result(None)
         host.ready = True
 
-    async def _reenter(self, key: bytes, chain: tuple[bytes, ...], invoke: Invoke[T]) -> T:
+    async def _reenter(self, key: bytes, running: _Running, invoke: Invoke[T]) -> T:
         """A call back into an object whose turn is on this call chain runs nested in it."""
         host = self.hosts.get(key)
         if host is None:
@@ -745,8 +744,14 @@ class Dispatcher:
             # Its on_start is on this chain, waiting for this very call: it would
             # wait on itself forever.
             raise DeadlockError("call cycle: a call back into an object whose on_start is running")
-        outcome, failed = await self._invoke(host, invoke)
-        seq = self._end_turn(host, failed)
+        # The chain stays as it is (the object is on it already), but the calls the
+        # nested event makes leave through this object's output gate.
+        token = _running.set(running._replace(host=host))
+        try:
+            outcome, failed = await self._invoke(host, invoke)
+            seq = self._end_turn(host, failed)
+        finally:
+            _running.reset(token)
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
 
     async def _deliver_interleaved(
@@ -773,9 +778,7 @@ class Dispatcher:
     async def _interleaved_event(
         self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any], node: int
     ) -> tuple[Any, bool, int]:
-        context_token = _call_chain.set((*chain, host.key))
-        node_token = _event_node.set(node)
-        host_token = _running_host.set(host)
+        token = _running.set(_Running((*chain, host.key), host, node))
         try:
             while host.gate is not None and not host.gate.is_set():
                 await host.gate.wait()
@@ -788,9 +791,7 @@ class Dispatcher:
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
-            _running_host.reset(host_token)
-            _event_node.reset(node_token)
-            _call_chain.reset(context_token)
+            _running.reset(token)
             host.inflight -= 1
             host.last_used = time.monotonic()
         return outcome, failed, seq
