@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_child(module: str, *args: str) -> subprocess.Popen[str]:
     """Start ``python -m module args`` with stdout piped, from the repository root."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The repository (for tests._children) ahead of whatever the caller had.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,

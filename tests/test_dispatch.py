@@ -532,6 +532,29 @@ async def test_failed_commit_drops_the_turns_outbound_call(data_dir: str) -> Non
 
 
 @pytest.mark.crash
+async def test_no_read_acknowledges_a_write_the_disk_refused(data_dir: str) -> None:
+    # A log write fails for real (a file size limit in the child): the failed
+    # deposit's caller gets StorageError; a read-only call that follows must
+    # not hand out the balance that includes it (the engine already indexed
+    # it), since it is gone after a restart.
+    from tests._children.account_full_disk import Account
+    from tests.crashing import start_child
+
+    child = start_child("tests._children.account_full_disk", data_dir)
+    assert child.stdout is not None
+    lines = child.stdout.read().splitlines()
+    child.stdout.close()
+    assert child.wait(timeout=60) == 0
+    assert "failed" in lines, lines
+    acknowledged = [int(line.split()[1]) for line in lines if line.startswith("ack ")]
+    assert len(acknowledged) >= 2
+    read = lines[-1]
+    assert read == "read refused" or read == f"read {acknowledged[-1]}", lines
+    async with stead.Runtime({"A": Account}, data_dir=data_dir) as rt:
+        assert await rt.env.A.get_by_name("account").balance() == acknowledged[-1]
+
+
+@pytest.mark.crash
 @pytest.mark.slow
 async def test_output_gate_survives_sigkill(data_dir: str) -> None:
     """Every value a killed server printed (acknowledged) is <= the count stored for it."""

@@ -656,3 +656,49 @@ StorageModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_storage_matches_a_dict_model = StorageModel.TestCase
+
+
+def test_keys_and_bounds_that_utf8_cannot_hold_raise_limit_error() -> None:
+    storage = Storage(Engine(None), b"obj", name=None, max_value_bytes=1024)
+    lone_surrogate = "\udc80"
+    for call in (
+        lambda: storage.put(lone_surrogate, 1),
+        lambda: storage.get(lone_surrogate),
+        lambda: storage.delete(lone_surrogate),
+        lambda: storage.list(prefix=lone_surrogate),
+        lambda: storage.list(start=lone_surrogate),
+        lambda: storage.list(end=lone_surrogate),
+    ):
+        with pytest.raises(stead.LimitError, match="valid UTF-8"):
+            call()
+
+
+@pytest.mark.parametrize("option", ["prefix", "start", "start_after", "end"])
+def test_list_bounds_of_the_wrong_type_raise_type_error(option: str) -> None:
+    storage = Storage(Engine(None), b"obj", name=None, max_value_bytes=1024)
+    with pytest.raises(TypeError, match=f"list\\({option}=...\\) takes a str, not int"):
+        storage.list(**{option: 1})
+
+
+def test_a_raw_value_that_does_not_decode_raises_serialization_error_on_get() -> None:
+    # msgspec.Raw is stored as given; what does not decode fails as list() does.
+    storage = Storage(Engine(None), b"obj", name=None, max_value_bytes=1024)
+    storage.put("k", msgspec.Raw(b"\xc1"))
+    storage.commit()
+    for read in (lambda: storage.get("k"), lambda: storage.list()):
+        with pytest.raises(stead.SerializationError):
+            read()
+
+
+async def test_a_long_name_fits_under_a_small_value_limit(data_dir: str) -> None:
+    # The object's name is stored with its first write: the runtime's own
+    # bookkeeping, which the user's value limit must not refuse.
+    name = "n" * 2048
+    async with stead.Runtime({"B": Box}, data_dir=data_dir, max_value_bytes=8) as rt:
+        box = rt.env.B.get_by_name(name)
+        await box.put("small", 1)
+        with pytest.raises(stead.LimitError):
+            await box.put("big", "x" * 8)
+    async with stead.Runtime({"B": Box}, data_dir=data_dir, max_value_bytes=8) as rt:
+        assert await rt.env.B.get_by_name(name).get("small") == 1
+        assert [object_id.name for object_id in await rt.env.B.list_ids()] == [name]

@@ -123,6 +123,11 @@ class ObjectHost:
             syncer=dispatcher.sync_storage,
             on_alarm_committed=dispatcher.on_alarm_change,
         )
+        # What a new instance reads may stand on batches committed but not yet
+        # durable (its previous instance's last, if evicted or reset before they
+        # were; one the engine failed to write): its first result waits for
+        # every batch committed so far, and fails if the engine has.
+        self.storage.last_seq = dispatcher.engine.last_seq()
         self.ctx = ObjectContext(object_id, self.storage, dispatcher.hosts)
         self.started: asyncio.Future[None] | None = None
         # on_start finished: events may run without the start check (hot path

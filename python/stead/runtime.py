@@ -16,7 +16,7 @@ from stead.alarms import AlarmScheduler
 from stead.dispatch import Dispatcher
 from stead.durability import CommitWaiter
 from stead.errors import UnknownBindingError
-from stead.ids import IdFactory, load_or_create_secret
+from stead.ids import MAX_NAME_BYTES, IdFactory, load_or_create_secret
 from stead.namespace import Namespace
 from stead.objects import DurableObject
 
@@ -116,7 +116,7 @@ class Runtime:
         if self.use_plugins:
             self._load_plugins()
         engine = await asyncio.to_thread(
-            Engine, self.data_dir, self.durability, max_value_bytes=self.max_value_bytes
+            Engine, self.data_dir, self.durability, max_value_bytes=_engine_value_limit(self)
         )
         try:
             self._wire(engine)
@@ -277,6 +277,17 @@ class Runtime:
     def take_sync_latencies(self) -> list[int]:
         """Nanosecond fsync durations since the last call."""
         return self.engine.take_sync_latencies()
+
+
+# The longest name as stored with an object's first write (a MessagePack str
+# header is at most 5 bytes): the runtime's own bookkeeping, not a user value.
+_STORED_NAME_BYTES = MAX_NAME_BYTES + 5
+
+
+def _engine_value_limit(runtime: Runtime) -> int:
+    """The engine's value limit: the user's (which ``Storage`` enforces on every
+    value written) or more, so an object's long name fits under a small limit."""
+    return max(runtime.max_value_bytes, _STORED_NAME_BYTES)
 
 
 def _check_options(

@@ -97,7 +97,7 @@ _ENCODED_KEY_MAX_BYTES = 64
 def _check_key(key: str) -> bytes:
     if key.__class__ is not str and not isinstance(key, str):
         raise TypeError(f"storage keys are str, not {type(key).__name__}")
-    encoded = key.encode()
+    encoded = _utf8(key, "storage keys")
     if 0 < len(encoded) <= MAX_KEY_BYTES:
         if len(encoded) <= _ENCODED_KEY_MAX_BYTES and key.__class__ is str:
             if len(_encoded_keys) >= _ENCODED_KEYS_MAX:
@@ -105,6 +105,23 @@ def _check_key(key: str) -> bytes:
             _encoded_keys[key] = encoded
         return encoded
     raise LimitError(f"storage keys are 1 to {MAX_KEY_BYTES} UTF-8 bytes, got {len(encoded)}")
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """``text`` in UTF-8; ``LimitError`` for what UTF-8 cannot hold (lone surrogates)."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as error:
+        raise LimitError(f"{what} must be valid UTF-8: {error.reason} at {error.start}") from None
+
+
+def _bound(value: str | None, name: str) -> bytes | None:
+    """A ``list()`` bound in engine terms."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"list({name}=...) takes a str, not {type(value).__name__}")
+    return _utf8(value, f"list({name}=...)")
 
 
 # Alarm times are kept in epoch ms; anything past the end of year 9999 (what a
@@ -176,9 +193,11 @@ class Storage:
         self._savepoints: tuple[_Savepoint, ...] = ()
         self._alarm: AlarmChange | None = None
         self._name_recorded: bool | None = None
-        #: The sequence number of this object's newest committed batch (0: none
-        #: yet); read-only. A turn that writes nothing still waits for it to be
-        #: durable before its result leaves (it may have read those writes).
+        #: The sequence number of the newest batch this object's reads may stand
+        #: on (0: none): its newest committed batch, or, until it commits one,
+        #: the engine's newest when the instance was built; read-only. A turn
+        #: that writes nothing still waits for it to be durable before its result
+        #: leaves (it may have read those writes).
         self.last_seq = 0
 
     # -- reads ---------------------------------------------------------------
@@ -212,8 +231,12 @@ class Storage:
         raw = cache[encoded] if encoded in cache else self._raw(encoded)
         if raw is None:
             return default
-        # Stored values were encoded by the codec: an untyped decode cannot fail.
-        return fast_decode(raw) if type is None else codec.decode(raw, type)
+        if type is not None:
+            return codec.decode(raw, type)
+        try:
+            return fast_decode(raw)
+        except Exception:  # only a msgspec.Raw put can store what does not decode
+            return codec.decode(raw)  # raises SerializationError
 
     def get_many(self, keys: Iterable[str], *, type: Any = None) -> dict[str, Any]:
         """``{key: value}`` for the keys that exist, in the order given."""
@@ -541,11 +564,12 @@ class _Bounds:
     def __init__(
         self, prefix: str | None, start: str | None, start_after: str | None, end: str | None
     ) -> None:
-        self.prefix = None if prefix is None else prefix.encode()
-        self.start = None if start is None else start.encode()
-        self.start_after = None if start_after is None else start_after.encode()
+        self.prefix = _bound(prefix, "prefix")
+        self.start = _bound(start, "start")
+        self.start_after = _bound(start_after, "start_after")
         # User listings never reach the internal keys.
-        self.end = INTERNAL_PREFIX if end is None else min(end.encode(), INTERNAL_PREFIX)
+        end_bound = _bound(end, "end")
+        self.end = INTERNAL_PREFIX if end_bound is None else min(end_bound, INTERNAL_PREFIX)
 
     @classmethod
     def raw(cls, prefix: bytes) -> _Bounds:
