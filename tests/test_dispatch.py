@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 from typing import Any, ClassVar
@@ -861,3 +862,240 @@ async def test_events_waiting_on_a_reset_reentrant_instance_run_on_a_fresh_one(
         with pytest.raises(stead.RemoteError, match="bad state"):
             await critical
         assert await guarded.get() == 4
+
+
+class Impatient(stead.DurableObject):
+    """A gives up on a call to B; B's turn goes on and later calls back into A."""
+
+    async def give_up_on_b(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.env.LATE.get_by_name("b").call_a_later(), 0.01)
+
+    async def increment(self) -> int:  # read-await-write: safe only one event at a time
+        count: int = self.ctx.storage.get("n", 0)
+        await asyncio.sleep(0.05)
+        self.ctx.storage.put("n", count + 1)
+        return count + 1
+
+
+class Late(stead.DurableObject):
+    async def call_a_later(self) -> int:
+        await asyncio.sleep(0.03)
+        return int(await self.env.IMPATIENT.get_by_name("a").increment())
+
+
+async def test_a_call_back_after_the_caller_gave_up_queues_instead_of_reentering(
+    data_dir: str,
+) -> None:
+    # B's context still lists A's turn, which is over: B's call must wait for A's
+    # current event like any other call, not run nested in it.
+    async with stead.Runtime({"IMPATIENT": Impatient, "LATE": Late}, data_dir=data_dir) as rt:
+        a = rt.env.IMPATIENT.get_by_name("a")
+        await a.give_up_on_b()
+        await a.increment()  # runs while B's call to A arrives
+        await asyncio.sleep(0.1)
+        assert await a.increment() == 3  # no update lost
+
+
+async def test_a_call_back_after_the_caller_gave_up_reaches_an_evicted_object(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime(
+        {"IMPATIENT": Impatient, "LATE": Late}, data_dir=data_dir, idle_timeout=0.005
+    ) as rt:
+        a = rt.env.IMPATIENT.get_by_name("a")
+        await a.give_up_on_b()
+        await asyncio.sleep(0.2)  # A is evicted; then B's call reaches it
+        assert await a.increment() == 2
+
+
+class GateHolder(stead.DurableObject):
+    reentrant = True
+
+    async def close_input_and_call_b(self) -> str:
+        async def inner() -> str:
+            await asyncio.sleep(0.02)
+            return str(await self.env.GATED.get_by_name("b").ping())
+
+        return await self.ctx.block_concurrency_while(inner)
+
+    def anything(self) -> str:
+        return "R"
+
+
+class StartsByCallingB(stead.DurableObject):
+    reentrant = True
+
+    async def on_start(self) -> None:
+        await asyncio.sleep(0.02)
+        await self.env.GATED.get_by_name("b").ping()
+
+    def anything(self) -> str:
+        return "R"
+
+
+class GatedB(stead.DurableObject):
+    def ping(self) -> str:
+        return "B"
+
+    async def hold_then_call(self, binding: str) -> str:
+        await asyncio.sleep(0.01)
+        return str(await getattr(self.env, binding).get_by_name("r").anything())
+
+
+@pytest.mark.parametrize(
+    ("holder", "first"),
+    [(GateHolder, "close_input_and_call_b"), (StartsByCallingB, "anything")],
+)
+async def test_a_cycle_through_a_closed_input_gate_raises_deadlock_error(
+    data_dir: str, holder: type[stead.DurableObject], first: str
+) -> None:
+    # R closes its input (block_concurrency_while, or on_start) and calls B,
+    # whose turn is waiting at R's closed gate: a cycle, not a hang.
+    async with stead.Runtime({"R": holder, "GATED": GatedB}, data_dir=data_dir) as rt:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                getattr(rt.env.R.get_by_name("r"), first)(),
+                rt.env.GATED.get_by_name("b").hold_then_call("R"),
+                return_exceptions=True,
+            ),
+            timeout=5,
+        )
+        assert sum(isinstance(r, stead.DeadlockError) for r in results) == 1, results
+
+
+class Transferrer(stead.DurableObject):
+    async def transfer_with_a_call_back(self) -> None:
+        with self.ctx.storage.transaction():
+            self.ctx.storage.put("debited", True)
+            await self.env.ECHO.get_by_name("e").call_back()  # A -> ECHO -> A
+            raise ValueError("roll back")
+
+    def noop(self) -> None:
+        pass
+
+    def debited(self) -> Any:
+        return self.ctx.storage.get("debited")
+
+
+class Echo(stead.DurableObject):
+    async def call_back(self) -> None:
+        await self.env.TRANSFER.get_by_name("a").noop()
+
+
+async def test_a_call_back_inside_a_transaction_does_not_commit_the_block(data_dir: str) -> None:
+    async with stead.Runtime({"TRANSFER": Transferrer, "ECHO": Echo}, data_dir=data_dir) as rt:
+        a = rt.env.TRANSFER.get_by_name("a")
+        with pytest.raises(ValueError, match="roll back"):
+            await a.transfer_with_a_call_back()
+        assert await a.debited() is None
+    async with stead.Runtime({"TRANSFER": Transferrer, "ECHO": Echo}, data_dir=data_dir) as rt:
+        assert await rt.env.TRANSFER.get_by_name("a").debited() is None
+
+
+class Writer(stead.DurableObject):
+    other: ClassVar[Any] = None
+    seen: ClassVar[list[tuple[int, int]]] = []
+
+    def bump(self) -> None:
+        self.ctx.storage.put("n", self.ctx.storage.get("n", 0) + 1)
+
+    async def write_then_call_other_runtime(self) -> None:
+        self.ctx.storage.put("x", 1)
+        await Writer.other.observe()
+
+    def observe(self) -> None:
+        assert Probe.runtime is not None
+        Writer.seen.append((Probe.runtime.engine.last_seq(), Probe.runtime.engine.durable_seq()))
+
+
+@pytest.mark.parametrize("ahead", ["caller", "callee"])
+async def test_a_call_into_another_runtime_passes_the_callers_output_gate(
+    tmp_path: Any, ahead: str
+) -> None:
+    # The two engines number their batches independently: the gate must wait in
+    # the caller's own runtime, whichever is further ahead.
+    Writer.seen = []
+    async with (
+        stead.Runtime({"W": Writer}, data_dir=str(tmp_path / "one")) as caller_rt,
+        stead.Runtime({"W": Writer}, data_dir=str(tmp_path / "two")) as callee_rt,
+    ):
+        Probe.runtime = caller_rt
+        Writer.other = callee_rt.env.W.get_by_name("b")
+        busy = caller_rt if ahead == "caller" else callee_rt
+        for _ in range(50):
+            await busy.env.W.get_by_name("busy").bump()
+        await asyncio.wait_for(caller_rt.env.W.get_by_name("a").write_then_call_other_runtime(), 5)
+        [(committed, durable)] = Writer.seen
+        assert durable >= committed  # the caller's write was durable when the call arrived
+
+
+class OwnError(stead.SteadError):
+    def __init__(self, message: str, usage: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage if usage is not None else {}
+
+
+class Metered(stead.DurableObject):
+    def __init__(self, ctx: stead.ObjectContext, env: Any) -> None:
+        super().__init__(ctx, env)
+        self.usage = {"calls": 1}
+
+    def fail(self) -> None:
+        raise OwnError("over budget", self.usage)
+
+    def calls(self) -> int:
+        return self.usage["calls"]
+
+
+async def test_a_handlers_own_stead_error_subclass_is_copied(data_dir: str) -> None:
+    async with stead.Runtime({"M": Metered}, data_dir=data_dir) as rt:
+        metered = rt.env.M.get_by_name("m")
+        with pytest.raises(OwnError) as raised:
+            await metered.fail()
+        raised.value.usage["calls"] = -1  # the caller's copy, not the object's state
+        assert await metered.calls() == 1
+
+
+class Fatal(BaseException):
+    pass
+
+
+class RaisesBaseException(stead.DurableObject):
+    def plain(self) -> None:
+        raise Fatal("plain")
+
+    async def suspending(self) -> None:
+        await asyncio.sleep(0)
+        raise Fatal("suspending")
+
+
+@pytest.mark.parametrize("method", ["plain", "suspending"])
+async def test_a_base_exception_reaches_the_caller_as_itself(data_dir: str, method: str) -> None:
+    async with stead.Runtime({"F": RaisesBaseException}, data_dir=data_dir) as rt:
+        with pytest.raises(Fatal, match=method):
+            await getattr(rt.env.F.get_by_name("f"), method)()
+
+
+class Sleeper(stead.DurableObject):
+    reentrant = False
+
+    async def sleep(self) -> str:
+        await asyncio.sleep(0.2)
+        return "done"
+
+
+class ReentrantSleeper(Sleeper):
+    reentrant = True
+
+
+@pytest.mark.parametrize("cls", [Sleeper, ReentrantSleeper])
+async def test_max_pending_bounds_events_beyond_the_running_one_alike(
+    data_dir: str, cls: type[stead.DurableObject]
+) -> None:
+    # One running event plus max_pending more, for turn-based and reentrant objects.
+    async with stead.Runtime({"S": cls}, data_dir=data_dir, max_pending=3) as rt:
+        sleeper = rt.env.S.get_by_name("s")
+        results = await asyncio.gather(*(sleeper.sleep() for _ in range(6)), return_exceptions=True)
+        assert results.count("done") == 4
+        assert sum(isinstance(r, stead.OverloadedError) for r in results) == 2

@@ -484,6 +484,110 @@ async def test_close_cancels_what_still_runs_after_its_grace(
         Stuck.never.set()
 
 
+class Shutdown(stead.DurableObject):
+    async def slow(self) -> str:
+        await asyncio.sleep(0.05)
+        self.ctx.storage.put("slow", True)
+        return "slow"
+
+    def put(self, key: str) -> str:  # cannot suspend: runs in its caller's task
+        self.ctx.storage.put(key, True)
+        return key
+
+    async def stuck(self) -> None:
+        await asyncio.Event().wait()
+
+    def keys(self) -> list[str]:
+        return sorted(self.ctx.storage.list())
+
+
+async def test_a_graceful_close_gives_callers_in_flight_their_results(data_dir: str) -> None:
+    # Their writes are durable when close() returns: none of them may hear StorageError.
+    rt = await stead.Runtime({"S": Shutdown}, data_dir=data_dir).start()
+    stub = rt.env.S.get_by_name("s")
+    slow = asyncio.ensure_future(stub.slow())
+    await asyncio.sleep(0.01)
+    queued = [asyncio.ensure_future(stub.put(f"k{i}")) for i in range(3)]
+    await asyncio.sleep(0.01)  # slow() running, the puts queued behind it
+    await asyncio.wait_for(rt.close(), timeout=10)
+    outcomes = await asyncio.gather(slow, *queued, return_exceptions=True)
+    async with stead.Runtime({"S": Shutdown}, data_dir=data_dir) as rt:
+        stored = await rt.env.S.get_by_name("s").keys()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            assert isinstance(outcome, RuntimeError), outcome  # closed before its turn ran
+        else:
+            assert outcome in stored, (outcome, stored)
+    assert outcomes[0] == "slow"
+
+
+async def test_close_at_once_answers_a_call_whose_event_has_not_started(data_dir: str) -> None:
+    rt = await stead.Runtime({"S": Shutdown}, data_dir=data_dir).start()
+    stub = rt.env.S.get_by_name("s")
+
+    async def late_caller() -> str:
+        await asyncio.sleep(0)  # arrives as the shutdown begins
+        return await stub.slow()
+
+    closing = asyncio.ensure_future(rt.close(grace=0))
+    caller = asyncio.ensure_future(late_caller())
+    await asyncio.wait_for(closing, timeout=5)
+    outcome = (await asyncio.wait_for(asyncio.gather(caller, return_exceptions=True), 5))[0]
+    assert outcome == "slow" or isinstance(outcome, RuntimeError), outcome
+
+
+async def test_a_caller_of_an_event_cancelled_at_close_gets_runtime_error(data_dir: str) -> None:
+    # The caller cancelled nothing: it must not end up cancelled itself.
+    rt = await stead.Runtime({"S": Shutdown}, data_dir=data_dir).start()
+    call = asyncio.ensure_future(rt.env.S.get_by_name("s").stuck())
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(rt.close(grace=0.05), timeout=5)
+    with pytest.raises(RuntimeError, match="closed before the event finished"):
+        await call
+
+
+async def test_concurrent_closes_share_one_shutdown(data_dir: str) -> None:
+    rt = await stead.Runtime({"S": Shutdown}, data_dir=data_dir).start()
+    await rt.env.S.get_by_name("s").put("k")
+    assert await asyncio.gather(rt.close(), rt.close()) == [None, None]
+    assert not rt.started
+    async with stead.Runtime({"S": Shutdown}, data_dir=data_dir) as rt:  # the lock is released
+        assert await rt.env.S.get_by_name("s").keys() == ["k"]
+
+
+class AbortsInBackground(stead.DurableObject):
+    constructed = 0
+
+    def __init__(self, ctx: stead.ObjectContext, env: Any) -> None:
+        super().__init__(ctx, env)
+        AbortsInBackground.constructed += 1
+
+    def start(self) -> None:
+        self.ctx.wait_until(self._work())
+
+    async def _work(self) -> None:
+        self.ctx.storage.put("half_done", True)
+        await asyncio.sleep(0)
+        self.ctx.abort("changed my mind")
+
+    def half_done(self) -> Any:
+        return self.ctx.storage.get("half_done")
+
+
+async def test_abort_from_wait_until_work_resets_the_object(data_dir: str) -> None:
+    AbortsInBackground.constructed = 0
+    async with stead.Runtime({"A": AbortsInBackground}, data_dir=data_dir) as rt:
+        stub = rt.env.A.get_by_name("a")
+        await stub.start()
+
+        async def reset() -> bool:
+            return stub.id.storage_key not in rt.dispatcher.hosts
+
+        await eventually(reset)
+        assert await stub.half_done() is None  # the work's writes were dropped
+        assert AbortsInBackground.constructed == 2  # a fresh instance
+
+
 async def test_close_refuses_a_negative_grace(data_dir: str) -> None:
     async with stead.Runtime({"S": Stuck}, data_dir=data_dir) as rt:
         with pytest.raises(ValueError, match="grace"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import itertools
 import logging
 import sys
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from stead import codec
+from stead import codec, errors
 from stead._core import Engine, Mailbox
 from stead.codec import INT_RANGE
 from stead.context import ObjectAborted, ObjectContext
@@ -61,8 +62,12 @@ class _Running(NamedTuple):
     """What runs in the current context: an event of ``host``, or its ``wait_until``
     work (``chain`` empty: outside any turn, but its calls pass ``host``'s output gate)."""
 
-    # Engine keys of the objects whose turns are on the call chain, innermost last.
+    # Engine keys of the objects whose events are on the call chain, innermost last.
     chain: tuple[bytes, ...]
+    # The tokens of those events. A context can outlive its place on the chain (a
+    # caller that gave up, a task a turn spawned): a call back re-enters an object
+    # only while the event on the chain is still running.
+    events: tuple[int, ...]
     # The instance whose output gate the context's calls pass; once it is reset,
     # none leave.
     host: ObjectHost
@@ -75,6 +80,9 @@ class _Running(NamedTuple):
 _running: contextvars.ContextVar[_Running | None] = contextvars.ContextVar(
     "stead_running", default=None
 )
+# The classes stead itself raises: returned to a caller as they are, where a
+# handler's own exception (a SteadError subclass too) is copied.
+_OWN_ERRORS: frozenset[type] = frozenset(getattr(errors, name) for name in errors.__all__)
 # Whatever a commit raises (the engine failed, or refused the batch as too large
 # as a whole: keys and values were checked as they were written), the object is
 # reset: left pending, its writes would fail every later turn the same way.
@@ -99,6 +107,7 @@ class ObjectHost:
         "broken",
         "ctx",
         "gate",
+        "gate_holders",
         "id",
         "inflight",
         "instance",
@@ -137,6 +146,9 @@ class ObjectHost:
         # block_concurrency_while blocks open (nested, or of overlapping events):
         # the input reopens when the last one ends.
         self.blocking = 0
+        # The events (waits-for nodes) inside those blocks: events waiting at the
+        # closed gate wait for them.
+        self.gate_holders: list[int] = []
         self.inflight = 0
         self.broken = False
         # wait_until tasks still running (a count: no set per resident object).
@@ -155,9 +167,15 @@ class ObjectHost:
         gate = self.gate = self.gate or asyncio.Event()
         gate.clear()
         self.blocking += 1
+        running = _running.get()
+        holder = running.node if running is not None and running.host is self else None
+        if holder is not None:
+            self.gate_holders.append(holder)
         try:
             return await fn()
         finally:
+            if holder is not None:
+                self.gate_holders.remove(holder)
             self.blocking -= 1
             if not self.blocking:
                 gate.set()
@@ -165,7 +183,7 @@ class ObjectHost:
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         # Not part of a turn, but its calls leave through this object's output gate.
         context = contextvars.copy_context()
-        context.run(_running.set, _Running((), self, None))
+        context.run(_running.set, _Running((), (), self, None))
         future = context.run(asyncio.ensure_future, awaitable)
         self.background += 1
         self._dispatcher.background.add(future)
@@ -174,13 +192,23 @@ class ObjectHost:
     def _background_done(self, future: asyncio.Future[Any]) -> None:
         self.background -= 1
         self._dispatcher.background.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            logger.error("wait_until task of %r failed", self.id, exc_info=future.exception())
+        error = None if future.cancelled() else future.exception()
+        if isinstance(error, ObjectAborted):
+            # ctx.abort() from the work: as from a handler, the writes not yet
+            # committed are dropped and the instance is discarded.
+            logger.info("wait_until task of %r aborted the object: %s", self.id, error.reason)
+            self._dispatcher.reset(self)
+            return
+        if error is not None:
+            logger.error("wait_until task of %r failed", self.id, exc_info=error)
         self._dispatcher.commit_between_events(self)
 
 
 async def finish_or_cancel(
-    running: Callable[[], list[asyncio.Future[Any]]], deadline: float, what: str
+    running: Callable[[], list[asyncio.Future[Any]]],
+    deadline: float,
+    what: str,
+    on_deadline: Callable[[], None] | None = None,
 ) -> None:
     """Wait until ``running()`` is empty; at ``deadline`` (loop time), cancel what is left.
 
@@ -188,12 +216,14 @@ async def finish_or_cancel(
     keep a process from stopping.
     """
     loop = asyncio.get_running_loop()
-    while tasks := running():
+    while tasks := [task for task in running() if not task.done()]:
         remaining = deadline - loop.time()
         if remaining > 0:
             await asyncio.wait(tasks, timeout=remaining)
             continue
         logger.warning("cancelling %d %s still running at close()'s deadline", len(tasks), what)
+        if on_deadline is not None:
+            on_deadline()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -266,6 +296,11 @@ class Dispatcher:
         self.background: set[asyncio.Future[Any]] = set()
         # Events running as tasks of their own (see ``_detached``).
         self.events: set[asyncio.Task[Any]] = set()
+        # Tokens of the events running now (see ``_Running.events``).
+        self._live_events: set[int] = set()
+        # Set once close()'s deadline cancels what still runs: the callers of
+        # those events get an error, not a cancellation they did not ask for.
+        self._cancelled_at_close = False
         # Objects live on the loop the runtime started on.
         self.loop = asyncio.get_running_loop()
         self.closed = False  # set by ``close``
@@ -463,8 +498,9 @@ class Dispatcher:
                 if self.hosts.get(key) is not host:  # reset or evicted while we queued
                     invoke = partial(_invoke_rpc, method, args, kwargs)
                     host = self._host_for_turn(object_id)
-                    turn = self._turn(host, (), invoke)
-                    return await self._run_event(host, turn, detach=False)
+                    turn = self._turn(host, None, invoke)
+                    on_never_run = partial(self._hand_off, key)
+                    return await self._run_event(host, turn, False, on_never_run)
         seq = 0
         try:
             try:
@@ -524,17 +560,22 @@ class Dispatcher:
             raise self._foreign_loop()
         key = object_id.storage_key
         running = _running.get()
-        chain: tuple[bytes, ...] = ()
         # Who waits for this event: the caller's turn, or its reentrant event
         # (wait_until work is not part of any event: nobody).
         caller: Node | None = None
         if running is not None:
-            if key in running.chain:
+            if running.host._dispatcher is not self:
+                # A call from another runtime's object: it passes that object's
+                # output gate, in that runtime; here it is a call from outside.
+                await running.host._dispatcher._release_outbound(running.host)
+                running = None
+            elif key in running.chain and self._running_on_chain(running, key):
                 return await self._reenter(key, running, invoke)
-            await self._release_outbound(running.host)
-            if running.chain:
-                chain = running.chain
-                caller = running.chain[-1] if running.node is None else running.node
+            else:
+                await self._release_outbound(running.host)
+                if running.events and running.events[-1] in self._live_events:
+                    caller = running.chain[-1] if running.node is None else running.node
+        outer = running if caller is not None else None
         host = self.host(object_id)
         event_node = next(self._tokens) if host.reentrant else None
         target: Node = key if event_node is None else event_node
@@ -542,16 +583,26 @@ class Dispatcher:
             self._waits_for.setdefault(caller, []).append(target)
         try:
             if event_node is not None:
-                return await self._deliver_interleaved(host, chain, invoke, detach, event_node)
+                return await self._deliver_interleaved(host, outer, invoke, detach, event_node)
             token = next(self._tokens)
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, caller)
                 host = self._host_for_turn(object_id)
-            turn = self._turn(host, chain, invoke)
-            return await self._run_event(host, turn, detach)  # type: ignore[no-any-return]
+            turn = self._turn(host, outer, invoke)
+            on_never_run = partial(self._hand_off, key)
+            return await self._run_event(host, turn, detach, on_never_run)  # type: ignore[no-any-return]
         finally:
             if caller is not None:
                 self._forget_wait(caller, target)
+
+    def _running_on_chain(self, running: _Running, key: bytes) -> bool:
+        """Whether an event of ``key`` on ``running``'s call chain is still running
+        (the context may have outlived it: a caller that gave up, a spawned task)."""
+        live = self._live_events
+        return any(
+            on_chain == key and event in live
+            for on_chain, event in zip(running.chain, running.events, strict=True)
+        )
 
     def _host_for_turn(self, object_id: ObjectId) -> ObjectHost:
         """The host, for a caller just handed the object's turn: if the instance
@@ -615,7 +666,7 @@ class Dispatcher:
                 return
             token = mailbox.finish(key)
 
-    def _would_deadlock(self, caller: Node, target: bytes) -> bool:
+    def _would_deadlock(self, caller: Node, target: Node) -> bool:
         seen: set[Node] = set()
         stack: list[Node] = [target]
         while stack:
@@ -635,32 +686,45 @@ class Dispatcher:
                 del self._waits_for[caller]
 
     async def _run_event(
-        self, host: ObjectHost, event: Coroutine[Any, Any, tuple[Any, bool, int]], detach: bool
+        self,
+        host: ObjectHost,
+        event: Coroutine[Any, Any, tuple[Any, bool, int]],
+        detach: bool,
+        on_never_run: Callable[[], None],
     ) -> Any:
         """Run ``event`` (a ``_turn`` or ``_interleaved_event``) as its own task if it
-        can suspend, else inline; then release its result through the output gate."""
+        can suspend, else inline; then release its result through the output gate.
+        ``on_never_run`` undoes what was claimed for the event if its task is
+        cancelled before it starts."""
         if detach or not host.ready:  # on_start can suspend too
-            outcome, failed, seq = await self._detached(event)
+            outcome, failed, seq = await self._detached(event, on_never_run)
         else:
             outcome, failed, seq = await event
         return await self._release(host, seq, outcome, failed)
 
     async def _turn(
-        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any]
+        self, host: ObjectHost, outer: _Running | None, invoke: Invoke[Any]
     ) -> tuple[Any, bool, int]:
-        """One event to its end: the handler, its commit, handing the object on."""
-        token = _running.set(_Running((*chain, host.key), host, None))
+        """One event to its end: the handler, its commit, handing the object on.
+        ``outer``: the event that called, whose call chain this one extends."""
+        event = next(self._tokens)
+        chain, events = ((), ()) if outer is None else (outer.chain, outer.events)
+        token = _running.set(_Running((*chain, host.key), (*events, event), host, None))
+        self._live_events.add(event)
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            self._live_events.discard(event)
             _running.reset(token)
             host.last_used = time.monotonic()
             self._hand_off(host.key)
         return outcome, failed, seq
 
-    def _detached(self, event: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    def _detached(
+        self, event: Coroutine[Any, Any, T], on_never_run: Callable[[], None]
+    ) -> asyncio.Future[T]:
         """The result of ``event``, run as a task of its own: cancelling the caller
         awaiting it abandons the result, never the event."""
         loop = self.loop
@@ -673,7 +737,24 @@ class Dispatcher:
         if not task.done():
             # Kept until done (the loop holds tasks weakly) and awaited by ``drain``.
             self.events.add(task)
+            task.add_done_callback(partial(self._event_task_done, event, reply, on_never_run))
         return reply
+
+    def _event_task_done(
+        self,
+        event: Coroutine[Any, Any, Any],
+        reply: asyncio.Future[Any],
+        on_never_run: Callable[[], None],
+        task: asyncio.Task[Any],
+    ) -> None:
+        self.events.discard(task)
+        if inspect.getcoroutinestate(event) == inspect.CORO_CREATED:
+            # Cancelled before its first step (close()'s deadline): none of the
+            # event ran, not even the cleanup its own code would have done.
+            event.close()
+            on_never_run()
+            if not reply.done():
+                reply.set_exception(RuntimeError("the runtime closed before the event started"))
 
     async def _run_detached(self, event: Coroutine[Any, Any, T], reply: asyncio.Future[T]) -> None:
         try:
@@ -683,13 +764,26 @@ class Dispatcher:
                 reply.set_exception(error)
             else:
                 logger.error("an event failed after its caller gave up", exc_info=True)
-        except BaseException:  # cancelled itself (the loop is shutting down)
-            reply.cancel()
+        except asyncio.CancelledError:
+            if not reply.done():
+                if self._cancelled_at_close:
+                    # The caller cancelled nothing: it gets an error of its own.
+                    reply.set_exception(
+                        RuntimeError("the runtime closed before the event finished (cancelled)")
+                    )
+                else:  # the handler itself raised CancelledError
+                    reply.cancel()
             raise
+        except BaseException as error:  # KeyboardInterrupt, SystemExit, a handler's own
+            if not reply.done():
+                reply.set_exception(error)  # as a plain method's caller would see it
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
         else:
             if not reply.cancelled():
                 reply.set_result(result)
         finally:
+            # At once (the done callback comes an iteration later): the event is over.
             self.events.discard(asyncio.current_task())
 
     async def _invoke(self, host: ObjectHost, invoke: Invoke[Any]) -> tuple[Any, bool]:
@@ -712,18 +806,20 @@ class Dispatcher:
         """What the caller sees for an error raised by an event's handler."""
         if isinstance(error, ObjectAborted):
             self.reset(host)
+        elif type(error) in _OWN_ERRORS:
+            return error  # raised by stead itself (a nested call's error), nothing to copy
         elif isinstance(error, SteadError):
-            return error
+            pass  # a handler's own subclass: copied like any exception, but not logged
         else:
             logger.info("%r raised in a handler", host.id, exc_info=True)
         return rebuild_exception(error)
 
-    def _end_turn(self, host: ObjectHost, failed: bool) -> int:
+    def _end_turn(self, host: ObjectHost, failed: bool, *, midway: bool = False) -> int:
         if host.broken:
             if failed:  # aborted, or the failure that broke it is already the outcome
                 return 0
             raise StorageError("the object was reset (aborted, or a commit failed); turn dropped")
-        return self.commit(host)
+        return self.commit(host, midway=midway)
 
     async def _start(self, host: ObjectHost) -> None:
         if host.started is not None:
@@ -754,7 +850,9 @@ class Dispatcher:
         token = _running.set(running._replace(host=host))
         try:
             outcome, failed = await self._invoke(host, invoke)
-            seq = self._end_turn(host, failed)
+            # The turn it is nested in goes on: its open transaction() blocks may
+            # still roll back (a reentrant object's may be other events': see flush).
+            seq = self._end_turn(host, failed, midway=not host.reentrant)
         finally:
             _running.reset(token)
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
@@ -762,7 +860,7 @@ class Dispatcher:
     async def _deliver_interleaved(
         self,
         host: ObjectHost,
-        chain: tuple[bytes, ...],
+        outer: _Running | None,
         invoke: Invoke[T],
         detach: bool,
         node: int,
@@ -770,23 +868,32 @@ class Dispatcher:
         """Reentrant objects: events interleave at awaits, bounded by ``max_pending``.
         ``node`` is the event in the waits-for graph."""
         while True:
-            if host.inflight >= self.max_pending:
+            # As for a turn-based object: one running, max_pending more.
+            if host.inflight > self.max_pending:
                 raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
             host.inflight += 1
-            event = self._interleaved_event(host, chain, invoke, node)
+            event = self._interleaved_event(host, outer, invoke, node)
+            on_never_run = partial(self._never_ran_interleaved, host)
             try:
-                return await self._run_event(host, event, detach)  # type: ignore[no-any-return]
+                return await self._run_event(host, event, detach, on_never_run)  # type: ignore[no-any-return]
             except _ResetBeforeStart:
                 # As a turn-based object's queued events do: run on a fresh instance.
                 host = self.host(host.id)
 
+    @staticmethod
+    def _never_ran_interleaved(host: ObjectHost) -> None:
+        host.inflight -= 1
+
     async def _interleaved_event(
-        self, host: ObjectHost, chain: tuple[bytes, ...], invoke: Invoke[Any], node: int
+        self, host: ObjectHost, outer: _Running | None, invoke: Invoke[Any], node: int
     ) -> tuple[Any, bool, int]:
-        token = _running.set(_Running((*chain, host.key), host, node))
+        """One event of a reentrant object; ``node`` is its token and waits-for node."""
+        chain, events = ((), ()) if outer is None else (outer.chain, outer.events)
+        token = _running.set(_Running((*chain, host.key), (*events, node), host, node))
+        self._live_events.add(node)
         try:
             while host.gate is not None and not host.gate.is_set():
-                await host.gate.wait()
+                await self._wait_at_gate(host, host.gate, node)
             if not host.ready and host.started is not None:
                 # Another event is running on_start: wait for it to end either way.
                 with contextlib.suppress(Exception):
@@ -796,12 +903,32 @@ class Dispatcher:
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            self._live_events.discard(node)
             _running.reset(token)
             host.inflight -= 1
             host.last_used = time.monotonic()
         return outcome, failed, seq
 
+    async def _wait_at_gate(self, host: ObjectHost, gate: asyncio.Event, node: int) -> None:
+        """Wait for a reentrant object's input gate to open: the event waits for the
+        events holding it closed, and raises ``DeadlockError`` if they wait on it."""
+        holders = [holder for holder in host.gate_holders if holder != node]
+        if any(self._would_deadlock(node, holder) for holder in holders):
+            raise DeadlockError(
+                "call cycle: the object's input is closed (block_concurrency_while or "
+                "on_start) by an event waiting, directly or through other objects, on this call"
+            )
+        self._waits_for.setdefault(node, []).extend(holders)
+        try:
+            await gate.wait()
+        finally:
+            for holder in holders:
+                self._forget_wait(node, holder)
+
     # -- shutdown ------------------------------------------------------------
+
+    def _cancelling_at_close(self) -> None:
+        self._cancelled_at_close = True
 
     def close(self) -> None:
         """After ``drain``: drop every instance; later calls raise ``RuntimeError``."""
@@ -812,7 +939,10 @@ class Dispatcher:
         """Wait for background work and running events (cancelling what still runs
         at ``deadline``, in loop time), then commit whatever is still pending."""
         await finish_or_cancel(
-            lambda: [*self.background, *self.events], deadline, "events or wait_until tasks"
+            lambda: [*self.background, *self.events],
+            deadline,
+            "events or wait_until tasks",
+            on_deadline=self._cancelling_at_close,
         )
         for host in list(self.hosts.values()):
             if host.storage.has_pending and not host.broken:

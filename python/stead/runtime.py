@@ -15,7 +15,7 @@ from stead._core import Engine
 from stead.alarms import AlarmScheduler
 from stead.dispatch import Dispatcher
 from stead.durability import CommitWaiter
-from stead.errors import UnknownBindingError
+from stead.errors import StorageError, UnknownBindingError
 from stead.ids import MAX_NAME_BYTES, IdFactory, load_or_create_secret
 from stead.namespace import Namespace
 from stead.objects import DurableObject
@@ -106,6 +106,8 @@ class Runtime:
         self._dispatcher: Dispatcher | None = None
         self._alarms: AlarmScheduler | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # The shutdown under way: a second close() waits for it, not runs another.
+        self._closing: asyncio.Future[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -182,8 +184,15 @@ class Runtime:
         for a handler that raised)."""
         if not grace >= 0:
             raise ValueError(f"grace is seconds >= 0, not {grace!r}")
-        if self._engine is None:
-            return
+        if self._closing is None:
+            if self._engine is None:
+                return
+            self._closing = asyncio.ensure_future(self._close(grace))
+        # Shielded: a caller cancelled while waiting does not stop the shutdown
+        # other callers (and the data dir's next user) wait for.
+        await asyncio.shield(self._closing)
+
+    async def _close(self, grace: float) -> None:
         if self._plugins is not None:
             self._plugins.shutdown(self)
         if self._sweeper is not None:
@@ -191,16 +200,25 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         assert self._alarms is not None and self._dispatcher is not None
-        assert self._waiter is not None
+        assert self._waiter is not None and self._engine is not None
+        engine = self._engine
         deadline = asyncio.get_running_loop().time() + grace
         await self._alarms.close(deadline)
         try:
             await self._dispatcher.drain(deadline)
         finally:
             self._dispatcher.close()
+            # No turn can commit any more: callers still waiting for their
+            # results get them once the last batch is durable, not an error
+            # for writes that are on disk (unless the engine failed).
+            with contextlib.suppress(StorageError):
+                await self._waiter.wait(engine.last_seq())
             self._waiter.close()
-            engine, self._engine = self._engine, None
-            await asyncio.to_thread(engine.close)
+            self._engine = None
+            try:
+                await asyncio.to_thread(engine.close)
+            finally:
+                self._closing = None
 
     async def __aenter__(self) -> Runtime:
         return await self.start()
