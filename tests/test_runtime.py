@@ -673,3 +673,26 @@ async def test_the_input_stays_closed_until_the_last_open_block_ends(data_dir: s
         await r.ping()
         await asyncio.gather(long, short)
         assert Blocking.log == ["A-in", "B-in", "B-out", "A-out", "ping"]
+
+
+class PlainHooks(stead.DurableObject):
+    """fetch and on_start written as plain methods, as RPC methods may be."""
+
+    def on_start(self) -> None:
+        self.loaded = self.ctx.storage.get("orders", 0)
+
+    def fetch(self, request: stead.Request) -> stead.Response:
+        self.ctx.storage.put("orders", self.ctx.storage.get("orders", 0) + 1)
+        return stead.Response(f"order placed after {self.loaded} loaded")
+
+    def orders(self) -> int:
+        orders: int = self.ctx.storage.get("orders", 0)
+        return orders
+
+
+async def test_fetch_and_on_start_may_be_plain_methods(data_dir: str) -> None:
+    async with stead.Runtime({"P": PlainHooks}, data_dir=data_dir) as rt:
+        shop = rt.env.P.get_by_name("shop")
+        response = await shop.fetch("/order", method="POST")
+        assert (response.status, response.text()) == (200, "order placed after 0 loaded")
+        assert await shop.orders() == 1

@@ -43,7 +43,7 @@ from stead.errors import (
     StorageError,
 )
 from stead.ids import ObjectId
-from stead.objects import DurableObject, RpcMethod
+from stead.objects import DurableObject, RpcMethod, call_maybe_async
 from stead.storage import NAME_KEY, Storage
 
 if TYPE_CHECKING:
@@ -827,7 +827,7 @@ class Dispatcher:
             return
         host.started = asyncio.get_running_loop().create_future()
         try:
-            await host.block_concurrency_while(host.instance.on_start)
+            await host.block_concurrency_while(partial(call_maybe_async, host.instance.on_start))
         except BaseException as error:
             self.reset(host)
             host.started.set_exception(StorageError(f"on_start failed: {error!r}"))

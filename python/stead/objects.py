@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from stead.context import ObjectContext
     from stead.runtime import Env
 
-__all__ = ["DurableObject", "RpcMethod", "can_suspend", "rpc_methods"]
+__all__ = ["DurableObject", "RpcMethod", "call_maybe_async", "can_suspend", "rpc_methods"]
 
 
 class DurableObject:
@@ -110,6 +110,15 @@ class RpcMethod:
 _SUSPENDING_OPCODES = frozenset(
     {"YIELD_VALUE", "GET_AWAITABLE", "SEND", "BEFORE_ASYNC_WITH", "GET_AITER", "GET_ANEXT"}
 )
+
+
+async def call_maybe_async(fn: Callable[[], Any]) -> Any:
+    """``fn()``, awaited if it returned an awaitable: hooks (``on_start``,
+    ``fetch``, ``alarm``) may be plain methods, as RPC methods may."""
+    result = fn()
+    if inspect.isawaitable(result):
+        return await result
+    return result
 
 
 def can_suspend(function: Callable[..., Any]) -> bool:

@@ -11,10 +11,11 @@ import msgspec
 from stead.errors import UnknownMethodError
 from stead.ids import ObjectId
 from stead.messages import Request, Response
-from stead.objects import rpc_methods
+from stead.objects import call_maybe_async, rpc_methods
 
 if TYPE_CHECKING:
     from stead.dispatch import Dispatcher, ObjectHost
+
 
 __all__ = ["Stub", "invoke"]
 
@@ -63,7 +64,7 @@ class Stub:
         request = _build_request(request_or_path, method, headers, body, json)
 
         async def run(host: ObjectHost) -> Response:
-            response = await host.instance.fetch(request)
+            response = await call_maybe_async(partial(host.instance.fetch, request))
             if not isinstance(response, Response):
                 kind = type(response).__name__
                 raise TypeError(f"fetch must return a stead.Response, not {kind}")
