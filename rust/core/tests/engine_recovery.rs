@@ -406,3 +406,101 @@ fn append_only_log_is_compacted_to_bound_startup_replay() {
         vec![9u8; 100]
     );
 }
+
+/// What a power loss during a segment roll could leave (before the flusher
+/// synced the segment being left first): the last record of segment N only
+/// partly on disk, segment N+1 created with its header and no record.
+#[test]
+fn a_torn_tail_followed_only_by_an_empty_segment_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        compaction: false,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    let mut n = 0u32;
+    while segments(dir.path()).len() < 2 {
+        let key = format!("k{n:03}");
+        let seq = engine
+            .commit(b"o", &[Op::Put(key.as_bytes(), &[b'v'; 100])])
+            .unwrap();
+        engine.wait_durable(seq, None).unwrap();
+        n += 1;
+    }
+    engine.close().unwrap();
+    let segs = segments(dir.path());
+    let (prev, last) = (&segs[0], &segs[1]);
+    let end = data_end(prev);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(prev)
+        .unwrap()
+        .set_len(end - 50)
+        .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(32)
+        .unwrap();
+    // Lost: the torn record, and the one record of the new segment (never acknowledged).
+    let survivors = u64::from(n) - 2;
+
+    let snapshot = |p: &PathBuf| fs::read(p).unwrap();
+    let (prev_bytes, last_bytes) = (snapshot(prev), snapshot(last));
+    let read_only = Options {
+        read_only: true,
+        ..opts.clone()
+    };
+    let engine = Engine::open(Some(dir.path()), read_only).unwrap();
+    assert_eq!(engine.last_seq(), survivors);
+    assert_eq!(keys(&engine).len() as u64, survivors);
+    engine.close().unwrap();
+    assert_eq!(snapshot(prev), prev_bytes, "read-only changes no file");
+    assert_eq!(snapshot(last), last_bytes, "read-only changes no file");
+
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    assert_eq!(engine.last_seq(), survivors);
+    assert_eq!(keys(&engine).len() as u64, survivors);
+    assert!(!last.exists(), "the empty later segment is removed");
+    assert_eq!(fs::metadata(prev).unwrap().len(), data_end(prev));
+    let seq = engine.commit(b"o", &[Op::Put(b"after", b"x")]).unwrap();
+    engine.wait_durable(seq, None).unwrap();
+    engine.close().unwrap();
+    let engine = Engine::open(Some(dir.path()), opts).unwrap();
+    assert_eq!(keys(&engine).len() as u64, survivors + 1);
+    assert_eq!(engine.get(b"o", b"after").unwrap().unwrap(), b"x");
+}
+
+#[test]
+fn a_torn_tail_followed_by_a_segment_with_a_valid_record_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        compaction: false,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    for i in 0..60u32 {
+        engine
+            .commit(b"o", &[Op::Put(&i.to_le_bytes(), &[7u8; 100])])
+            .unwrap();
+    }
+    engine.close().unwrap();
+    let segs = segments(dir.path());
+    let prev = &segs[segs.len() - 2];
+    let end = data_end(prev);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(prev)
+        .unwrap()
+        .set_len(end - 50)
+        .unwrap();
+    let before = fs::read(prev).unwrap();
+    assert!(
+        matches!(Engine::open(Some(dir.path()), opts), Err(Error::Corruption { file, .. }) if &file == prev)
+    );
+    assert_eq!(fs::read(prev).unwrap(), before, "nothing was truncated");
+    assert!(segs.iter().all(|s| s.exists()));
+}

@@ -239,11 +239,23 @@ fn write_batch(
     batch: &[Chunk],
     current: &mut Option<Current>,
 ) -> Result<Option<Duration>> {
+    let fsync = shared.opts.durability == Durability::Fsync;
     let mut touched: Vec<Arc<SegFile>> = Vec::new();
     for chunk in batch {
         let target = match current {
             Some(target) if target.id == chunk.file => target,
-            _ => current.insert(open_segment(shared, chunk)?),
+            _ => {
+                // A roll: make the segment being left durable before the next
+                // one exists. Otherwise a power loss could keep the new
+                // (durably created) segment while the tail of the old one is
+                // only partly on disk: damage before a later segment, which
+                // recovery must treat as corruption.
+                if fsync {
+                    sync_files(&touched)?;
+                    touched.clear();
+                }
+                current.insert(open_segment(shared, chunk)?)
+            }
         };
         let end = chunk.start + chunk.data.len() as u64;
         if end > target.allocated && preallocate_bytes() > 0 {
@@ -257,16 +269,21 @@ fn write_batch(
             touched.push(file.clone());
         }
     }
-    if shared.opts.durability != Durability::Fsync {
+    if !fsync {
         return Ok(None);
     }
     let started = Instant::now();
-    for file in &touched {
+    sync_files(&touched)?;
+    Ok(Some(started.elapsed()))
+}
+
+fn sync_files(files: &[Arc<SegFile>]) -> Result<()> {
+    for file in files {
         file.file
             .sync_data()
             .map_err(|e| Error::io(format!("fdatasync {}", file.path.display()), e))?;
     }
-    Ok(Some(started.elapsed()))
+    Ok(())
 }
 
 /// Grow the file ahead of the writes, `preallocate_bytes()` at a time (never

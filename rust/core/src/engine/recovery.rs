@@ -3,9 +3,11 @@
 //!
 //! A segment's data ends where only zero bytes follow (the flusher reserves
 //! file space ahead of its writes). A torn tail is damage at the very end of
-//! the last segment: a record that is cut short or fails its checksum with no
-//! valid record after it. It is what a crash in the middle of a write leaves,
-//! so it is truncated and logged. Damage followed by a valid record is corruption: recovery refuses
+//! the log: a record that is cut short or fails its checksum with no valid
+//! record after it, in its segment or any later one. It is what a crash in
+//! the middle of a write leaves, so it is truncated and logged; later segments
+//! (created by a roll whose records never validly reached the disk) are
+//! removed. Damage followed by a valid record is corruption: recovery refuses
 //! to open rather than silently drop acknowledged batches.
 
 use std::fs::{self, File, OpenOptions};
@@ -56,13 +58,14 @@ struct Found {
 pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
     let read_only = opts.read_only;
     let (obsolete, live) = scan_dir(dir, read_only)?;
-    let live = &live[..];
+    let mut live = &live[..];
     let mut out = Recovered::empty();
-    let last = live.len().checked_sub(1);
-    for (i, seg) in live.iter().enumerate() {
+    let mut i = 0;
+    while let Some(seg) = live.get(i) {
         let id = out.next_file_id + 1;
         out.next_file_id = id;
-        let len = load_segment(dir, seg, id, Some(i) == last, read_only, &mut out)?;
+        let later = &live[i + 1..];
+        let (len, torn) = load_segment(dir, seg, id, later, read_only, &mut out)?;
         let file = seg
             .file
             .try_clone()
@@ -76,6 +79,15 @@ pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
         out.files.insert(id, Arc::new(seg_file));
         out.file_bytes.insert(id, len - HEADER_LEN);
         out.last_seq = out.last_seq.max(seg.header.base_seq);
+        i += 1;
+        if torn && !later.is_empty() {
+            // The later segments hold no valid record (checked before the
+            // truncation): a crash during a roll. The log ends here.
+            if !read_only {
+                remove_empty_later(dir, later)?;
+            }
+            live = &live[..i];
+        }
     }
     if !read_only {
         remove_obsolete(dir, &obsolete)?;
@@ -193,15 +205,18 @@ fn open_segment(seg: u64, path: PathBuf, is_last: bool, read_only: bool) -> Resu
     }
 }
 
-/// Load one segment into the index; returns its (possibly truncated) length.
+/// Load one segment into the index; returns its (possibly truncated) length
+/// and whether a torn tail was cut off (or, read-only, skipped). `later` are
+/// the segments after it: a torn tail is only accepted when none of them
+/// holds a valid record, so nothing written after the damage survived.
 fn load_segment(
     dir: &Path,
     seg: &Found,
     id: u32,
-    is_last: bool,
+    later: &[Found],
     read_only: bool,
     out: &mut Recovered,
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
     if seg.header.compacted()
         && load_hint(
             &hint_path(dir, seg.seg),
@@ -210,7 +225,7 @@ fn load_segment(
             &mut out.index,
         )?
     {
-        return Ok(seg.len);
+        return Ok((seg.len, false));
     }
     let data =
         fs::read(&seg.path).map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
@@ -223,11 +238,12 @@ fn load_segment(
             }
             Err(_) if data[pos..].iter().all(|b| *b == 0) => {
                 // Space the flusher reserved ahead of its writes: the clean end.
-                return Ok(pos as u64);
+                return Ok((pos as u64, false));
             }
             Err(bad) => {
-                let tail_ok =
-                    is_last && !seg.header.compacted() && !has_valid_record_after(&data, pos);
+                let tail_ok = !seg.header.compacted()
+                    && !has_valid_record_after(&data, pos)
+                    && no_valid_record_in(later)?;
                 if !tail_ok {
                     return Err(Error::Corruption {
                         file: seg.path.clone(),
@@ -246,11 +262,39 @@ fn load_segment(
                 } else {
                     truncate(seg, pos as u64, &bad.describe())?;
                 }
-                return Ok(pos as u64);
+                return Ok((pos as u64, true));
             }
         }
     }
-    Ok(data.len() as u64)
+    Ok((data.len() as u64, false))
+}
+
+/// Whether none of `segments` holds a complete, checksummed record. They are
+/// read only when the segment before them ends in damage.
+fn no_valid_record_in(segments: &[Found]) -> Result<bool> {
+    for seg in segments {
+        let data = fs::read(&seg.path)
+            .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+        if has_valid_record_after(&data, HEADER_LEN as usize - 1) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Remove the segments after a torn tail: created by a roll whose records
+/// never (validly) reached the disk. The flusher creates them again.
+fn remove_empty_later(dir: &Path, later: &[Found]) -> Result<()> {
+    for seg in later {
+        eprintln!(
+            "stead engine: removing {} (after the torn tail of the segment before it, it holds \
+             no valid record)",
+            seg.path.display()
+        );
+        fs::remove_file(&seg.path)
+            .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
+    }
+    sys::sync_dir(dir)
 }
 
 fn apply_record(rec: &record::Record<'_>, at: u64, file: u32, out: &mut Recovered) {
