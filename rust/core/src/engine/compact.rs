@@ -19,14 +19,16 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::index::{Index, Keys, Loc, Slot};
+use super::index::{put_bytes, Alarm, Index, Keys, Loc, Slot};
 use super::record::{self, Op, SegHeader, FLAG_COMPACTED, HEADER_LEN};
 use super::{hint_path, read_at, segment_path, sys, SegFile, Shared};
 use crate::error::{Error, Result};
 use crate::FastMap;
 
 const HINT_MAGIC: &[u8; 8] = b"STEADHNT";
-const HINT_VERSION: u32 = 1;
+/// 2: each entry also holds its share of the record overhead (garbage
+/// accounting). Older hints are ignored: the segment is scanned.
+const HINT_VERSION: u32 = 2;
 /// Values per compacted record are grouped up to about this many bytes.
 const RECORD_TARGET: usize = 1 << 20;
 /// Index entries relocated per lock acquisition, so commits are not stalled.
@@ -34,6 +36,9 @@ const SWAP_BATCH: usize = 4096;
 
 type Entry = (Box<[u8]>, Loc);
 type Entries = Vec<(Box<[u8]>, Vec<Entry>)>;
+/// A value's new location and its share of its record's overhead.
+type NewLoc = (Loc, u32);
+type Alarms = BTreeMap<Box<[u8]>, Alarm>;
 
 /// The background compactor: runs when a roll finds enough garbage.
 pub(crate) fn run(shared: Arc<Shared>) {
@@ -110,6 +115,7 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
     fs::rename(&hint_tmp, hint_path(dir, k))
         .map_err(|e| Error::io(format!("rename {}", hint_tmp.display()), e))?;
     sys::sync_dir(dir)?;
+    relocate_alarms(shared, &alarms, &sources, new_id);
     swap_in(
         shared,
         SegFile {
@@ -150,7 +156,9 @@ fn snapshot(shared: &Shared, sources: &FastMap<u32, Arc<SegFile>>) -> Entries {
             let live: Vec<Entry> = keys
                 .iter()
                 .filter_map(|(key, slot)| match slot {
-                    Slot::Disk(loc) if sources.contains_key(&loc.file) => Some((key.clone(), *loc)),
+                    Slot::Disk(loc, _) if sources.contains_key(&loc.file) => {
+                        Some((key.clone(), *loc))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -175,10 +183,10 @@ fn write_segment(
     path: &Path,
     header: SegHeader,
     entries: &Entries,
-    alarms: &BTreeMap<Box<[u8]>, i64>,
+    alarms: &Alarms,
     sources: &FastMap<u32, Arc<SegFile>>,
     new_id: u32,
-) -> Result<(File, Vec<Vec<Loc>>, u64)> {
+) -> Result<(File, Vec<Vec<NewLoc>>, u64)> {
     let io = |e| Error::io(format!("write {}", path.display()), e);
     let file = OpenOptions::new()
         .read(true)
@@ -208,25 +216,27 @@ fn write_segment(
             buf.clear();
             offsets.clear();
             record::encode(&mut buf, header.base_seq, object_id, &ops, &mut offsets);
-            for (at, value) in offsets.iter().zip(&values) {
-                locs.push(Loc {
+            let shares = record::overhead_shares(object_id, ops.len());
+            for ((at, value), share) in offsets.iter().zip(&values).zip(shares) {
+                let loc = Loc {
                     off: pos + *at as u64,
                     file: new_id,
                     len: value.len() as u32,
-                });
+                };
+                locs.push((loc, share));
             }
             out.write_all(&buf).map_err(io)?;
             pos += buf.len() as u64;
         }
         new_locs.push(locs);
     }
-    for (object_id, when) in alarms {
+    for (object_id, alarm) in alarms {
         buf.clear();
         record::encode(
             &mut buf,
             header.base_seq,
             object_id,
-            &[Op::SetAlarm(*when)],
+            &[Op::SetAlarm(alarm.when)],
             &mut offsets,
         );
         out.write_all(&buf).map_err(io)?;
@@ -255,6 +265,34 @@ fn groups(keys: &[Entry]) -> Vec<&[Entry]> {
     out
 }
 
+/// Point the alarms whose op lay in the sources at their copies in the
+/// compacted segment; the other copies (alarms set or superseded since the
+/// snapshot, or set in a later segment) are garbage at once. Done before the
+/// sources are retired, so a later supersede charges the compacted segment.
+fn relocate_alarms(
+    shared: &Shared,
+    alarms: &Alarms,
+    sources: &FastMap<u32, Arc<SegFile>>,
+    new_id: u32,
+) {
+    let mut ids = alarms.keys();
+    loop {
+        let mut state = shared.state.lock();
+        let mut done = 0;
+        for object_id in ids.by_ref().take(SWAP_BATCH) {
+            let bytes = alarm_record_bytes(object_id);
+            let moved = |file| sources.contains_key(&file);
+            if !state.index.relocate_alarm(object_id, moved, new_id, bytes) {
+                state.index.add_dead(new_id, u64::from(bytes));
+            }
+            done += 1;
+        }
+        if done < SWAP_BATCH {
+            return;
+        }
+    }
+}
+
 /// Point the index at the compacted segment and retire the sources.
 fn swap_in(
     shared: &Shared,
@@ -262,7 +300,7 @@ fn swap_in(
     new_id: u32,
     bytes: u64,
     entries: &Entries,
-    new_locs: &[Vec<Loc>],
+    new_locs: &[Vec<NewLoc>],
     sources: &FastMap<u32, Arc<SegFile>>,
 ) {
     {
@@ -276,17 +314,16 @@ fn swap_in(
         .flat_map(|((object_id, keys), locs)| {
             keys.iter()
                 .zip(locs)
-                .map(move |((key, old), new)| (object_id, key, *old, *new))
+                .map(move |((key, old), (new, share))| (object_id, key, *old, *new, *share))
         });
     loop {
         let mut state = shared.state.lock();
         let mut done = 0;
-        for (object_id, key, old, new) in moves.by_ref().take(SWAP_BATCH) {
-            if !state.index.relocate(object_id, key, old, new) {
+        for (object_id, key, old, new, share) in moves.by_ref().take(SWAP_BATCH) {
+            if !state.index.relocate(object_id, key, old, new, share) {
                 // Overwritten since the snapshot: the copy in the new segment is garbage.
-                state
-                    .index
-                    .add_dead(new_id, u64::from(new.len) + key.len() as u64 + 9);
+                let bytes = put_bytes(&new, key.len(), share);
+                state.index.add_dead(new_id, bytes);
             }
             done += 1;
         }
@@ -301,6 +338,11 @@ fn swap_in(
         state.index.forget_file(*id);
         state.cache.forget_file(*id);
     }
+}
+
+/// Bytes of the one-op record holding an alarm in a compacted segment.
+fn alarm_record_bytes(object_id: &[u8]) -> u32 {
+    record::record_len(object_id, &[Op::SetAlarm(0)]) as u32
 }
 
 /// Accumulates bytes into the hint file and its running checksum.
@@ -320,8 +362,8 @@ fn write_hint(
     path: &Path,
     stamp: u64,
     entries: &Entries,
-    new_locs: &[Vec<Loc>],
-    alarms: &BTreeMap<Box<[u8]>, i64>,
+    new_locs: &[Vec<NewLoc>],
+    alarms: &Alarms,
 ) -> Result<()> {
     let io = |e| Error::io(format!("write {}", path.display()), e);
     let file = OpenOptions::new()
@@ -344,19 +386,20 @@ fn write_hint(
             .map_err(io)?;
         hint.put(object_id).map_err(io)?;
         hint.put(&(keys.len() as u32).to_le_bytes()).map_err(io)?;
-        for ((key, _), loc) in keys.iter().zip(locs) {
+        for ((key, _), (loc, share)) in keys.iter().zip(locs) {
             hint.put(&(key.len() as u32).to_le_bytes()).map_err(io)?;
             hint.put(key).map_err(io)?;
             hint.put(&loc.off.to_le_bytes()).map_err(io)?;
             hint.put(&loc.len.to_le_bytes()).map_err(io)?;
+            hint.put(&share.to_le_bytes()).map_err(io)?;
         }
     }
     hint.put(&(alarms.len() as u64).to_le_bytes()).map_err(io)?;
-    for (object_id, when) in alarms {
+    for (object_id, alarm) in alarms {
         hint.put(&(object_id.len() as u32).to_le_bytes())
             .map_err(io)?;
         hint.put(object_id).map_err(io)?;
-        hint.put(&when.to_le_bytes()).map_err(io)?;
+        hint.put(&alarm.when.to_le_bytes()).map_err(io)?;
     }
     let crc = hint.crc;
     hint.out.write_all(&crc.to_le_bytes()).map_err(io)?;
@@ -379,7 +422,8 @@ pub(crate) fn load_hint(path: &Path, stamp: u64, file: u32, index: &mut Index) -
                 index.load_object(object_id, keys);
             }
             for (object_id, when) in alarms {
-                index.set_alarm(object_id, when);
+                let at = Some((file, alarm_record_bytes(&object_id)));
+                index.load_alarm(object_id, Alarm { when, at });
             }
             Ok(true)
         }
@@ -419,7 +463,8 @@ fn parse_hint(data: &[u8], stamp: u64, file: u32) -> Option<Parsed> {
             let key: Box<[u8]> = r.bytes()?.into();
             let off = r.u64()?;
             let len = r.u32()?;
-            keys.push((key, Slot::Disk(Loc { off, file, len })));
+            let share = r.u32()?;
+            keys.push((key, Slot::Disk(Loc { off, file, len }, share)));
         }
         // Written in key order: collecting a sorted run builds the tree in bulk.
         objects.push((object_id, keys.into_iter().collect::<Keys>()));

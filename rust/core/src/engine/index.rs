@@ -20,10 +20,28 @@ pub(crate) struct Loc {
 }
 
 /// A value's home: a file location, or the value itself (in-memory engine).
+/// A disk slot also carries its put's share of the record overhead (see
+/// `record::overhead_shares`): garbage, with the put, once it is superseded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Slot {
-    Disk(Loc),
+    Disk(Loc, u32),
     Mem(Box<[u8]>),
+}
+
+/// Where an op of a record lies: its segment file and its share of the
+/// record overhead. `None` for the in-memory engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Placed {
+    pub file: u32,
+    pub share: u32,
+}
+
+/// An object's alarm and where its set-alarm op lies (file, bytes with its
+/// overhead share): garbage once superseded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Alarm {
+    pub when: i64,
+    pub at: Option<(u32, u32)>,
 }
 
 pub(crate) type Keys = BTreeMap<Box<[u8]>, Slot>;
@@ -46,7 +64,7 @@ pub(crate) struct Index {
     objects: FastMap<Box<[u8]>, Keys>,
     /// The same object ids in order, for `objects()` and compaction.
     order: BTreeSet<Box<[u8]>>,
-    alarms: BTreeMap<Box<[u8]>, i64>,
+    alarms: BTreeMap<Box<[u8]>, Alarm>,
     keys: usize,
     key_bytes: usize,
     /// Heap bytes of the key allocations (kept incrementally for `stats`).
@@ -55,23 +73,57 @@ pub(crate) struct Index {
     mem_values: usize,
     /// Heap bytes of the object id allocations.
     object_alloc: usize,
-    /// Bytes of overwritten or deleted entries per segment file id (drives compaction).
+    /// Garbage bytes per segment file id (drives compaction): superseded
+    /// puts and set-alarms, every delete, delete-all and delete-alarm (a
+    /// compaction of the sealed segments keeps none of them), each with its
+    /// share of the record overhead.
     dead: FastMap<u32, u64>,
 }
 
 impl Index {
-    /// Apply one op; `slot` is the new value's home for a put.
-    pub fn apply(&mut self, object_id: &[u8], op: &Op<'_>, slot: Option<Slot>) {
+    /// Apply one op; `slot` is the new value's home for a put, `placed`
+    /// where the op lies on disk (to charge it once garbage).
+    pub fn apply(
+        &mut self,
+        object_id: &[u8],
+        op: &Op<'_>,
+        slot: Option<Slot>,
+        placed: Option<Placed>,
+    ) {
         match op {
             Op::Put(key, _) => self.put(object_id, key, slot.expect("a put has a slot")),
             Op::Delete(key) => self.delete(object_id, key),
             Op::DeleteAll => self.delete_all(object_id),
             Op::SetAlarm(when) => {
-                self.alarms.insert(object_id.into(), *when);
+                let at = placed.map(|p| (p.file, op.encoded_len() as u32 + p.share));
+                let alarm = Alarm { when: *when, at };
+                let old = self.alarms.insert(object_id.into(), alarm);
+                self.account_alarm(old);
+                return;
             }
             Op::DeleteAlarm => {
-                self.alarms.remove(object_id);
+                let old = self.alarms.remove(object_id);
+                self.account_alarm(old);
             }
+        }
+        if let (false, Some(placed)) = (matches!(op, Op::Put(..)), placed) {
+            self.add_dead(
+                placed.file,
+                op.encoded_len() as u64 + u64::from(placed.share),
+            );
+        }
+    }
+
+    /// A record without ops: all of it is garbage at once.
+    pub fn apply_empty(&mut self, placed: Option<Placed>) {
+        if let Some(placed) = placed {
+            self.add_dead(placed.file, u64::from(placed.share));
+        }
+    }
+
+    fn account_alarm(&mut self, old: Option<Alarm>) {
+        if let Some((file, bytes)) = old.and_then(|a| a.at) {
+            self.add_dead(file, u64::from(bytes));
         }
     }
 
@@ -108,7 +160,8 @@ impl Index {
     }
 
     fn delete_all(&mut self, object_id: &[u8]) {
-        self.alarms.remove(object_id);
+        let old = self.alarms.remove(object_id);
+        self.account_alarm(old);
         let Some(keys) = self.remove_object(object_id) else {
             return;
         };
@@ -141,11 +194,12 @@ impl Index {
         }
     }
 
-    /// The entry at `slot` became garbage: charge its file (value, key and op header).
+    /// The entry at `slot` became garbage: charge its file (the put op and
+    /// its share of the record overhead).
     fn account_remove(&mut self, slot: &Slot, key_len: usize) {
         match slot {
-            Slot::Disk(loc) => {
-                *self.dead.entry(loc.file).or_default() += u64::from(loc.len) + key_len as u64 + 9;
+            Slot::Disk(loc, share) => {
+                self.add_dead(loc.file, put_bytes(loc, key_len, *share));
             }
             Slot::Mem(value) => self.mem_values -= value.len(),
         }
@@ -167,7 +221,14 @@ impl Index {
     }
 
     /// Point `key` at `new` if it still points at `old` (compaction's swap).
-    pub fn relocate(&mut self, object_id: &[u8], key: &[u8], old: Loc, new: Loc) -> bool {
+    pub fn relocate(
+        &mut self,
+        object_id: &[u8],
+        key: &[u8],
+        old: Loc,
+        new: Loc,
+        share: u32,
+    ) -> bool {
         let Some(slot) = self
             .objects
             .get_mut(object_id)
@@ -175,11 +236,29 @@ impl Index {
         else {
             return false;
         };
-        if *slot != Slot::Disk(old) {
+        if !matches!(slot, Slot::Disk(loc, _) if *loc == old) {
             return false;
         }
-        *slot = Slot::Disk(new);
+        *slot = Slot::Disk(new, share);
         true
+    }
+
+    /// Point the object's alarm at its copy in a compacted segment (`file`,
+    /// `bytes`) if its op still lies in a file `moved` says was compacted.
+    pub fn relocate_alarm(
+        &mut self,
+        object_id: &[u8],
+        moved: impl Fn(u32) -> bool,
+        file: u32,
+        bytes: u32,
+    ) -> bool {
+        match self.alarms.get_mut(object_id) {
+            Some(alarm) if alarm.at.is_some_and(|(f, _)| moved(f)) => {
+                alarm.at = Some((file, bytes));
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn forget_file(&mut self, file: u32) {
@@ -214,15 +293,16 @@ impl Index {
     }
 
     pub fn alarm(&self, object_id: &[u8]) -> Option<i64> {
-        self.alarms.get(object_id).copied()
+        self.alarms.get(object_id).map(|a| a.when)
     }
 
-    pub fn alarms(&self) -> &BTreeMap<Box<[u8]>, i64> {
+    pub fn alarms(&self) -> &BTreeMap<Box<[u8]>, Alarm> {
         &self.alarms
     }
 
-    pub fn set_alarm(&mut self, object_id: Box<[u8]>, when: i64) {
-        self.alarms.insert(object_id, when);
+    /// Add an alarm loaded from a hint file (the object has none yet).
+    pub fn load_alarm(&mut self, object_id: Box<[u8]>, alarm: Alarm) {
+        self.alarms.insert(object_id, alarm);
     }
 
     pub fn object_count(&self) -> usize {
@@ -289,9 +369,15 @@ impl Index {
         let slot = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Keys>() + 1;
         let per_object = slot * 8 / 7 + std::mem::size_of::<Box<[u8]>>() * 4 / 3 + 4;
         let objects = self.object_alloc + self.objects.len() * per_object;
-        let alarms = self.alarms.len() * ((16 + 8) * 4 / 3 + 4 + 48);
+        let alarm = std::mem::size_of::<Box<[u8]>>() + std::mem::size_of::<Alarm>();
+        let alarms = self.alarms.len() * (alarm * 4 / 3 + 4 + 48);
         self.key_alloc + self.keys * per_entry + objects + alarms + self.dead.len() * 32
     }
+}
+
+/// Bytes of a put op (with its share of the record overhead) in its segment.
+pub(crate) fn put_bytes(loc: &Loc, key_len: usize, share: u32) -> u64 {
+    Op::Put(&[], &[]).encoded_len() as u64 + key_len as u64 + u64::from(loc.len) + u64::from(share)
 }
 
 /// Bytes glibc malloc hands out for a request of `n` bytes (16-byte chunks,
@@ -401,7 +487,7 @@ mod tests {
     fn sample() -> Index {
         let mut index = Index::default();
         for key in [&b"a"[..], b"ab", b"abc", b"b", b"b\xff", b"c"] {
-            index.apply(b"o", &Op::Put(key, b"v"), mem(b"v"));
+            index.apply(b"o", &Op::Put(key, b"v"), mem(b"v"), None);
         }
         index
     }
@@ -452,9 +538,9 @@ mod tests {
     #[test]
     fn delete_all_clears_keys_and_alarm() {
         let mut index = sample();
-        index.apply(b"o", &Op::SetAlarm(5), None);
+        index.apply(b"o", &Op::SetAlarm(5), None, None);
         assert_eq!(index.alarm(b"o"), Some(5));
-        index.apply(b"o", &Op::DeleteAll, None);
+        index.apply(b"o", &Op::DeleteAll, None, None);
         assert_eq!(index.alarm(b"o"), None);
         assert_eq!(index.key_count(), 0);
         assert_eq!(index.object_count(), 0);
@@ -464,7 +550,7 @@ mod tests {
     fn object_ids_respect_prefix_and_after() {
         let mut index = Index::default();
         for id in [&b"x1"[..], b"x2", b"x3", b"y1"] {
-            index.apply(id, &Op::Put(b"k", b"v"), mem(b"v"));
+            index.apply(id, &Op::Put(b"k", b"v"), mem(b"v"), None);
         }
         assert_eq!(
             index.object_ids(Some(b"x"), Some(b"x1"), Some(1)),
@@ -478,14 +564,46 @@ mod tests {
     }
 
     #[test]
-    fn dead_bytes_follow_overwrites() {
+    fn dead_bytes_follow_overwrites_with_their_share_of_the_record() {
         let mut index = Index::default();
-        let loc = |off, len| Some(Slot::Disk(Loc { off, file: 1, len }));
-        index.apply(b"o", &Op::Put(b"k", b""), loc(0, 10));
+        let placed = |share| Some(Placed { file: 1, share });
+        let put = |index: &mut Index, off, len, share| {
+            let slot = Some(Slot::Disk(Loc { off, file: 1, len }, share));
+            index.apply(b"o", &Op::Put(b"k", b""), slot, placed(share));
+        };
+        put(&mut index, 0, 10, 30);
         assert_eq!(index.dead_bytes(1), 0);
-        index.apply(b"o", &Op::Put(b"k", b""), loc(20, 5));
-        assert_eq!(index.dead_bytes(1), 10 + 1 + 9);
-        index.apply(b"o", &Op::Delete(b"k"), None);
-        assert_eq!(index.dead_bytes(1), 20 + 5 + 1 + 9);
+        put(&mut index, 100, 5, 29);
+        assert_eq!(index.dead_bytes(1), 9 + 1 + 10 + 30);
+        index.apply(b"o", &Op::Delete(b"k"), None, placed(29));
+        let deleted_put = 9 + 1 + 5 + 29;
+        let delete_op = 5 + 1 + 29;
+        assert_eq!(index.dead_bytes(1), 50 + deleted_put + delete_op);
+    }
+
+    #[test]
+    fn alarm_ops_are_garbage_once_superseded_and_deletes_at_once() {
+        let mut index = Index::default();
+        let placed = |file| Some(Placed { file, share: 20 });
+        index.apply(b"o", &Op::SetAlarm(5), None, placed(1));
+        assert_eq!(index.dead_bytes(1), 0);
+        index.apply(b"o", &Op::SetAlarm(6), None, placed(2));
+        assert_eq!(index.dead_bytes(1), 9 + 20);
+        index.apply(b"o", &Op::DeleteAll, None, placed(3));
+        assert_eq!(
+            index.dead_bytes(2),
+            9 + 20,
+            "delete-all supersedes the alarm"
+        );
+        assert_eq!(index.dead_bytes(3), 1 + 20);
+        index.apply(b"o", &Op::DeleteAlarm, None, placed(3));
+        assert_eq!(index.dead_bytes(3), 2 * (1 + 20), "nothing left to delete");
+        index.apply_empty(placed(4));
+        assert_eq!(index.dead_bytes(4), 20);
+    }
+
+    #[test]
+    fn a_disk_slot_with_its_share_is_no_larger_than_before() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
     }
 }

@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 pub use index::ListOptions;
-use index::{Loc, Slot};
+use index::{Loc, Placed, Slot};
 pub use options::{Durability, Options, Stats, MAX_OBJECT_ID_BYTES};
 use options::{MAX_LATENCY_SAMPLES, MIN_SEGMENT_BYTES};
 pub use record::Op;
@@ -177,7 +177,7 @@ impl Engine {
                     Op::Put(_, value) => Some(Slot::Mem((*value).into())),
                     _ => None,
                 };
-                state.index.apply(object_id, op, slot);
+                state.index.apply(object_id, op, slot, None);
             }
         }
         state.last_seq = seq;
@@ -228,19 +228,32 @@ impl Engine {
         state.active.as_mut().expect("disk engine").end += len;
         *state.file_bytes.entry(active.file).or_default() += len;
         let mut values = state.scratch.iter();
-        for op in ops {
+        if ops.is_empty() {
+            let share = record::overhead(object_id) as u32;
+            let file = active.file;
+            state.index.apply_empty(Some(Placed { file, share }));
+        }
+        for (op, share) in ops
+            .iter()
+            .zip(record::overhead_shares(object_id, ops.len()))
+        {
             let slot = match op {
                 Op::Put(_, value) => {
                     let at = *values.next().expect("one offset per put") as u64;
-                    Some(Slot::Disk(Loc {
+                    let loc = Loc {
                         off: record_off + at,
                         file: active.file,
                         len: value.len() as u32,
-                    }))
+                    };
+                    Some(Slot::Disk(loc, share))
                 }
                 _ => None,
             };
-            state.index.apply(object_id, op, slot);
+            let placed = Placed {
+                file: active.file,
+                share,
+            };
+            state.index.apply(object_id, op, slot, Some(placed));
         }
     }
 
@@ -392,7 +405,7 @@ impl Engine {
             .index
             .alarms()
             .iter()
-            .map(|(id, when)| (id.to_vec(), *when))
+            .map(|(id, alarm)| (id.to_vec(), alarm.when))
             .collect()
     }
 
@@ -411,8 +424,10 @@ impl Engine {
         let shared = &*self.shared;
         let state = shared.state.lock();
         let file_total: u64 = state.file_bytes.values().sum();
+        // Over the same files as `file_total`: the flusher may not have
+        // opened the newest ones yet.
         let dead: u64 = state
-            .files
+            .file_bytes
             .keys()
             .map(|id| state.index.dead_bytes(*id))
             .sum();
@@ -486,7 +501,7 @@ fn spawn(name: &str, shared: &Arc<Shared>, body: fn(Arc<Shared>)) -> Result<Join
 fn resolve(state: &mut State, slot: &Slot) -> Pending {
     let loc = match slot {
         Slot::Mem(value) => return Pending::Ready(Some(Arc::from(&value[..]))),
-        Slot::Disk(loc) => *loc,
+        Slot::Disk(loc, _) => *loc,
     };
     if let Some(value) = state.cache.get(&loc) {
         return Pending::Ready(Some(value));

@@ -95,7 +95,8 @@ pub enum Op<'a> {
 }
 
 impl Op<'_> {
-    fn encoded_len(&self) -> usize {
+    /// Bytes of the op inside its record.
+    pub(crate) fn encoded_len(&self) -> usize {
         match self {
             Op::Put(key, value) => 9 + key.len() + value.len(),
             Op::Delete(key) => 5 + key.len(),
@@ -108,6 +109,21 @@ impl Op<'_> {
 /// Total bytes of the record for this batch, header included.
 pub(crate) fn record_len(object_id: &[u8], ops: &[Op<'_>]) -> usize {
     REC_HEADER + 8 + 4 + object_id.len() + 4 + ops.iter().map(Op::encoded_len).sum::<usize>()
+}
+
+/// Each op's share of the record overhead (header, seq, object id, op
+/// count), which is garbage once all its ops are: split evenly, the first
+/// ops taking the remainder, so the shares add up to the overhead. With no
+/// op (an empty batch), the caller charges the whole overhead at once.
+pub(crate) fn overhead_shares(object_id: &[u8], n_ops: usize) -> impl Iterator<Item = u32> {
+    let overhead = overhead(object_id);
+    let n = n_ops.max(1) as u64;
+    (0..n_ops as u64).map(move |i| (overhead / n + u64::from(i < overhead % n)) as u32)
+}
+
+/// Bytes of a record that belong to no op.
+pub(crate) fn overhead(object_id: &[u8]) -> u64 {
+    record_len(object_id, &[]) as u64
 }
 
 /// Append the record to `buf`; push, for each put in order, the offset of its
@@ -347,6 +363,19 @@ mod tests {
                 "cut {cut}"
             );
         }
+    }
+
+    #[test]
+    fn overhead_shares_add_up_to_the_record_minus_its_ops() {
+        for n in 1..40 {
+            let ops = vec![Op::Put(b"k", b"v"); n];
+            let shares: Vec<u32> = overhead_shares(b"object", n).collect();
+            let ops_len: usize = ops.iter().map(Op::encoded_len).sum();
+            let total: u64 = shares.iter().map(|s| u64::from(*s)).sum();
+            assert_eq!(total as usize + ops_len, record_len(b"object", &ops));
+            assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
+        }
+        assert_eq!(overhead_shares(b"o", 0).count(), 0);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::compact::load_hint;
-use super::index::{Index, Loc, Slot};
+use super::index::{Index, Loc, Placed, Slot};
 use super::record::{self, Op, SegHeader, HEADER_LEN, REC_HEADER, REC_MAGIC};
 use super::{hint_path, sys, Active, Options, SegFile};
 use crate::error::{Error, Result};
@@ -297,17 +297,27 @@ fn remove_empty_later(dir: &Path, later: &[Found]) -> Result<()> {
     sys::sync_dir(dir)
 }
 
+/// Apply a record as a live commit does (the same garbage accounting).
 fn apply_record(rec: &record::Record<'_>, at: u64, file: u32, out: &mut Recovered) {
-    for (op, value_at) in &rec.ops {
+    if rec.ops.is_empty() {
+        let share = record::overhead(rec.object_id) as u32;
+        out.index.apply_empty(Some(Placed { file, share }));
+    }
+    let shares = record::overhead_shares(rec.object_id, rec.ops.len());
+    for ((op, value_at), share) in rec.ops.iter().zip(shares) {
         let slot = match op {
-            Op::Put(_, value) => Some(Slot::Disk(Loc {
-                off: at + *value_at as u64,
-                file,
-                len: value.len() as u32,
-            })),
+            Op::Put(_, value) => {
+                let loc = Loc {
+                    off: at + *value_at as u64,
+                    file,
+                    len: value.len() as u32,
+                };
+                Some(Slot::Disk(loc, share))
+            }
             _ => None,
         };
-        out.index.apply(rec.object_id, op, slot);
+        out.index
+            .apply(rec.object_id, op, slot, Some(Placed { file, share }));
     }
     out.last_seq = out.last_seq.max(rec.seq);
 }
