@@ -26,9 +26,10 @@ use crate::error::{Error, Result};
 use crate::FastMap;
 
 const HINT_MAGIC: &[u8; 8] = b"STEADHNT";
-/// 2: each entry also holds its share of the record overhead (garbage
-/// accounting). Older hints are ignored: the segment is scanned.
-const HINT_VERSION: u32 = 2;
+/// 3: each entry also holds its share of the record overhead (garbage
+/// accounting) and its value's crc32c (reads check it: a hint load reads no
+/// record checksum). Older hints are ignored: the segment is scanned.
+const HINT_VERSION: u32 = 3;
 /// Values per compacted record are grouped up to about this many bytes.
 const RECORD_TARGET: usize = 1 << 20;
 /// Index entries relocated per lock acquisition, so commits are not stalled.
@@ -36,8 +37,31 @@ const SWAP_BATCH: usize = 4096;
 
 type Entry = (Box<[u8]>, Loc);
 type Entries = Vec<(Box<[u8]>, Vec<Entry>)>;
-/// A value's new location and its share of its record's overhead.
-type NewLoc = (Loc, u32);
+/// A value's new location, its share of its record's overhead, its crc32c.
+type NewLoc = (Loc, u32, u32);
+
+/// The value checksums of a hint-loaded compacted segment, by value offset
+/// (ascending: the hint lists entries in the order they were written).
+/// Two flat arrays: 12 bytes a key.
+pub(crate) struct ValueCrcs {
+    offsets: Vec<u64>,
+    crcs: Vec<u32>,
+}
+
+impl ValueCrcs {
+    /// Whether `value`, read at `off`, matches its checksum (true for an
+    /// offset the hint did not list).
+    pub fn matches(&self, off: u64, value: &[u8]) -> bool {
+        match self.offsets.binary_search(&off) {
+            Ok(i) => crc32c::crc32c(value) == self.crcs[i],
+            Err(_) => true,
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.offsets.capacity() * 8 + self.crcs.capacity() * 4
+    }
+}
 type Alarms = BTreeMap<Box<[u8]>, Alarm>;
 
 /// The background compactor: runs when a roll finds enough garbage.
@@ -123,6 +147,8 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
             seg: k,
             path,
             compacted: true,
+            // Written from checked values and synced just now.
+            value_crcs: None,
         },
         new_id,
         bytes,
@@ -223,7 +249,7 @@ fn write_segment(
                     file: new_id,
                     len: value.len() as u32,
                 };
-                locs.push((loc, share));
+                locs.push((loc, share, crc32c::crc32c(value)));
             }
             out.write_all(&buf).map_err(io)?;
             pos += buf.len() as u64;
@@ -314,7 +340,7 @@ fn swap_in(
         .flat_map(|((object_id, keys), locs)| {
             keys.iter()
                 .zip(locs)
-                .map(move |((key, old), (new, share))| (object_id, key, *old, *new, *share))
+                .map(move |((key, old), (new, share, _))| (object_id, key, *old, *new, *share))
         });
     loop {
         let mut state = shared.state.lock();
@@ -386,12 +412,13 @@ fn write_hint(
             .map_err(io)?;
         hint.put(object_id).map_err(io)?;
         hint.put(&(keys.len() as u32).to_le_bytes()).map_err(io)?;
-        for ((key, _), (loc, share)) in keys.iter().zip(locs) {
+        for ((key, _), (loc, share, crc)) in keys.iter().zip(locs) {
             hint.put(&(key.len() as u32).to_le_bytes()).map_err(io)?;
             hint.put(key).map_err(io)?;
             hint.put(&loc.off.to_le_bytes()).map_err(io)?;
             hint.put(&loc.len.to_le_bytes()).map_err(io)?;
             hint.put(&share.to_le_bytes()).map_err(io)?;
+            hint.put(&crc.to_le_bytes()).map_err(io)?;
         }
     }
     hint.put(&(alarms.len() as u64).to_le_bytes()).map_err(io)?;
@@ -408,16 +435,22 @@ fn write_hint(
     file.sync_all().map_err(io)
 }
 
-/// Load a compacted segment's index from its hint file. `Ok(false)` when the
-/// hint is missing, stale (other stamp) or damaged: the caller scans the segment.
-pub(crate) fn load_hint(path: &Path, stamp: u64, file: u32, index: &mut Index) -> Result<bool> {
+/// Load a compacted segment's index from its hint file; returns its value
+/// checksums. `Ok(None)` when the hint is missing, stale (other stamp),
+/// damaged or of an older version: the caller scans the segment.
+pub(crate) fn load_hint(
+    path: &Path,
+    stamp: u64,
+    file: u32,
+    index: &mut Index,
+) -> Result<Option<ValueCrcs>> {
     let data = match fs::read(path) {
         Ok(data) => data,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
     };
     match parse_hint(&data, stamp, file) {
-        Some((objects, alarms)) => {
+        Some((objects, alarms, crcs)) => {
             for (object_id, keys) in objects {
                 index.load_object(object_id, keys);
             }
@@ -425,19 +458,19 @@ pub(crate) fn load_hint(path: &Path, stamp: u64, file: u32, index: &mut Index) -
                 let at = Some((file, alarm_record_bytes(&object_id)));
                 index.load_alarm(object_id, Alarm { when, at });
             }
-            Ok(true)
+            Ok(Some(crcs))
         }
         None => {
             eprintln!(
-                "stead engine: ignoring invalid hint file {}",
+                "stead engine: ignoring invalid or older-version hint file {}",
                 path.display()
             );
-            Ok(false)
+            Ok(None)
         }
     }
 }
 
-type Parsed = (Vec<(Box<[u8]>, Keys)>, Vec<(Box<[u8]>, i64)>);
+type Parsed = (Vec<(Box<[u8]>, Keys)>, Vec<(Box<[u8]>, i64)>, ValueCrcs);
 
 fn parse_hint(data: &[u8], stamp: u64, file: u32) -> Option<Parsed> {
     let body_len = data.len().checked_sub(4)?;
@@ -455,6 +488,10 @@ fn parse_hint(data: &[u8], stamp: u64, file: u32) -> Option<Parsed> {
     };
     let n_objects = r.u64()?;
     let mut objects = Vec::with_capacity(n_objects.min(1 << 20) as usize);
+    let mut crcs = ValueCrcs {
+        offsets: Vec::new(),
+        crcs: Vec::new(),
+    };
     for _ in 0..n_objects {
         let object_id: Box<[u8]> = r.bytes()?.into();
         let n_keys = r.u32()?;
@@ -464,6 +501,12 @@ fn parse_hint(data: &[u8], stamp: u64, file: u32) -> Option<Parsed> {
             let off = r.u64()?;
             let len = r.u32()?;
             let share = r.u32()?;
+            let crc = r.u32()?;
+            if crcs.offsets.last().is_some_and(|last| *last >= off) {
+                return None; // not in write order: not a hint this code wrote
+            }
+            crcs.offsets.push(off);
+            crcs.crcs.push(crc);
             keys.push((key, Slot::Disk(Loc { off, file, len }, share)));
         }
         // Written in key order: collecting a sorted run builds the tree in bulk.
@@ -475,7 +518,9 @@ fn parse_hint(data: &[u8], stamp: u64, file: u32) -> Option<Parsed> {
         let object_id: Box<[u8]> = r.bytes()?.into();
         alarms.push((object_id, r.u64()? as i64));
     }
-    (r.pos == body.len()).then_some((objects, alarms))
+    crcs.offsets.shrink_to_fit();
+    crcs.crcs.shrink_to_fit();
+    (r.pos == body.len()).then_some((objects, alarms, crcs))
 }
 
 struct Reader<'a> {

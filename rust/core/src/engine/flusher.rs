@@ -348,6 +348,7 @@ fn open_segment(shared: &Shared, chunk: &Chunk) -> Result<Current> {
         seg: chunk.seg,
         path,
         compacted: false,
+        value_crcs: None,
     });
     let mut state = shared.state.lock();
     state.files.insert(chunk.file, seg.clone());

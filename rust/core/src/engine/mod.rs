@@ -441,7 +441,7 @@ impl Engine {
             keys: state.index.key_count() as u64,
             segments: state.files.len() as u64,
             live_bytes: live,
-            index_bytes: state.index.heap_bytes() as u64,
+            index_bytes: (state.index.heap_bytes() + value_crc_bytes(&state)) as u64,
             key_bytes: state.index.key_bytes() as u64,
             cache_bytes: state.cache.used() as u64,
             commits: state.commits,
@@ -497,6 +497,12 @@ fn spawn(name: &str, shared: &Arc<Shared>, body: fn(Arc<Shared>)) -> Result<Join
         .map_err(|e| Error::io(format!("spawn {name} thread"), e))
 }
 
+/// Heap bytes of the value checksums kept for hint-loaded segments.
+fn value_crc_bytes(state: &State) -> usize {
+    let crcs = state.files.values().filter_map(|f| f.value_crcs.as_ref());
+    crcs.map(compact::ValueCrcs::heap_bytes).sum()
+}
+
 /// Find a value without I/O if possible: memory, cache, or unwritten buffers.
 fn resolve(state: &mut State, slot: &Slot) -> Pending {
     let loc = match slot {
@@ -519,11 +525,21 @@ fn resolve(state: &mut State, slot: &Slot) -> Pending {
     }
 }
 
+/// Read a value; checked against its hint checksum when it has one.
 pub(crate) fn read_at(file: &SegFile, loc: &Loc) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.len as usize];
     file.file
         .read_exact_at(&mut buf, loc.off)
         .map_err(|e| Error::io(format!("read {} at {}", file.path.display(), loc.off), e))?;
+    if let Some(crcs) = &file.value_crcs {
+        if !crcs.matches(loc.off, &buf) {
+            return Err(Error::Corruption {
+                file: file.path.clone(),
+                offset: loc.off,
+                reason: "value does not match the checksum its hint file recorded".into(),
+            });
+        }
+    }
     Ok(buf)
 }
 

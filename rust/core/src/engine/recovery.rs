@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::compact::load_hint;
+use super::compact::{load_hint, ValueCrcs};
 use super::index::{Index, Loc, Placed, Slot};
 use super::record::{self, Op, SegHeader, HEADER_LEN, REC_HEADER, REC_MAGIC};
 use super::{hint_path, sys, Active, Options, SegFile};
@@ -65,7 +65,11 @@ pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
         let id = out.next_file_id + 1;
         out.next_file_id = id;
         let later = &live[i + 1..];
-        let (len, torn) = load_segment(dir, seg, id, later, read_only, &mut out)?;
+        let Loaded {
+            len,
+            torn,
+            value_crcs,
+        } = load_segment(dir, seg, id, later, read_only, &mut out)?;
         let file = seg
             .file
             .try_clone()
@@ -75,6 +79,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
             seg: seg.seg,
             path: seg.path.clone(),
             compacted: seg.header.compacted(),
+            value_crcs,
         };
         out.files.insert(id, Arc::new(seg_file));
         out.file_bytes.insert(id, len - HEADER_LEN);
@@ -205,10 +210,29 @@ fn open_segment(seg: u64, path: PathBuf, is_last: bool, read_only: bool) -> Resu
     }
 }
 
-/// Load one segment into the index; returns its (possibly truncated) length
-/// and whether a torn tail was cut off (or, read-only, skipped). `later` are
-/// the segments after it: a torn tail is only accepted when none of them
-/// holds a valid record, so nothing written after the damage survived.
+/// What loading a segment found.
+struct Loaded {
+    /// Its length, after a torn tail was truncated.
+    len: u64,
+    /// Whether a torn tail was cut off (or, read-only, skipped).
+    torn: bool,
+    /// Its value checksums, when its index came from a hint file.
+    value_crcs: Option<ValueCrcs>,
+}
+
+impl Loaded {
+    fn scanned(len: u64, torn: bool) -> Self {
+        Loaded {
+            len,
+            torn,
+            value_crcs: None,
+        }
+    }
+}
+
+/// Load one segment into the index. `later` are the segments after it: a
+/// torn tail is only accepted when none of them holds a valid record, so
+/// nothing written after the damage survived.
 fn load_segment(
     dir: &Path,
     seg: &Found,
@@ -216,16 +240,16 @@ fn load_segment(
     later: &[Found],
     read_only: bool,
     out: &mut Recovered,
-) -> Result<(u64, bool)> {
-    if seg.header.compacted()
-        && load_hint(
-            &hint_path(dir, seg.seg),
-            seg.header.stamp,
-            id,
-            &mut out.index,
-        )?
-    {
-        return Ok((seg.len, false));
+) -> Result<Loaded> {
+    if seg.header.compacted() {
+        let hint = hint_path(dir, seg.seg);
+        if let Some(crcs) = load_hint(&hint, seg.header.stamp, id, &mut out.index)? {
+            return Ok(Loaded {
+                len: seg.len,
+                torn: false,
+                value_crcs: Some(crcs),
+            });
+        }
     }
     let data =
         fs::read(&seg.path).map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
@@ -238,7 +262,7 @@ fn load_segment(
             }
             Err(_) if data[pos..].iter().all(|b| *b == 0) => {
                 // Space the flusher reserved ahead of its writes: the clean end.
-                return Ok((pos as u64, false));
+                return Ok(Loaded::scanned(pos as u64, false));
             }
             Err(bad) => {
                 let tail_ok = !seg.header.compacted()
@@ -262,11 +286,11 @@ fn load_segment(
                 } else {
                     truncate(seg, pos as u64, &bad.describe())?;
                 }
-                return Ok((pos as u64, true));
+                return Ok(Loaded::scanned(pos as u64, true));
             }
         }
     }
-    Ok((data.len() as u64, false))
+    Ok(Loaded::scanned(data.len() as u64, false))
 }
 
 /// Whether none of `segments` holds a complete, checksummed record. They are

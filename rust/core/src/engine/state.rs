@@ -11,6 +11,7 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex};
 
 use super::cache::ValueCache;
+use super::compact::ValueCrcs;
 use super::index::{Index, Loc};
 use super::record::HEADER_LEN;
 use super::recovery::Recovered;
@@ -28,6 +29,10 @@ pub(crate) struct SegFile {
     pub seg: u64,
     pub path: PathBuf,
     pub compacted: bool,
+    /// For a compacted segment whose index came from its hint file (its
+    /// records' checksums were never read): each value's checksum, checked
+    /// on every read of it.
+    pub value_crcs: Option<ValueCrcs>,
 }
 
 /// Records appended but not yet handed to the flusher, for one file.
