@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import time
 
 import pytest
@@ -75,6 +76,30 @@ async def test_list_ids_returns_objects_with_storage_and_their_names(data_dir: s
         rest = await rt.env.T.list_ids(after=page[-1])
         assert [str(i) for i in page + rest] == [str(i) for i in ids]
         assert await rt.env.T.list_ids(after=str(page[-1])) == rest
+
+
+class Job(stead.DurableObject):
+    def schedule(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        pass
+
+
+async def test_an_object_with_only_an_alarm_is_listed_and_inspected(data_dir: str) -> None:
+    # A unique-id object that set an alarm and nothing else has storage (its alarm).
+    from click.testing import CliRunner
+
+    from stead.cli import cli
+
+    async with stead.Runtime({"JOB": Job}, data_dir=data_dir) as rt:
+        job = rt.env.JOB.new_unique_id()
+        await rt.env.JOB.get(job).schedule(time.time() + 3600)
+        assert await rt.env.JOB.list_ids() == [job]
+    result = CliRunner().invoke(cli, ["inspect", data_dir, "--binding", "JOB", "--json"])
+    assert result.exit_code == 0, result.output
+    [view] = [json.loads(line) for line in result.output.splitlines()]
+    assert view["id"] == job.raw.hex() and view["alarm"] is not None
 
 
 async def test_unique_id_objects_learn_nothing_of_a_name(data_dir: str) -> None:

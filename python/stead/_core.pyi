@@ -135,7 +135,7 @@ class Engine:
         after: bytes | None = None,
         limit: int | None = None,
     ) -> builtins.list[bytes]:
-        """Ids of objects that have at least one key, ascending."""
+        """Ids of objects that have at least one key or an alarm, ascending."""
 
     def get_alarm(self, object_id: bytes) -> int | None:
         """The object's alarm time in epoch ms, or ``None``."""

@@ -332,7 +332,7 @@ impl Index {
         }
     }
 
-    /// Ids of objects with at least one key, ascending.
+    /// Ids of objects with at least one key or an alarm, ascending.
     pub fn object_ids(
         &self,
         prefix: Option<&[u8]>,
@@ -344,12 +344,37 @@ impl Index {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        self.order
-            .range::<[u8], _>((lower, Bound::Unbounded))
-            .take_while(|id| id.starts_with(prefix))
-            .take(limit.unwrap_or(usize::MAX))
-            .map(|id| id.to_vec())
-            .collect()
+        let range = (lower, Bound::Unbounded);
+        // Two ordered sources merged: an object may have keys, an alarm, or both.
+        let mut with_keys = self
+            .order
+            .range::<[u8], _>(range)
+            .map(|id| &**id)
+            .peekable();
+        let mut with_alarm = self
+            .alarms
+            .range::<[u8], _>(range)
+            .map(|(id, _)| &**id)
+            .peekable();
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut ids = Vec::new();
+        while ids.len() < limit {
+            let next = match (with_keys.peek(), with_alarm.peek()) {
+                (Some(keyed), Some(alarmed)) if keyed < alarmed => with_keys.next(),
+                (Some(keyed), Some(alarmed)) if alarmed < keyed => with_alarm.next(),
+                (Some(_), Some(_)) => {
+                    with_alarm.next();
+                    with_keys.next()
+                }
+                (Some(_), None) => with_keys.next(),
+                (None, _) => with_alarm.next(),
+            };
+            match next {
+                Some(id) if id.starts_with(prefix) => ids.push(id.to_vec()),
+                _ => break,
+            }
+        }
+        ids
     }
 
     /// Key bytes held (the part of the index that is the keys themselves).
@@ -544,6 +569,27 @@ mod tests {
         assert_eq!(index.alarm(b"o"), None);
         assert_eq!(index.key_count(), 0);
         assert_eq!(index.object_count(), 0);
+    }
+
+    #[test]
+    fn object_ids_include_objects_with_only_an_alarm() {
+        let mut index = Index::default();
+        index.apply(b"x1", &Op::Put(b"k", b"v"), mem(b"v"), None);
+        index.apply(b"x2", &Op::SetAlarm(5), None, None);
+        index.apply(b"x3", &Op::Put(b"k", b"v"), mem(b"v"), None);
+        index.apply(b"x3", &Op::SetAlarm(5), None, None);
+        index.apply(b"y1", &Op::SetAlarm(5), None, None);
+        let x = Some(&b"x"[..]);
+        let all = vec![b"x1".to_vec(), b"x2".to_vec(), b"x3".to_vec()];
+        assert_eq!(index.object_ids(x, None, None), all);
+        assert_eq!(
+            index.object_ids(x, Some(b"x1"), Some(1)),
+            vec![b"x2".to_vec()]
+        );
+        assert_eq!(index.object_ids(x, Some(b"x2"), None), vec![b"x3".to_vec()]);
+        index.apply(b"x2", &Op::DeleteAlarm, None, None);
+        let left = vec![b"x1".to_vec(), b"x3".to_vec()];
+        assert_eq!(index.object_ids(x, None, None), left);
     }
 
     #[test]

@@ -380,7 +380,7 @@ impl Engine {
         Ok(out)
     }
 
-    /// Ids of objects with at least one key, ascending.
+    /// Ids of objects with at least one key or an alarm, ascending.
     pub fn objects(
         &self,
         prefix: Option<&[u8]>,
