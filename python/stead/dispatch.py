@@ -13,6 +13,13 @@ When a turn ends, its pending writes are committed as one batch and the
 object is handed on at once (pipelining); the caller's result is released
 only once that batch is durable (the output gate). Calls a turn makes to other
 objects are released only after the writes it made so far are durable.
+
+Call cycles: each context knows the events on its call chain (``_Running``:
+object keys and event tokens). A call to an object whose event on the chain is
+still running re-enters it (runs nested); any other call queues, and first
+checks the waits-for graph (turns wait for the objects they call, events of a
+reentrant object for the events holding its input gate closed): a call that
+would close a cycle raises ``DeadlockError`` instead of waiting forever.
 """
 
 from __future__ import annotations
