@@ -150,7 +150,14 @@ fn apply_model(
 }
 
 fn check_all(engine: &Engine, model: &Model, alarms: &BTreeMap<Vec<u8>, i64>) {
-    let ids: Vec<Vec<u8>> = model.keys().cloned().collect();
+    // Objects with keys or an alarm, ascending.
+    let ids: Vec<Vec<u8>> = model
+        .keys()
+        .chain(alarms.keys())
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     assert_eq!(engine.objects(None, None, None), ids);
     for (id, keys) in model {
         let listed = engine.list(id, &ListOptions::default()).unwrap();
