@@ -307,7 +307,7 @@ def stead_shutdown(runtime):
 
 class Tallied(stead.DurableObject):
     def add(self) -> int:
-        total = self.ctx.storage.get("total", 0) + 1
+        total: int = self.ctx.storage.get("total", 0) + 1
         self.ctx.storage.put("total", total)
         return total
 
