@@ -712,3 +712,9 @@ def test_objects_and_vars_that_are_not_mappings_are_a_type_error(
     # Runtime(Counter) used to fail with "type object 'Counter' has no attribute 'items'".
     with pytest.raises(TypeError, match=message):
         stead.Runtime(objects, **options)
+
+
+def test_a_var_with_a_binding_s_name_is_refused() -> None:
+    # env.C used to be the binding, the var "C" silently unreachable.
+    with pytest.raises(ValueError, match="'C' is both a binding and a var"):
+        stead.Runtime({"C": Counter}, vars={"C": "x"})

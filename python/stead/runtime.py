@@ -92,6 +92,7 @@ class Runtime:
         self.data_dir = None if data_dir is None else str(data_dir)
         self.durability = durability
         self.vars = dict(vars or {})
+        _check_no_shadowing(self._classes, self.vars)
         self.use_plugins = plugins
         self.idle_timeout = idle_timeout
         self.max_resident = max_resident
@@ -153,6 +154,7 @@ class Runtime:
         for binding, cls in self._plugins.bindings().items():
             self._classes.setdefault(binding, cls)
         _check_bindings(self._classes)
+        _check_no_shadowing(self._classes, self.vars)
 
     def _wire(self, engine: Engine) -> None:
         ids = IdFactory(load_or_create_secret(self.data_dir))
@@ -398,6 +400,13 @@ def _check_bindings(
             raise TypeError(f"binding {binding!r} must be a DurableObject subclass, not {cls!r}")
         classes[binding] = cls
     return classes
+
+
+def _check_no_shadowing(classes: Mapping[str, object], vars: Mapping[str, str]) -> None:
+    # env.NAME can be one or the other: a var the binding hid would be lost silently.
+    both = sorted(set(classes) & set(vars))
+    if both:
+        raise ValueError(f"{both[0]!r} is both a binding and a var: env.{both[0]} must be one")
 
 
 def _not_a_mapping(objects: object) -> str:
