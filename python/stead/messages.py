@@ -66,6 +66,7 @@ class Request:
     """An HTTP-like request delivered to ``DurableObject.fetch``.
 
     Header names are lower-cased. ``url`` may be a path (``/a?b=1``) or a full URL.
+    ``body`` is bytes-like or ``str`` (UTF-8); any other type is a ``TypeError``.
     """
 
     __slots__ = ("_query", "_query_string", "body", "headers", "method", "path", "url")
@@ -109,7 +110,11 @@ class Request:
 
 
 class Response:
-    """An HTTP-like response returned by ``DurableObject.fetch``."""
+    """An HTTP-like response returned by ``DurableObject.fetch``.
+
+    ``body`` is bytes-like or ``str`` (UTF-8); any other type is a ``TypeError``
+    (``Response(404)`` is a mistake for ``Response(status=404)``).
+    """
 
     __slots__ = ("body", "headers", "status")
 
