@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from stead._core import Engine
 from stead.cli import cli, main
 from tests._apps.counter import Counter
 from tests._apps.serving import Server, child_env, stead_command
+from tests.test_plugins import make_distribution
 
 
 @pytest.fixture
@@ -95,6 +97,71 @@ def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str)
     assert message in result.output
 
 
+BROKEN_PLUGIN = """
+import os
+
+import stead
+
+if os.environ.get("STEAD_TEST_BROKEN") == "import":
+    raise ImportError("no module named 'foo'")
+
+
+@stead.hookimpl
+def stead_startup(runtime):
+    if os.environ.get("STEAD_TEST_BROKEN") == "startup":
+        raise RuntimeError("the startup hook failed")
+"""
+
+
+@pytest.fixture
+def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    make_distribution(tmp_path / "site", "stead-broken", "stead_broken_cli_plugin", BROKEN_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delenv("STEAD_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    return str(tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("import", "Error: plugin 'stead_broken_cli_plugin' (from stead-broken) failed to import"),
+        ("startup", "Error: starting the runtime failed: RuntimeError: the startup hook failed"),
+    ],
+)
+def test_serve_reports_a_broken_plugin_as_an_error_not_a_traceback(
+    runner: CliRunner, broken_plugin: str, broken: str, message: str
+) -> None:
+    args = ["serve", "--port", "0", "--durability", "none", "--data-dir", broken_plugin]
+    result = runner.invoke(cli, args, env={"STEAD_TEST_BROKEN": broken})
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    # Nothing was left holding the data dir.
+    Engine(broken_plugin, "none").close()
+
+
+@pytest.mark.anyio
+async def test_the_serve_help_example_works_with_the_pattern_catalog(runner: CliRunner) -> None:
+    pytest.importorskip("stead_patterns")
+    import httpx
+
+    from stead.http import create_app
+
+    help_text = runner.invoke(cli, ["serve", "--help"]).output
+    example = re.search(r"curl -X POST localhost:8787(/objects/\S+)", help_text)
+    assert example is not None, help_text
+    runtime = stead.Runtime(plugins=True, durability="none")  # what `stead serve` serves
+    app = create_app(runtime, token="")
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://localhost:8787") as client,
+    ):
+        response = await client.post(example.group(1))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"result": 1}
+
+
 def test_bench_prints_a_result_table(runner: CliRunner, tmp_path: Path) -> None:
     args = ["bench", "--objects", "10", "--requests", "300", "--concurrency", "8"]
     result = runner.invoke(cli, [*args, "--durability", "os", "--data-dir", str(tmp_path / "b")])
@@ -152,6 +219,21 @@ def test_inspect_does_not_change_the_data_dir(runner: CliRunner, stored: str) ->
     assert runner.invoke(cli, ["inspect", stored, "-b", "COUNTER"]).exit_code == 0
     after = {path.name: path.read_bytes() for path in Path(stored).rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_inspect_of_a_dir_without_lock_changes_no_file_and_adds_only_lock(
+    runner: CliRunner, stored: str
+) -> None:
+    # A copied backup has no LOCK: inspecting it adds the empty lock file, as
+    # docs/cli.md says, and changes nothing else.
+    (Path(stored) / "LOCK").unlink()
+    before = {path.name: path.read_bytes() for path in Path(stored).iterdir()}
+    assert runner.invoke(cli, ["inspect", stored, "-b", "COUNTER"]).exit_code == 0
+    after = {path.name: path.read_bytes() for path in Path(stored).iterdir()}
+    assert after == {**before, "LOCK": b""}
+    docs = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    assert "no file in the dir is written" not in docs
+    assert "gets the empty `LOCK` file" in " ".join(docs.split())
 
 
 def test_inspect_reports_a_corrupt_data_dir(runner: CliRunner, stored: str) -> None:

@@ -612,3 +612,50 @@ async def test_the_app_lifespan_starts_and_closes_an_unstarted_runtime(data_dir:
         assert (await client.post("/objects/COUNTER/a/rpc/increment")).json() == {"result": 1}
     with pytest.raises(RuntimeError):
         runtime.engine  # noqa: B018  (closed again)
+
+
+# -- mistakes a newcomer makes ----------------------------------------------------
+
+
+class StatusFirst(stead.DurableObject):
+    """A fetch handler that puts the status where the body goes."""
+
+    async def fetch(self, request: stead.Request) -> stead.Response:
+        if request.path == "/dict":
+            return stead.Response({"ok": True})  # type: ignore[arg-type]
+        return stead.Response(404)  # type: ignore[arg-type]
+
+
+async def test_a_response_with_a_status_as_its_body_is_a_500_not_a_200_of_nul_bytes(
+    data_dir: str,
+) -> None:
+    runtime = stead.Runtime({"API": StatusFirst}, data_dir=data_dir, durability="none")
+    app = create_app(runtime, token="")
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        missing = await client.get("/objects/API/a/fetch/missing")
+        assert error_of(missing) == (500, "TypeError")
+        assert "not int" in missing.json()["error"]["message"]
+        assert "status=404" in missing.json()["error"]["message"]
+        as_dict = await client.get("/objects/API/a/fetch/dict")
+        assert error_of(as_dict) == (500, "TypeError")
+        assert "Response.json" in as_dict.json()["error"]["message"]
+
+
+async def test_every_object_route_is_503_not_started_once_the_runtime_closed(
+    data_dir: str,
+) -> None:
+    runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir, durability="none")
+    app = create_app(runtime, token="")
+    async with client_for(app) as client:
+        async with runtime:
+            assert (await client.post("/objects/COUNTER/a/rpc/increment")).status_code == 200
+        # The closed runtime's data dir is free for another process: nothing here
+        # may read it (listing) or answer a plain 500 (rpc, fetch).
+        for method, path in (
+            ("POST", "/objects/COUNTER/a/rpc/increment"),
+            ("GET", "/objects/COUNTER/a/fetch/hello"),
+            ("GET", "/objects/COUNTER"),
+            ("GET", "/healthz"),
+        ):
+            response = await client.request(method, path)
+            assert error_of(response) == (503, "NotStarted"), (method, path, response.text)

@@ -148,13 +148,17 @@ def stead_shutdown(runtime):
 """
 
 
-def make_distribution(root: Path, name: str, module: str, source: str) -> None:
-    """A real installed distribution: a module and its .dist-info with an entry point."""
+def make_distribution(
+    root: Path, name: str, module: str, source: str, entry_point: str | None = None
+) -> None:
+    """A real installed distribution: a module and its .dist-info with an entry point
+    (named ``entry_point``, by default as the module)."""
+    root.mkdir(parents=True, exist_ok=True)
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{name.replace('-', '_')}-0.9.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.9\n")
-    (info / "entry_points.txt").write_text(f"[stead]\n{module} = {module}\n")
+    (info / "entry_points.txt").write_text(f"[stead]\n{entry_point or module} = {module}\n")
 
 
 @pytest.fixture
@@ -199,6 +203,165 @@ async def test_runtime_with_plugins_serves_their_bindings_and_runs_lifecycle_hoo
         assert module.calls[0][0] == "startup" and "PINGED" in module.calls[0][1]
         assert await runtime.env.PINGED.get_by_name("x").ping() == "pong"
     assert module.calls[-1] == ("shutdown", None)
+
+
+def test_two_distributions_with_one_plugin_name_is_an_error_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both call their entry point "tally": one used to be dropped, bindings and all.
+    make_distribution(
+        tmp_path / "a", "stead-tally-one", "stead_tally_one", TALLY % "ONE", entry_point="tally"
+    )
+    make_distribution(
+        tmp_path / "b", "stead-tally-two", "stead_tally_two", TALLY % "TWO", entry_point="tally"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "a"))
+    monkeypatch.syspath_prepend(str(tmp_path / "b"))
+    with pytest.raises(PluginError, match="'tally'") as caught:
+        Plugins.load(autoload=True)
+    assert "stead-tally-one" in str(caught.value) and "stead-tally-two" in str(caught.value)
+
+
+def test_one_distribution_seen_twice_on_sys_path_is_loaded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for copy in ("a", "b"):
+        make_distribution(tmp_path / copy, "stead-tally-one", "stead_tally_one", TALLY % "ONE")
+        monkeypatch.syspath_prepend(str(tmp_path / copy))
+    plugins = Plugins.load(autoload=True)
+    assert [info.name for info in plugins.describe()].count("stead_tally_one") == 1
+    assert "TALLY_ONE" in plugins.bindings()
+
+
+TALLY = """
+import stead
+
+
+class Tally(stead.DurableObject):
+    def total(self) -> int:
+        return 0
+
+
+@stead.hookimpl
+def stead_bindings():
+    return {"TALLY_%s": Tally}
+"""
+
+BAD_BINDINGS = {
+    "a slash": "{'things/v2': Thing}",
+    "empty name": "{'': Thing}",
+    "int name": "{1: Thing}",
+    "not an object class": "{'THING': int}",
+    "an instance": "{'THING': object()}",
+}
+
+
+@pytest.mark.parametrize("bindings", BAD_BINDINGS.values(), ids=BAD_BINDINGS.keys())
+@pytest.mark.anyio
+async def test_bad_bindings_are_refused_naming_the_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bindings: str, data_dir: str
+) -> None:
+    source = f"""
+        import stead
+
+        class Thing(stead.DurableObject):
+            pass
+
+        @stead.hookimpl
+        def stead_bindings():
+            return {bindings}
+    """
+    make_distribution(tmp_path, "stead-sloppy", "stead_sloppy_plugin", source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("STEAD_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    named = r"plugin 'stead_sloppy_plugin' \(from stead-sloppy\)"
+    with pytest.raises(PluginError, match=named):
+        Plugins.load().bindings()
+    runtime = stead.Runtime(data_dir=data_dir, plugins=True)
+    with pytest.raises(PluginError, match=named):
+        await runtime.start()
+    assert not runtime.started
+
+
+LIFECYCLE_PLUGIN = """
+import stead
+
+fail = {"startup": False, "shutdown": False}
+calls = []
+
+
+@stead.hookimpl
+def stead_startup(runtime):
+    calls.append("startup")
+    if fail["startup"]:
+        raise RuntimeError("startup hook failed")
+
+
+@stead.hookimpl
+def stead_shutdown(runtime):
+    calls.append("shutdown")
+    if fail["shutdown"]:
+        raise RuntimeError("shutdown hook failed")
+"""
+
+
+class Tallied(stead.DurableObject):
+    def add(self) -> int:
+        total: int = self.ctx.storage.get("total", 0) + 1
+        self.ctx.storage.put("total", total)
+        return total
+
+
+@pytest.fixture
+def lifecycle_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    module = "stead_lifecycle_plugin"
+    make_distribution(tmp_path / "site", "stead-lifecycle", module, LIFECYCLE_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delenv("STEAD_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    yield __import__(module)
+    sys.modules.pop(module, None)
+
+
+def sweepers() -> list[Any]:
+    import asyncio
+
+    return [task for task in asyncio.all_tasks() if "_sweep_idle" in repr(task.get_coro())]
+
+
+@pytest.mark.anyio
+async def test_a_raising_startup_hook_leaves_no_half_open_runtime(
+    lifecycle_plugin: Any, data_dir: str
+) -> None:
+    lifecycle_plugin.fail["startup"] = True
+    runtime = stead.Runtime({"TALLIED": Tallied}, data_dir=data_dir, plugins=True)
+    with pytest.raises(RuntimeError, match="startup hook failed"):
+        async with runtime:
+            raise AssertionError("the body must not run")
+    assert not runtime.started
+    assert sweepers() == []
+    assert lifecycle_plugin.calls == ["startup"]  # no shutdown for a start that failed
+    # The data dir was released: another runtime opens it, and this one can retry.
+    async with stead.Runtime({"TALLIED": Tallied}, data_dir=data_dir) as other:
+        assert await other.env.TALLIED.get_by_name("a").add() == 1
+    lifecycle_plugin.fail["startup"] = False
+    async with runtime:
+        assert await runtime.env.TALLIED.get_by_name("a").add() == 2
+
+
+@pytest.mark.anyio
+async def test_a_raising_shutdown_hook_still_closes_everything(
+    lifecycle_plugin: Any, data_dir: str
+) -> None:
+    lifecycle_plugin.fail["shutdown"] = True
+    runtime = stead.Runtime({"TALLIED": Tallied}, data_dir=data_dir, plugins=True)
+    with pytest.raises(RuntimeError, match="shutdown hook failed"):
+        async with runtime:
+            stub = runtime.env.TALLIED.get_by_name("a")
+            assert await stub.add() == 1
+    assert not runtime.started
+    assert sweepers() == []
+    async with stead.Runtime({"TALLIED": Tallied}, data_dir=data_dir) as other:
+        assert await other.env.TALLIED.get_by_name("a").add() == 2  # the write was kept
 
 
 # -- a third-party plugin, pip-installed ------------------------------------------------

@@ -696,3 +696,25 @@ async def test_fetch_and_on_start_may_be_plain_methods(data_dir: str) -> None:
         response = await shop.fetch("/order", method="POST")
         assert (response.status, response.text()) == (200, "order placed after 0 loaded")
         assert await shop.orders() == 1
+
+
+@pytest.mark.parametrize(
+    ("objects", "options", "message"),
+    [
+        (Counter, {}, r"objects must be a mapping such as \{'COUNTER': Counter\}, not the class"),
+        ([Counter], {}, "objects must be a mapping of binding names .*, not list"),
+        ({"C": Counter}, {"vars": ["REGION"]}, "vars must be a mapping .*, not list"),
+    ],
+)
+def test_objects_and_vars_that_are_not_mappings_are_a_type_error(
+    objects: Any, options: dict[str, Any], message: str
+) -> None:
+    # Runtime(Counter) used to fail with "type object 'Counter' has no attribute 'items'".
+    with pytest.raises(TypeError, match=message):
+        stead.Runtime(objects, **options)
+
+
+def test_a_var_with_a_binding_s_name_is_refused() -> None:
+    # env.C used to be the binding, the var "C" silently unreachable.
+    with pytest.raises(ValueError, match="'C' is both a binding and a var"):
+        stead.Runtime({"C": Counter}, vars={"C": "x"})

@@ -12,6 +12,7 @@ Run:  python examples/api_gateway/gateway.py [DATA_DIR]          (a scripted dem
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 import httpx
@@ -75,6 +76,22 @@ async def main(data_dir: str, serve: bool) -> None:
         await uvicorn.Server(config).serve()
 
 
+def run(data_dir: str, serve: bool) -> None:
+    """Run ``main``; Ctrl+C or SIGTERM stop the server, then the runtime closes cleanly."""
+    # uvicorn shuts down on SIGINT/SIGTERM and then raises the signal again. Under
+    # asyncio.run that second Ctrl+C would cancel the runtime's close() half-way and
+    # print a traceback; with Python's own handler it is a KeyboardInterrupt that
+    # unwinds `async with stead.Runtime(...)` (closing it) and is caught here.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main(data_dir, serve))
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        loop.close()
+
+
 if __name__ == "__main__":
     args = [arg for arg in sys.argv[1:] if arg != "--serve"]
-    asyncio.run(main(args[0] if args else "./gateway-data", "--serve" in sys.argv))
+    run(args[0] if args else "./gateway-data", "--serve" in sys.argv)

@@ -153,9 +153,9 @@ def serve(
     that installed plugins register, with data in --data-dir.
 
     \b
-    Example:
+    Example (with the pattern catalog installed: pip install ./plugins/stead-patterns):
       stead serve --port 8787
-      curl -X POST localhost:8787/objects/COUNTER/a/rpc/increment
+      curl -X POST localhost:8787/objects/RPC_COUNTER/a/rpc/increment
     """
     import uvicorn
 
@@ -165,7 +165,8 @@ def serve(
     runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
     if not runtime.bindings and not runtime.use_plugins:
         raise click.UsageError(f"{target} has no bindings to serve")
-    app = create_app(runtime, max_body_bytes=max_body_bytes, token=token or "")
+    with _logging_to_stderr(log_level):
+        app = _create_app(create_app, runtime, max_body_bytes=max_body_bytes, token=token or "")
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -255,6 +256,24 @@ def _load_target(target: str) -> Runtime:
     return value
 
 
+def _create_app(create_app: Callable[..., Any], runtime: Runtime, **options: Any) -> Any:
+    """The app, or ``Error: ...`` if building it failed: it loads the plugins (for
+    their routes), so a plugin that fails to import is reported here."""
+    from stead.plugins import PluginError
+
+    try:
+        return create_app(runtime, **options)
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # a stead_routes hook raised
+        logger.debug("building the app failed", exc_info=exc)
+        raise click.ClickException(f"building the HTTP app failed: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc} (--log-level debug shows the traceback)"
+
+
 async def _serve(runtime: Runtime, server: Any) -> None:
     try:
         await runtime.start()
@@ -262,6 +281,9 @@ async def _serve(runtime: Runtime, server: Any) -> None:
         raise click.ClickException(f"{exc} (is another `stead serve` using it?)") from None
     except SteadError as exc:  # a corrupt log, two plugins claiming one binding, ...
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # a plugin's stead_startup hook raised (start() released all)
+        logger.debug("starting the runtime failed", exc_info=exc)
+        raise click.ClickException(f"starting the runtime failed: {_describe(exc)}") from None
     try:
         if runtime.bindings:
             click.echo(f"stead: serving bindings {', '.join(sorted(runtime.bindings))}", err=True)

@@ -19,6 +19,25 @@ def _lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return {name.lower(): value for name, value in (headers or {}).items()}
 
 
+def _body_bytes(body: object, owner: str) -> bytes:
+    """``body`` as bytes: only bytes-like values and ``str`` (UTF-8) are bodies.
+
+    ``bytes(body)`` would turn ``404`` into 404 NUL bytes and ``[104, 105]``
+    into ``b"hi"``; a wrong type is a mistake to report, not to convert.
+    """
+    if isinstance(body, str):
+        return body.encode()
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    kind = type(body).__name__
+    hint = ""
+    if owner == "Response" and isinstance(body, int) and not isinstance(body, bool):
+        hint = f" (the status is the second argument: Response(status={body}))"
+    elif owner == "Response" and isinstance(body, (dict, list)):
+        hint = " (for a JSON body use Response.json(data))"
+    raise TypeError(f"{owner} body must be bytes or str, not {kind}{hint}")
+
+
 def _build_json(
     cls: type[Response], data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
@@ -47,6 +66,7 @@ class Request:
     """An HTTP-like request delivered to ``DurableObject.fetch``.
 
     Header names are lower-cased. ``url`` may be a path (``/a?b=1``) or a full URL.
+    ``body`` is bytes-like or ``str`` (UTF-8); any other type is a ``TypeError``.
     """
 
     __slots__ = ("_query", "_query_string", "body", "headers", "method", "path", "url")
@@ -56,12 +76,12 @@ class Request:
         method: str = "GET",
         url: str = "/",
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | str = b"",
     ) -> None:
         self.method = method.upper()
         self.url = url
         self.headers = _lower_headers(headers)
-        self.body = bytes(body)
+        self.body = _body_bytes(body, "Request")
         path, _, query_string = url.partition("#")[0].partition("?")
         if "://" in path:
             parts = urlsplit(url)
@@ -90,7 +110,11 @@ class Request:
 
 
 class Response:
-    """An HTTP-like response returned by ``DurableObject.fetch``."""
+    """An HTTP-like response returned by ``DurableObject.fetch``.
+
+    ``body`` is bytes-like or ``str`` (UTF-8); any other type is a ``TypeError``
+    (``Response(404)`` is a mistake for ``Response(status=404)``).
+    """
 
     __slots__ = ("body", "headers", "status")
 
@@ -100,7 +124,7 @@ class Response:
         status: int = 200,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.body = body.encode() if isinstance(body, str) else bytes(body)
+        self.body = _body_bytes(body, "Response")
         self.status = status
         self.headers = _lower_headers(headers)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -150,12 +151,12 @@ class Plugins:
 
     def _bindings_by_plugin(self) -> dict[str, dict[str, type[DurableObject]]]:
         if self._bindings is None:
-            self._bindings = _collect_bindings(self._pm)
+            self._bindings = _collect_bindings(self._pm, self._origins)
         return self._bindings
 
 
 def _collect_bindings(
-    manager: pluggy.PluginManager,
+    manager: pluggy.PluginManager, origins: dict[str, _Origin]
 ) -> dict[str, dict[str, type[DurableObject]]]:
     # Call each implementation on its own so a binding can be traced to its plugin.
     collected: dict[str, dict[str, type[DurableObject]]] = {}
@@ -166,17 +167,42 @@ def _collect_bindings(
         if not isinstance(result, dict):
             kind = type(result).__name__
             raise PluginError(f"plugin {impl.plugin_name!r}: stead_bindings returned {kind}")
-        collected[impl.plugin_name] = dict(result)
+        collected[impl.plugin_name] = _checked_bindings(impl.plugin_name, origins, result)
     return collected
+
+
+def _checked_bindings(
+    plugin_name: str, origins: dict[str, _Origin], bindings: dict[Any, Any]
+) -> dict[str, type[DurableObject]]:
+    """The plugin's bindings, checked here so the error names the plugin (a bad
+    binding found later, by the runtime, could belong to any plugin)."""
+    from stead.objects import DurableObject
+
+    distribution = origins.get(plugin_name, _Origin(None, None)).distribution
+    who = f"plugin {plugin_name!r}" + (f" (from {distribution})" if distribution else "")
+    for binding, cls in bindings.items():
+        if not isinstance(binding, str) or not binding or "/" in binding:
+            raise PluginError(
+                f"{who}: stead_bindings returned the binding name {binding!r}; "
+                "binding names are non-empty strings without '/'"
+            )
+        if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
+            raise PluginError(
+                f"{who}: binding {binding!r} must be a stead.DurableObject subclass, not {cls!r}"
+            )
+    return dict(bindings)
 
 
 def _load_entry_points(manager: pluggy.PluginManager, origins: dict[str, _Origin]) -> None:
     for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME):
         name = entry_point.name
-        if manager.get_plugin(name) is not None or manager.is_blocked(name):
-            continue  # the same distribution seen twice on sys.path, or blocked
         dist = entry_point.dist
         distribution = None if dist is None else dist.metadata["Name"]
+        if manager.is_blocked(name):
+            continue
+        if manager.get_plugin(name) is not None:
+            _check_same_distribution(name, origins[name].distribution, distribution)
+            continue  # the same distribution seen twice on sys.path
         try:
             plugin = entry_point.load()
         except Exception as exc:
@@ -187,3 +213,19 @@ def _load_entry_points(manager: pluggy.PluginManager, origins: dict[str, _Origin
         manager.register(plugin, name=name)
         origins[name] = _Origin(distribution, None if dist is None else dist.version)
         logger.debug("loaded plugin %s from %s", name, distribution)
+
+
+def _check_same_distribution(name: str, registered: str | None, found: str | None) -> None:
+    """A plugin name seen again is fine from the same distribution (listed twice on
+    sys.path); from another one, skipping it would silently drop its bindings."""
+    if registered is not None and found is not None and _normalize(registered) == _normalize(found):
+        return
+    raise PluginError(
+        f"plugin name {name!r} is used by two distributions: {registered or 'unknown'} and "
+        f"{found or 'unknown'}; rename one's entry point in group {hookspecs.PROJECT_NAME!r}"
+    )
+
+
+def _normalize(distribution: str) -> str:
+    # PEP 503: "Stead_Patterns", "stead.patterns" and "stead-patterns" are one project.
+    return re.sub(r"[-_.]+", "-", distribution).lower()

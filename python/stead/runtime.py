@@ -92,6 +92,7 @@ class Runtime:
         self.data_dir = None if data_dir is None else str(data_dir)
         self.durability = durability
         self.vars = dict(vars or {})
+        _check_no_shadowing(self._classes, self.vars)
         self.use_plugins = plugins
         self.idle_timeout = idle_timeout
         self.max_resident = max_resident
@@ -108,6 +109,8 @@ class Runtime:
         self._sweeper: asyncio.Task[None] | None = None
         # The shutdown under way: a second close() waits for it, not runs another.
         self._closing: asyncio.Future[None] | None = None
+        # Whether the stead_startup hooks all ran (stead_shutdown runs only then).
+        self._hooks_started = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -127,8 +130,22 @@ class Runtime:
             raise
         self._sweeper = asyncio.create_task(self._sweep_idle())
         if self._plugins is not None:
-            self._plugins.startup(self)
+            try:
+                self._plugins.startup(self)
+            except BaseException:
+                await self._abort_start()
+                raise
+            self._hooks_started = True
         return self
+
+    async def _abort_start(self) -> None:
+        """A ``stead_startup`` hook raised: release what ``start()`` acquired (the
+        engine, the data dir lock, the sweeper) so nothing stays half-open; the
+        hook's error is what the caller sees."""
+        try:
+            await self.close()
+        except Exception:
+            logger.exception("closing the runtime after a failed stead_startup hook failed too")
 
     def _load_plugins(self) -> None:
         from stead.plugins import Plugins
@@ -137,6 +154,7 @@ class Runtime:
         for binding, cls in self._plugins.bindings().items():
             self._classes.setdefault(binding, cls)
         _check_bindings(self._classes)
+        _check_no_shadowing(self._classes, self.vars)
 
     def _wire(self, engine: Engine) -> None:
         ids = IdFactory(load_or_create_secret(self.data_dir))
@@ -193,8 +211,7 @@ class Runtime:
         await asyncio.shield(self._closing)
 
     async def _close(self, grace: float) -> None:
-        if self._plugins is not None:
-            self._plugins.shutdown(self)
+        hook_error = self._shutdown_hooks()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -219,6 +236,21 @@ class Runtime:
                 await asyncio.to_thread(engine.close)
             finally:
                 self._closing = None
+        if hook_error is not None:
+            raise hook_error  # after the shutdown: the data dir is released either way
+
+    def _shutdown_hooks(self) -> Exception | None:
+        """Run the ``stead_shutdown`` hooks; a hook's error is returned, not raised,
+        so that closing still drains, commits and releases the data dir."""
+        if self._plugins is None or not self._hooks_started:
+            return None
+        self._hooks_started = False
+        try:
+            self._plugins.shutdown(self)
+        except Exception as exc:
+            logger.error("a stead_shutdown hook raised; closing anyway", exc_info=exc)
+            return exc
+        return None
 
     async def __aenter__(self) -> Runtime:
         return await self.start()
@@ -328,6 +360,8 @@ def _check_options(
         _check_type(name, count, (int,))
     if max_resident is not None:
         _check_type("max_resident", max_resident, (int,))
+    if not isinstance(vars, Mapping):
+        raise TypeError(f"vars must be a mapping of names to str values, not {type(vars).__name__}")
     for name, value in vars.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"vars maps names to str values, not {name!r}: {value!r}")
@@ -356,6 +390,8 @@ def _check_type(name: str, value: object, types: tuple[type, ...]) -> None:
 def _check_bindings(
     objects: Mapping[str, type[DurableObject]],
 ) -> dict[str, type[DurableObject]]:
+    if not isinstance(objects, Mapping):
+        raise TypeError(_not_a_mapping(objects))
     classes: dict[str, type[DurableObject]] = {}
     for binding, cls in objects.items():
         if not isinstance(binding, str) or not binding or "/" in binding:
@@ -364,3 +400,19 @@ def _check_bindings(
             raise TypeError(f"binding {binding!r} must be a DurableObject subclass, not {cls!r}")
         classes[binding] = cls
     return classes
+
+
+def _check_no_shadowing(classes: Mapping[str, object], vars: Mapping[str, str]) -> None:
+    # env.NAME can be one or the other: a var the binding hid would be lost silently.
+    both = sorted(set(classes) & set(vars))
+    if both:
+        raise ValueError(f"{both[0]!r} is both a binding and a var: env.{both[0]} must be one")
+
+
+def _not_a_mapping(objects: object) -> str:
+    # Runtime(Counter) is a classic first mistake: show the dict it should be.
+    if isinstance(objects, type):
+        example = f"{{{objects.__name__.upper()!r}: {objects.__name__}}}"
+        return f"objects must be a mapping such as {example}, not the class {objects.__name__}"
+    kind = type(objects).__name__
+    return f"objects must be a mapping of binding names to DurableObject classes, not {kind}"

@@ -110,8 +110,7 @@ class ObjectRoutes:
         try:
             result = await invoke(stub, method, args, kwargs)
         except Exception as exc:
-            _log_handler_error(binding, method, exc)
-            raise handler_error(exc) from None
+            raise self._call_failed(binding, method, exc) from None
         except asyncio.CancelledError:
             if _request_cancelled():
                 raise
@@ -163,8 +162,7 @@ class ObjectRoutes:
         try:
             answer = await stub.fetch(forwarded)
         except Exception as exc:
-            _log_handler_error(binding, "fetch", exc)
-            raise handler_error(exc) from None
+            raise self._call_failed(binding, "fetch", exc) from None
         except asyncio.CancelledError:
             if _request_cancelled():
                 raise
@@ -232,18 +230,38 @@ class ObjectRoutes:
     # -- shared --------------------------------------------------------------
 
     def _namespace(self, binding: str) -> Namespace:
+        # Closed counts as not running: the namespaces outlive close(), but their
+        # engine is closed and the data dir may already belong to another process.
+        if not _running(self.runtime):
+            raise _not_started()
         try:
             return self.runtime.namespace(binding)
         except UnknownBindingError:
             raise HttpError(404, "UnknownBindingError", f"no binding named {binding!r}") from None
         except RuntimeError:
-            raise HttpError(503, "NotStarted", "the runtime is not running") from None
+            raise _not_started() from None
+
+    def _call_failed(self, binding: str, method: str, exc: Exception) -> HttpError:
+        """The answer for an RPC or fetch call that raised ``exc``."""
+        if isinstance(exc, RuntimeError) and not _running(self.runtime):
+            return _not_started()  # the runtime closed while the request was on its way
+        _log_handler_error(binding, method, exc)
+        return handler_error(exc)
 
     def _stub(self, binding: str, name: str) -> Stub:
         namespace = self._namespace(binding)
         if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
             raise HttpError(400, "InvalidName", f"names are 1 to {MAX_NAME_BYTES} UTF-8 bytes")
         return namespace.get_by_name(name)
+
+
+def _running(runtime: Runtime) -> bool:
+    """Whether the runtime is started and not (being) closed."""
+    return runtime.started and not runtime.dispatcher.closed
+
+
+def _not_started() -> HttpError:
+    return HttpError(503, "NotStarted", "the runtime is not running")
 
 
 def _not_allowed(http_method: str, allowed: str) -> HttpError:
