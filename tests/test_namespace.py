@@ -162,3 +162,11 @@ async def test_objects_emptied_key_by_key_are_not_listed(data_dir: str) -> None:
         assert {i.name for i in first + rest} == {f"kept{i}" for i in range(6)}
     async with stead.Runtime({"E": Emptied}, data_dir=data_dir) as rt:
         assert len(await rt.env.E.list_ids()) == 6
+
+
+async def test_list_ids_after_close_raises_runtime_error(data_dir: str) -> None:
+    async with stead.Runtime({"T": Thing}, data_dir=data_dir) as rt:
+        namespace = rt.env.T
+        await namespace.get_by_name("a").touch()
+    with pytest.raises(RuntimeError, match="closed"):
+        await namespace.list_ids()

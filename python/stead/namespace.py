@@ -68,6 +68,8 @@ class Namespace:
         self, limit: int | None = None, after: ObjectId | str | None = None
     ) -> list[ObjectId]:
         """Ids of this binding's objects that have storage, in id order."""
+        if self._dispatcher.closed:
+            raise RuntimeError("the runtime is closed")
         if limit is not None and limit < 0:
             raise ValueError("limit must be >= 0")
         cursor = None
