@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import builtins
 import copy
+import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from stead import codec
@@ -129,14 +130,31 @@ def _bound(value: str | None, name: str) -> bytes | None:
 _MAX_ALARM_MS = 253_402_300_800_000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+# Float epoch seconds times 1000 carry up to ~0.0004 ms of rounding error (a
+# time read back from get_alarm() is k/1000 for an integer k): a time that close
+# above a whole ms is that ms, so set_alarm(get_alarm()) keeps the time.
+_MS_SLACK = 1e-3
+
+
 def _alarm_ms(when: float | datetime) -> int:
+    """``when`` in epoch ms, rounded up (an alarm never runs early); ``ValueError``
+    past the end of year 9999."""
     if isinstance(when, datetime):
-        return round(when.timestamp() * 1000)
-    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        if when.tzinfo is None:  # local time, as datetime.timestamp() reads it
+            ms = math.ceil(when.timestamp() * 1000 - _MS_SLACK)
+        else:  # exact: whole microseconds, no float on the way
+            ms = -(-((when - _EPOCH) // _MICROSECOND) // 1000)
+    elif isinstance(when, bool) or not isinstance(when, (int, float)):
         raise TypeError(f"alarm times are epoch seconds or datetime, not {type(when).__name__}")
-    if not -_MAX_ALARM_MS <= when * 1000 < _MAX_ALARM_MS:  # NaN fails too
+    elif not -_MAX_ALARM_MS <= when * 1000 < _MAX_ALARM_MS:  # NaN fails too
         raise ValueError(f"alarm time {when!r} is not epoch seconds before the year 10000")
-    return round(when * 1000)
+    else:
+        ms = math.ceil(when * 1000 - _MS_SLACK)
+    if not -_MAX_ALARM_MS <= ms < _MAX_ALARM_MS:
+        raise ValueError(f"alarm time {when!r} is not before the year 10000")
+    return ms
 
 
 class Storage:
