@@ -42,7 +42,16 @@ class _Savepoint:
     """The storage as an open ``transaction()`` block found it: what a rollback
     restores, and (for the outermost block) what a mid-turn commit may send."""
 
-    __slots__ = ("alarm", "cache", "cache_bytes", "cleared", "delete_all", "delete_alls", "pending")
+    __slots__ = (
+        "alarm",
+        "cache",
+        "cache_bytes",
+        "cleared",
+        "committed_callbacks",
+        "delete_all",
+        "delete_alls",
+        "pending",
+    )
 
     def __init__(self, storage: Storage) -> None:
         self.pending = dict(storage._pending)
@@ -52,6 +61,7 @@ class _Savepoint:
         self.cleared = storage._cleared
         self.alarm = storage._alarm
         self.delete_alls = storage._delete_alls
+        self.committed_callbacks = storage._committed_callbacks
 
     def settle(self, batch: _Savepoint) -> None:
         """Take ``batch`` (the outermost savepoint's writes, just committed) out of
@@ -166,6 +176,7 @@ class Storage:
         "_cache",
         "_cache_bytes",
         "_cleared",
+        "_committed_callbacks",
         "_delete_all",
         "_delete_alls",
         "_engine",
@@ -210,6 +221,9 @@ class Storage:
         # Open transaction() blocks, outermost first (a tuple: no list per object).
         self._savepoints: tuple[_Savepoint, ...] = ()
         self._alarm: AlarmChange | None = None
+        # Told the seq of the batch that commits the writes made before they
+        # were added (see after_commit); a tuple: no list per object.
+        self._committed_callbacks: tuple[Callable[[int], None], ...] = ()
         self._name_recorded: bool | None = None
         #: The sequence number of the newest batch this object's reads may stand
         #: on (0: none): its newest committed batch, or, until it commits one,
@@ -417,6 +431,7 @@ class Storage:
             self._cleared = savepoint.cleared
             self._alarm = savepoint.alarm
             self._delete_alls = savepoint.delete_alls
+            self._committed_callbacks = savepoint.committed_callbacks
             raise
         finally:
             # By identity: blocks of a reentrant object's events may end out of order.
@@ -457,9 +472,22 @@ class Storage:
     def delete_internal(self, key: bytes) -> None:
         self._write(INTERNAL_PREFIX + key, None)
 
-    def list_internal(self, prefix: bytes, *, type: Any = None) -> builtins.list[Any]:
+    def list_internal(
+        self, prefix: bytes, *, type: Any = None, limit: int | None = None
+    ) -> builtins.list[Any]:
         bounds = _Bounds.raw(INTERNAL_PREFIX + prefix)
-        return [codec.decode(raw, type) for _, raw in self._merged_entries(bounds, False, None)]
+        return [codec.decode(raw, type) for _, raw in self._merged_entries(bounds, False, limit)]
+
+    def after_commit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(seq)`` when the writes made so far are committed, with
+        the seq of their batch (wait for it to be durable before acting on them).
+
+        Never called if they are not: the commit is refused, the object is reset
+        or aborted first, or a ``transaction()`` block open now rolls back. With
+        a block open, a commit in the middle of the turn does not count (the
+        block's writes are not in it); the turn's last commit does.
+        """
+        self._committed_callbacks = (*self._committed_callbacks, callback)
 
     # -- commit --------------------------------------------------------------
 
@@ -479,7 +507,7 @@ class Storage:
         propagates (the runtime then resets the object).
         """
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
-        if alarm is None and not delete_all:
+        if alarm is None and not delete_all and not self._committed_callbacks:
             if not pending:
                 return self.last_seq
             if self._name_recorded is True or self._name is None:
@@ -487,12 +515,21 @@ class Storage:
                 seq = self.last_seq = self._engine.commit_writes(self._object_key, pending)
                 self._pending = {}
                 return seq
-        seq = self._commit_batch(pending, alarm, delete_all)
+        if pending or alarm is not None or delete_all:
+            seq = self._commit_batch(pending, alarm, delete_all)
+        else:
+            seq = self.last_seq
         self._pending = {}
         self._delete_all = self._cleared = False
         self._alarm = None
         self._announce(alarm)
+        self._tell_committed(seq)
         return seq
+
+    def _tell_committed(self, seq: int) -> None:
+        callbacks, self._committed_callbacks = self._committed_callbacks, ()
+        for callback in callbacks:
+            callback(seq)
 
     def commit_outside_transactions(self) -> int:
         """:meth:`commit` in the middle of a turn: only the writes made outside
