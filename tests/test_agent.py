@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.anyio
 
 
 class Assistant(stead.Agent):
-    initial_state: Any = {"messages": [], "mood": "calm"}
+    initial_state = {"messages": [], "mood": "calm"}
     runs: list[tuple[str, Any, float]] = []
     updates: list[Any] = []
 
@@ -114,7 +115,7 @@ async def test_delayed_dated_and_cron_schedules_fire_in_time_order(data_dir: str
             return any(p == "every-second" for _, p, _ in Assistant.runs)
 
         await eventually(cron_ran, timeout=3)
-        assert (await agent.one(cron_id)).time > time.time()  # type: ignore[union-attr]
+        assert (await agent.one(cron_id)).time > time.time()
 
 
 async def test_cancel_schedule_prevents_a_run(data_dir: str) -> None:
@@ -178,7 +179,7 @@ async def test_bad_schedules_are_refused(data_dir: str) -> None:
 class Planner(stead.Agent):
     """Schedules and cancels at random; records every run in its state."""
 
-    initial_state: Any = {"runs": []}
+    initial_state = {"runs": []}
 
     def add(self, delay: float, payload: int) -> str:
         return self.schedule(delay, "tick", payload).id
@@ -360,11 +361,16 @@ async def test_abort_in_a_callback_still_aborts_and_the_schedule_runs_again(
 class Broadcaster(stead.Agent):
     """Checks, in on_state_update, that the state it is told of is durable."""
 
-    initial_state: Any = {"v": 0}
+    initial_state = {"v": 0}
     seen: list[tuple[int, bool]] = []
     engine: Any = None
 
     def bump(self, how: str) -> int:
+        if how == "roll back":
+            with contextlib.suppress(RuntimeError), self.ctx.storage.transaction():
+                self.set_state({"v": self.state["v"] + 1})
+                raise RuntimeError("rolled back")
+            return int(self.state["v"])
         self.set_state({"v": self.state["v"] + 1})
         if how == "fail commit":
             Broadcaster.engine.fail_next_commit()
@@ -404,6 +410,7 @@ async def test_state_updates_are_released_only_once_durable(data_dir: str) -> No
             await agent.bump("fail commit")
         with pytest.raises(stead.RemoteError):
             await agent.bump("abort")
+        assert await agent.bump("roll back") == 1
         with pytest.raises(RuntimeError):
             await agent.bump("raise")  # its state write is committed: v=2 is told
         await eventually(told(2))

@@ -528,6 +528,10 @@ class Storage:
 
     def _tell_committed(self, seq: int) -> None:
         callbacks, self._committed_callbacks = self._committed_callbacks, ()
+        # Told once: a block open now (a reentrant object's flush commits its
+        # writes too) must not bring them back by rolling back.
+        for savepoint in self._savepoints:
+            savepoint.committed_callbacks = ()
         for callback in callbacks:
             callback(seq)
 
