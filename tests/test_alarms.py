@@ -607,3 +607,39 @@ async def test_alarm_times_round_up_to_the_ms_and_datetimes_are_range_checked(
         assert (
             await reminder.when() == datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc).timestamp()
         )
+
+
+class Refused(stead.DurableObject):
+    """The first run's commit is refused (a passing fault, the engine stays healthy)."""
+
+    runs = 0
+    engine: Any = None
+
+    def arm(self) -> None:
+        self.ctx.storage.set_alarm(time.time())
+
+    def ran(self) -> Any:
+        return self.ctx.storage.get("ran")
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Refused.runs += 1
+        self.ctx.storage.put("ran", Refused.runs)
+        if Refused.runs == 1:
+            Refused.engine.fail_next_commit()
+
+
+async def test_an_alarm_whose_commit_is_refused_runs_again(data_dir: str) -> None:
+    # At least once: stopping on a failed engine must not stop on a passing fault.
+    Refused.runs = 0
+    async with stead.Runtime({"R": Refused}, data_dir=data_dir) as rt:
+        Refused.engine = rt.engine
+        refused = rt.env.R.get_by_name("r")
+        await refused.arm()
+
+        async def stored() -> bool:
+            return bool(await refused.ran() == 2)
+
+        await eventually(stored, timeout=5)
+        assert rt.engine.failure is None
+        assert rt.engine.get_alarm(rt.env.R.id_from_name("r").storage_key) is None
+        assert Refused.runs == 2
