@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.anyio
 
 
 class Assistant(stead.Agent):
-    initial_state: Any = {"messages": [], "mood": "calm"}
+    initial_state = {"messages": [], "mood": "calm"}
     runs: list[tuple[str, Any, float]] = []
     updates: list[Any] = []
 
@@ -67,7 +68,11 @@ async def test_state_persists_across_restart_and_eviction(data_dir: str) -> None
         agent = rt.env.A.get_by_name("a")
         assert await agent.current() == {"messages": [], "mood": "calm"}
         await agent.say("hello")
-        assert Assistant.updates == [("hello", "server")]
+
+        async def updated() -> bool:
+            return Assistant.updates == [("hello", "server")]
+
+        await eventually(updated)  # once durable, after the turn
 
         async def evicted() -> bool:
             return not rt.dispatcher.hosts
@@ -110,7 +115,7 @@ async def test_delayed_dated_and_cron_schedules_fire_in_time_order(data_dir: str
             return any(p == "every-second" for _, p, _ in Assistant.runs)
 
         await eventually(cron_ran, timeout=3)
-        assert (await agent.one(cron_id)).time > time.time()  # type: ignore[union-attr]
+        assert (await agent.one(cron_id)).time > time.time()
 
 
 async def test_cancel_schedule_prevents_a_run(data_dir: str) -> None:
@@ -167,14 +172,14 @@ async def test_bad_schedules_are_refused(data_dir: str) -> None:
         with pytest.raises(ValueError):
             await agent.try_schedule("not a cron", "try_schedule")
         with pytest.raises(TypeError):
-            await agent.try_schedule(-1, "try_schedule")
+            await agent.try_schedule([1], "try_schedule")
         _ = timedelta
 
 
 class Planner(stead.Agent):
     """Schedules and cancels at random; records every run in its state."""
 
-    initial_state: Any = {"runs": []}
+    initial_state = {"runs": []}
 
     def add(self, delay: float, payload: int) -> str:
         return self.schedule(delay, "tick", payload).id
@@ -351,3 +356,183 @@ async def test_abort_in_a_callback_still_aborts_and_the_schedule_runs_again(
 
         await eventually(done)
         assert await agent.mark() == 2
+
+
+class Broadcaster(stead.Agent):
+    """Checks, in on_state_update, that the state it is told of is durable."""
+
+    initial_state = {"v": 0}
+    seen: list[tuple[int, bool]] = []
+    engine: Any = None
+
+    def bump(self, how: str) -> int:
+        if how == "roll back":
+            with contextlib.suppress(RuntimeError), self.ctx.storage.transaction():
+                self.set_state({"v": self.state["v"] + 1})
+                raise RuntimeError("rolled back")
+            return int(self.state["v"])
+        self.set_state({"v": self.state["v"] + 1})
+        if how == "fail commit":
+            Broadcaster.engine.fail_next_commit()
+        elif how == "abort":
+            self.ctx.abort("changed my mind")
+        elif how == "raise":
+            raise RuntimeError("the state write before this is still committed")
+        return int(self.state["v"])
+
+    def get(self) -> Any:
+        return self.state
+
+    async def on_state_update(self, state: Any, source: str) -> None:
+        # Each bump's update is awaited before the next bump: last_seq is its batch.
+        durable = Broadcaster.engine.durable_seq() >= self.ctx.storage.last_seq
+        Broadcaster.seen.append((state["v"], durable))
+
+
+async def test_state_updates_are_released_only_once_durable(data_dir: str) -> None:
+    # on_state_update is the state broadcast: behind the output gate (DESIGN §2).
+    # It once ran inside set_state: before the write was durable, and for turns
+    # whose commit failed or that aborted, telling of states never stored.
+    Broadcaster.seen = []
+    async with stead.Runtime({"B": Broadcaster}, data_dir=data_dir) as rt:
+        Broadcaster.engine = rt.engine
+        agent = rt.env.B.get_by_name("b")
+
+        def told(n: int) -> Any:
+            async def check() -> bool:
+                return len(Broadcaster.seen) >= n
+
+            return check
+
+        assert await agent.bump("ok") == 1
+        await eventually(told(1))
+        with pytest.raises(stead.StorageError):
+            await agent.bump("fail commit")
+        with pytest.raises(stead.RemoteError):
+            await agent.bump("abort")
+        assert await agent.bump("roll back") == 1
+        with pytest.raises(RuntimeError):
+            await agent.bump("raise")  # its state write is committed: v=2 is told
+        await eventually(told(2))
+        assert await agent.bump("ok") == 3
+        await eventually(told(3))
+        await asyncio.sleep(0.05)
+        assert (await agent.get())["v"] == 3
+        assert Broadcaster.seen == [(1, True), (2, True), (3, True)]
+
+
+class Chrono(stead.Agent):
+    runs: list[Any] = []
+
+    def add(self, when: Any, payload: Any = None) -> str:
+        return self.schedule(when, "tick", payload).id
+
+    def add_at(self, when: str) -> str:
+        return self.schedule(datetime.fromisoformat(when), "tick").id
+
+    def add_many(self, count: int, delay: float) -> None:
+        for i in range(count):
+            self.schedule(delay + i * 1e-4, "tick", i)
+
+    def add_stored_the_old_way(self, delays: list[float]) -> None:
+        # What an agent of a version without the time index stored: records only.
+        for i, delay in enumerate(delays):
+            entry = stead.Schedule(f"old{i}", "tick", i, "delayed", time.time() + delay)
+            self.ctx.storage.put_internal(b"agent-schedule:" + entry.id.encode(), entry)
+            self.ctx.storage.set_alarm(time.time() + min(delays))
+
+    def cancel(self, schedule_id: str) -> bool:
+        return self.cancel_schedule(schedule_id)
+
+    def schedules(self) -> list[stead.Schedule]:
+        return self.get_schedules()
+
+    def alarm_time(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    def tick(self, payload: Any) -> None:
+        Chrono.runs.append(payload)
+
+
+@pytest.mark.parametrize(
+    "when", [float("inf"), float("nan"), 1e300, -1, -0.5, "9999-12-31T23:59:00-12:00"]
+)
+async def test_a_schedule_time_out_of_range_is_refused_before_anything_is_stored(
+    data_dir: str, when: Any
+) -> None:
+    # inf was stored (and then broke every re-arm); -1 and NaN raised TypeError.
+    Chrono.runs = []
+    async with stead.Runtime({"C": Chrono}, data_dir=data_dir) as rt:
+        agent = rt.env.C.get_by_name("c")
+        good = await agent.add(0.05, "good")
+        with pytest.raises(ValueError):
+            if isinstance(when, str):
+                await agent.add_at(when)
+            else:
+                await agent.add(when)
+        assert [s.id for s in await agent.schedules()] == [good]
+        assert await agent.cancel(good) is True
+        assert await agent.alarm_time() is None
+
+
+async def test_a_cron_series_that_ends_runs_its_last_callback_once_and_is_removed(
+    data_dir: str,
+) -> None:
+    # A 7th (year) field gives a series with one time; finding no next time after
+    # the run once raised out of alarm(), which reran the callback as a retry.
+    Chrono.runs = []
+    async with stead.Runtime(
+        {"C": Chrono}, data_dir=data_dir, alarm_retry_base=0.05, alarm_retry_limit=3
+    ) as rt:
+        agent = rt.env.C.get_by_name("c")
+        t = datetime.now(timezone.utc) + timedelta(seconds=1.2)
+        await agent.add(f"{t.minute} {t.hour} {t.day} {t.month} * {t.second} {t.year}", "once")
+
+        async def ran() -> bool:
+            return bool(Chrono.runs)
+
+        await eventually(ran, timeout=5)
+        await asyncio.sleep(0.5)  # three retries would have run by now
+        assert Chrono.runs == ["once"]
+        assert await agent.schedules() == []
+        assert await agent.alarm_time() is None
+
+
+async def test_many_schedules_in_one_turn_are_cheap(data_dir: str) -> None:
+    # Every schedule() and every run listed and sorted all schedules: 2000 in one
+    # turn took 6 s, running them 12 s, stalling the whole event loop.
+    Chrono.runs = []
+    count = 3000
+    async with stead.Runtime({"C": Chrono}, data_dir=data_dir, durability="none") as rt:
+        agent = rt.env.C.get_by_name("c")
+        started = time.perf_counter()
+        await agent.add_many(count, 0.2)
+        assert time.perf_counter() - started < 1.0
+
+        async def all_ran() -> bool:
+            return len(Chrono.runs) == count
+
+        await eventually(all_ran, timeout=10)
+        assert time.perf_counter() - started < 5.0
+        assert Chrono.runs == list(range(count))  # in time order
+        assert await agent.alarm_time() is None
+
+
+async def test_schedules_stored_without_the_time_index_still_run_in_order(
+    data_dir: str,
+) -> None:
+    Chrono.runs = []
+    async with stead.Runtime({"C": Chrono}, data_dir=data_dir) as rt:
+        agent = rt.env.C.get_by_name("c")
+        await agent.add_stored_the_old_way([0.15, 0.05, 0.1])
+        new = await agent.add(0.12, "new")
+        assert len(await agent.schedules()) == 4
+        assert await agent.cancel(new) is True
+
+        async def ran() -> bool:
+            return len(Chrono.runs) == 3
+
+        await eventually(ran)
+        await asyncio.sleep(0.1)
+        assert Chrono.runs == [1, 2, 0]
+        assert await agent.schedules() == []

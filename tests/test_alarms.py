@@ -359,6 +359,9 @@ class Scheduled(stead.DurableObject):
     def remind_at(self, when: float) -> None:
         self.ctx.storage.set_alarm(when)
 
+    def remind_on(self, when: str) -> None:
+        self.ctx.storage.set_alarm(datetime.fromisoformat(when))
+
     def when(self) -> float | None:
         return self.ctx.storage.get_alarm()
 
@@ -426,3 +429,217 @@ async def test_an_alarm_that_aborts_is_retried_with_backoff_up_to_the_limit(
         assert rt.engine.get_alarm(rt.env.A.id_from_name("a").storage_key) is None
         assert await aborting.written() is None  # each run's writes were dropped
         assert Aborting.instances >= 4  # the arming instance, then a fresh one per run
+
+
+def _run_child(data_dir: str, scenario: str) -> list[str]:
+    child = start_child("tests._children.alarm_full_disk", data_dir, scenario)
+    assert child.stdout is not None
+    with child.stdout:
+        lines = child.stdout.read().splitlines()
+    assert child.wait(timeout=60) == 0, lines
+    assert lines[-1] == "done"
+    return lines
+
+
+@pytest.mark.crash
+def test_an_alarm_never_runs_for_a_turn_whose_batch_never_became_durable(
+    data_dir: str,
+) -> None:
+    # The log write of the turn that set the alarm fails for real (RLIMIT_FSIZE):
+    # the caller gets StorageError, and the alarm must not run (it once ran,
+    # since the wheel heard of it as the batch went to the engine).
+    lines = _run_child(data_dir, "unacknowledged")
+    assert "acknowledged" not in lines
+    assert "runs 0" in lines
+
+
+@pytest.mark.crash
+def test_alarms_stop_once_the_engine_has_failed(data_dir: str) -> None:
+    # An alarm durably set earlier falls due after a log write failed: its run
+    # could never commit. It once re-ran every 100 ms until the process ended.
+    lines = _run_child(data_dir, "poisoned")
+    assert "runs 0" in lines
+
+
+class Repeating(stead.DurableObject):
+    """Re-arms itself in alarm(), then makes the progress durable mid-turn."""
+
+    runs = 0
+    how = "sync"
+
+    def start(self) -> None:
+        self.ctx.storage.set_alarm(time.time() + 0.02)
+
+    def get(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    def ping(self) -> None:
+        pass
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Repeating.runs += 1
+        if Repeating.runs < 5:
+            self.ctx.storage.set_alarm(time.time() + 0.02)
+        self.ctx.storage.put("runs", Repeating.runs)
+        if Repeating.how == "sync":
+            await self.ctx.storage.sync()
+        else:  # an outbound call commits through the output gate first
+            await self.env.R.get_by_name("other").ping()
+
+
+@pytest.mark.parametrize("how", ["sync", "outbound call"])
+async def test_an_alarm_set_again_before_a_mid_turn_commit_keeps_repeating(
+    data_dir: str, how: str
+) -> None:
+    Repeating.runs, Repeating.how = 0, how
+    async with stead.Runtime({"R": Repeating}, data_dir=data_dir) as rt:
+        repeating = rt.env.R.get_by_name("r")
+        await repeating.start()
+
+        async def five_runs() -> bool:
+            return Repeating.runs == 5
+
+        await eventually(five_runs, timeout=5)
+        await asyncio.sleep(0.1)
+        assert Repeating.runs == 5
+        assert await repeating.get() is None  # the last run did not re-arm: cleared
+
+
+class Interleaved(stead.DurableObject):
+    """Reentrant: an RPC sets a new alarm while alarm() is waiting."""
+
+    reentrant = True
+    runs: ClassVar[list[float]] = []
+    in_alarm: asyncio.Event
+    release: asyncio.Event
+
+    def arm(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    def get(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Interleaved.runs.append(info.scheduled_time)
+        if len(Interleaved.runs) == 1:
+            Interleaved.in_alarm.set()
+            await Interleaved.release.wait()
+
+
+async def test_an_alarm_set_by_another_event_while_alarm_runs_is_kept(data_dir: str) -> None:
+    Interleaved.runs = []
+    Interleaved.in_alarm, Interleaved.release = asyncio.Event(), asyncio.Event()
+    async with stead.Runtime({"I": Interleaved}, data_dir=data_dir) as rt:
+        obj = rt.env.I.get_by_name("i")
+        await obj.arm(time.time())
+        await asyncio.wait_for(Interleaved.in_alarm.wait(), 5)
+        later = time.time() + 0.2
+        await obj.arm(later)  # acknowledged: durable
+        Interleaved.release.set()
+
+        async def second_run() -> bool:
+            return len(Interleaved.runs) == 2
+
+        await eventually(second_run, timeout=5)
+        assert Interleaved.runs[1] == pytest.approx(later, abs=0.002)
+
+
+class Replaced(stead.DurableObject):
+    """The first run raises; the user then replaces (or deletes and sets) the alarm."""
+
+    runs: ClassVar[list[stead.AlarmInfo]] = []
+
+    def arm(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    def cancel(self) -> None:
+        self.ctx.storage.delete_alarm()
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Replaced.runs.append(info)
+        if len(Replaced.runs) == 1:
+            raise RuntimeError("first run fails")
+
+
+@pytest.mark.parametrize("delete_first", [False, True])
+async def test_a_new_alarm_does_not_inherit_the_retry_of_the_one_it_replaced(
+    data_dir: str, delete_first: bool
+) -> None:
+    Replaced.runs = []
+    async with stead.Runtime({"R": Replaced}, data_dir=data_dir, alarm_retry_base=10) as rt:
+        obj = rt.env.R.get_by_name("r")
+        await obj.arm(time.time())
+
+        async def ran(n: int) -> Any:
+            async def check() -> bool:
+                return len(Replaced.runs) == n
+
+            return check
+
+        await eventually(await ran(1))  # raised: a retry is pending, ~10 s away
+        if delete_first:
+            await obj.cancel()
+        new = time.time() + 0.05
+        await obj.arm(new)
+        await eventually(await ran(2))
+        second = Replaced.runs[1]
+        assert (second.retry_count, second.is_retry) == (0, False)
+        assert second.scheduled_time == pytest.approx(new, abs=0.002)
+
+
+async def test_alarm_times_round_up_to_the_ms_and_datetimes_are_range_checked(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime({"R": Scheduled}, data_dir=data_dir) as rt:
+        reminder = rt.env.R.get_by_name("r")
+        base = float(int(time.time()) + 3600)
+        await reminder.remind_at(base + 0.0004)  # rounding to nearest said base: early
+        assert await reminder.when() == base + 0.001
+        await reminder.remind_at(await reminder.when())  # a time read back keeps its value
+        assert await reminder.when() == base + 0.001
+        await reminder.remind_on("2030-01-01T00:00:00.000001+00:00")  # 1 us past a ms
+        assert (
+            await reminder.when() == datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp() + 0.001
+        )
+        with pytest.raises(ValueError, match="year 10000"):  # 9999-12-31 is 10000-01-01 in UTC
+            await reminder.remind_on("9999-12-31T23:59:00-12:00")
+        await reminder.remind_on("9999-12-31T11:59:00-12:00")
+        assert (
+            await reminder.when() == datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc).timestamp()
+        )
+
+
+class Refused(stead.DurableObject):
+    """The first run's commit is refused (a passing fault, the engine stays healthy)."""
+
+    runs = 0
+    engine: Any = None
+
+    def arm(self) -> None:
+        self.ctx.storage.set_alarm(time.time())
+
+    def ran(self) -> Any:
+        return self.ctx.storage.get("ran")
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Refused.runs += 1
+        self.ctx.storage.put("ran", Refused.runs)
+        if Refused.runs == 1:
+            Refused.engine.fail_next_commit()
+
+
+async def test_an_alarm_whose_commit_is_refused_runs_again(data_dir: str) -> None:
+    # At least once: stopping on a failed engine must not stop on a passing fault.
+    Refused.runs = 0
+    async with stead.Runtime({"R": Refused}, data_dir=data_dir) as rt:
+        Refused.engine = rt.engine
+        refused = rt.env.R.get_by_name("r")
+        await refused.arm()
+
+        async def stored() -> bool:
+            return bool(await refused.ran() == 2)
+
+        await eventually(stored, timeout=5)
+        assert rt.engine.failure is None
+        assert rt.engine.get_alarm(rt.env.R.id_from_name("r").storage_key) is None
+        assert Refused.runs == 2

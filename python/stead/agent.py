@@ -1,11 +1,15 @@
 """``Agent``: a DurableObject with persisted state and schedules.
 
-State is stored with the turn that sets it. Schedules (a delay, a date, or a
-cron expression) are stored records multiplexed onto the object's one alarm:
-the alarm is always set to the earliest schedule, and each due schedule's
-callback runs as a turn of its own, in time order. A callback that raises is
-retried per schedule (its own backoff and retry count, the runtime's alarm
-retry policy), so one failing schedule never holds back or strands the others.
+State is stored with the turn that sets it; ``on_state_update`` (the state
+broadcast) is released only once that turn's writes are durable, as every
+message is (the output gate). Schedules (a delay, a date, or a cron
+expression) are stored records multiplexed onto the object's one alarm: the
+alarm is always set to (or before) the earliest schedule, and each due
+schedule's callback runs as a turn of its own, in time order. A time-ordered
+index key per schedule finds the earliest one without reading them all. A
+callback that raises is retried per schedule (its own backoff and retry
+count, the runtime's alarm retry policy), so one failing schedule never holds
+back or strands the others.
 """
 
 from __future__ import annotations
@@ -13,17 +17,22 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 import secrets
 import time
 from datetime import datetime
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import msgspec
 from croniter import croniter
 
+from stead import codec
 from stead.alarms import AlarmInfo, retry_policy
+from stead.errors import StorageError
 from stead.messages import Request, Response
 from stead.objects import DurableObject
+from stead.storage import _alarm_ms
 
 __all__ = ["Agent", "Schedule"]
 
@@ -31,6 +40,13 @@ logger = logging.getLogger(__name__)
 
 _STATE_KEY = b"agent-state"
 _SCHEDULE_PREFIX = b"agent-schedule:"
+# One key per schedule, ``<time in microseconds + offset, 16 hex digits>:<id>``, so the
+# earliest schedule is the first key; its value is that key's tail.
+_BY_TIME_PREFIX = b"agent-schedule-by-time:"
+_TIME_OFFSET_US = 1 << 62  # keeps times before 1970 in order
+# Stored once the index covers every schedule: agents stored before the index
+# existed are indexed on first use.
+_INDEXED_KEY = b"agent-schedule-indexed"
 _MISSING: Any = object()
 
 
@@ -52,6 +68,15 @@ class Schedule(msgspec.Struct, frozen=True):
 
 def _next_cron_time(expression: str, after: float) -> float:
     return float(croniter(expression, after).get_next(float))
+
+
+def _index_tail(entry: Schedule) -> str:
+    # Order only (the record holds the exact time); ties in id order, as listed.
+    return f"{math.floor(entry.time * 1_000_000) + _TIME_OFFSET_US:016x}:{entry.id}"
+
+
+def _schedule_key(schedule_id: str) -> bytes:
+    return _SCHEDULE_PREFIX + schedule_id.encode()
 
 
 class Agent(DurableObject):
@@ -76,14 +101,37 @@ class Agent(DurableObject):
         return stored
 
     def set_state(self, state: Any) -> None:
-        """Replace the state (persisted with this turn) and call ``on_state_update``."""
-        self.ctx.storage.put_internal(_STATE_KEY, state)
-        result = self.on_state_update(state, "server")
-        if inspect.isawaitable(result):
-            self.ctx.wait_until(result)
+        """Replace the state (persisted with this turn); ``on_state_update`` is
+        called once it is durable."""
+        storage = self.ctx.storage
+        storage.put_internal(_STATE_KEY, state)
+        if type(self).on_state_update is not Agent.on_state_update:
+            # What was stored, not the caller's object (it may change later).
+            storage.after_commit(partial(self._state_committed, codec.copy(state)))
 
     def on_state_update(self, state: Any, source: str) -> Any:
-        """Called after every ``set_state``; ``source`` is ``"server"`` for the agent itself."""
+        """Called for every ``set_state`` once the turn's writes are durable (never
+        for a turn whose commit failed or that aborted), outside the turn, as
+        ``wait_until`` work; ``source`` is ``"server"`` for the agent itself."""
+
+    def _state_committed(self, state: Any, seq: int) -> None:
+        # Called from inside the commit: it must not raise.
+        try:
+            self.ctx.wait_until(self._release_state(state, seq))
+        except Exception:
+            logger.exception("state update of %r not released", self.ctx.id)
+
+    async def _release_state(self, state: Any, seq: int) -> None:
+        wait_durable = self.env._wait_durable
+        if seq and wait_durable is not None:
+            try:
+                await wait_durable(seq)
+            except StorageError as error:
+                logger.warning("state of %r never became durable (%s)", self.ctx.id, error)
+                return
+        result = self.on_state_update(state, "server")
+        if inspect.isawaitable(result):
+            await result
 
     # -- fetch ---------------------------------------------------------------
 
@@ -116,12 +164,18 @@ class Agent(DurableObject):
             )
         elif isinstance(when, datetime):
             entry = Schedule(schedule_id, callback, payload, "scheduled", when.timestamp())
-        elif isinstance(when, (int, float)) and not isinstance(when, bool) and when >= 0:
+        elif isinstance(when, (int, float)) and not isinstance(when, bool):
+            if not when >= 0:  # NaN too
+                raise ValueError(f"a delay is seconds >= 0, not {when!r}")
             entry = Schedule(schedule_id, callback, payload, "delayed", now + when)
         else:
             raise TypeError("when is a delay in seconds (>= 0), a datetime, or a cron string")
-        self.ctx.storage.put_internal(_SCHEDULE_PREFIX + schedule_id.encode(), entry)
-        self._arm()
+        _alarm_ms(entry.time)  # ValueError (before anything is stored) past the year 9999
+        self._put_schedule(entry)
+        # Only ever lowers the alarm: O(1), however many schedules exist.
+        alarm = self.ctx.storage.get_alarm()
+        if alarm is None or entry.time < alarm:
+            self.ctx.storage.set_alarm(entry.time)
         return entry
 
     def get_schedules(self) -> list[Schedule]:
@@ -131,30 +185,78 @@ class Agent(DurableObject):
 
     def get_schedule(self, schedule_id: str) -> Schedule | None:
         """The schedule with this id, or ``None``."""
-        key = _SCHEDULE_PREFIX + schedule_id.encode()
+        key = _schedule_key(schedule_id)
         result: Schedule | None = self.ctx.storage.get_internal(key, type=Schedule | None)
         return result
 
     def cancel_schedule(self, schedule_id: str) -> bool:
         """Remove a schedule; whether it existed."""
-        if self.get_schedule(schedule_id) is None:
+        entry = self.get_schedule(schedule_id)
+        if entry is None:
             return False
-        self.ctx.storage.delete_internal(_SCHEDULE_PREFIX + schedule_id.encode())
-        self._arm()
+        self._delete_schedule(entry)
+        alarm = self.ctx.storage.get_alarm()
+        if alarm is not None and _alarm_ms(entry.time) <= round(alarm * 1000):
+            self._arm()  # it may have been the earliest
         return True
 
+    def _put_schedule(self, entry: Schedule, replaced: Schedule | None = None) -> None:
+        storage = self.ctx.storage
+        if replaced is not None:
+            storage.delete_internal(_BY_TIME_PREFIX + _index_tail(replaced).encode())
+        storage.put_internal(_schedule_key(entry.id), entry)
+        tail = _index_tail(entry)
+        storage.put_internal(_BY_TIME_PREFIX + tail.encode(), tail)
+
+    def _delete_schedule(self, entry: Schedule) -> None:
+        storage = self.ctx.storage
+        storage.delete_internal(_schedule_key(entry.id))
+        storage.delete_internal(_BY_TIME_PREFIX + _index_tail(entry).encode())
+
+    def _earliest(self) -> Schedule | None:
+        """The earliest schedule, from the first index key."""
+        storage = self.ctx.storage
+        self._ensure_index()
+        while True:
+            first: list[str] = storage.list_internal(_BY_TIME_PREFIX, type=str, limit=1)
+            if not first:
+                return None
+            entry = self.get_schedule(first[0].partition(":")[2])
+            if entry is not None and _index_tail(entry) == first[0]:
+                return entry
+            # Not the schedule's current key: never written so, but never stuck on it.
+            storage.delete_internal(_BY_TIME_PREFIX + first[0].encode())
+
+    def _ensure_index(self) -> None:
+        """Index the schedules of an agent stored before the index existed (once)."""
+        storage = self.ctx.storage
+        if storage.get_internal(_INDEXED_KEY) is not None:
+            return
+        for entry in storage.list_internal(_SCHEDULE_PREFIX, type=Schedule):
+            try:
+                _alarm_ms(entry.time)
+            except ValueError:  # stored by a version that did not check the time
+                logger.warning(
+                    "schedule %s of %r has no valid time; removed", entry.id, self.ctx.id
+                )
+                storage.delete_internal(_schedule_key(entry.id))
+                continue
+            tail = _index_tail(entry)
+            storage.put_internal(_BY_TIME_PREFIX + tail.encode(), tail)
+        storage.put_internal(_INDEXED_KEY, 1)
+
     def _arm(self) -> None:
-        schedules = self.get_schedules()
-        if schedules:
-            self.ctx.storage.set_alarm(schedules[0].time)
+        earliest = self._earliest()
+        if earliest is not None:
+            self.ctx.storage.set_alarm(earliest.time)
         else:
             self.ctx.storage.delete_alarm()
 
     async def alarm(self, info: AlarmInfo) -> None:
         """Run the earliest due schedule (one per turn); re-arm for the next."""
-        schedules = self.get_schedules()
-        if schedules and schedules[0].time <= time.time():
-            await self._run_schedule(schedules[0])
+        due = self._earliest()
+        if due is not None and due.time <= time.time():
+            await self._run_schedule(due)
         self._arm()
 
     async def _run_schedule(self, due: Schedule) -> None:
@@ -199,15 +301,25 @@ class Agent(DurableObject):
         retry = msgspec.structs.replace(
             due, time=time.time() + delay, retry_count=due.retry_count + 1
         )
-        self.ctx.storage.put_internal(_SCHEDULE_PREFIX + due.id.encode(), retry)
+        self._put_schedule(retry, replaced=due)
 
     def _finish_schedule(self, due: Schedule) -> None:
         """Remove a one-shot schedule; move a cron schedule to its next time."""
-        key = _SCHEDULE_PREFIX + due.id.encode()
         if due.kind == "cron" and due.cron is not None:
-            # From now, not from the missed time: no catch-up storm after downtime.
-            next_time = _next_cron_time(due.cron, time.time())
-            following = msgspec.structs.replace(due, time=next_time, retry_count=0)
-            self.ctx.storage.put_internal(key, following)
-        else:
-            self.ctx.storage.delete_internal(key)
+            try:
+                # From now, not from the missed time: no catch-up storm after downtime.
+                next_time = _next_cron_time(due.cron, time.time())
+                _alarm_ms(next_time)
+            except ValueError:  # CroniterBadDateError: the series has ended
+                # Not raised out of alarm(): the callback ran, a retry would rerun it.
+                logger.info(
+                    "cron schedule %s (%r) of %r has no next time; removed",
+                    due.id,
+                    due.cron,
+                    self.ctx.id,
+                )
+            else:
+                following = msgspec.structs.replace(due, time=next_time, retry_count=0)
+                self._put_schedule(following, replaced=due)
+                return
+        self._delete_schedule(due)

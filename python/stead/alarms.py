@@ -30,14 +30,17 @@ from stead.ids import IdFactory
 if TYPE_CHECKING:
     from stead.dispatch import Dispatcher, ObjectHost
     from stead.ids import ObjectId
+    from stead.storage import Storage
 
 __all__ = ["AlarmInfo", "AlarmScheduler", "RetryPolicy", "retry_policy"]
 
 logger = logging.getLogger(__name__)
 
 RETRY_KEY = b"alarm-retry"
-# A delivery that could not start (object overloaded, engine hiccup) is tried again this soon.
+# A delivery that could not start or commit (object overloaded, a refused
+# commit) is tried again this soon, doubling per failure in a row up to the max.
 _REDELIVERY_DELAY_MS = 100
+_MAX_REDELIVERY_DELAY_MS = 60_000
 # An object whose constructor or on_start raised is tried again this much later.
 _FAILED_START_DELAY_MS = 5_000
 
@@ -76,6 +79,10 @@ def retry_policy() -> RetryPolicy:
 class _RetryState(msgspec.Struct, array_like=True):
     count: int
     scheduled_time: float
+    # The alarm time (ms) the retry was set to: a retry state found with another
+    # alarm belongs to an alarm the user has since replaced or deleted. None in
+    # states stored before this field existed (trusted, as they were then).
+    alarm_ms: int | None = None
 
 
 class _Run:
@@ -118,6 +125,10 @@ class AlarmScheduler:
         self._timer_at: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Deliveries of a key that failed in a row (not counting handler errors).
+        self._failed_deliveries: dict[bytes, int] = {}
+        # The engine has failed: nothing can commit, so nothing is delivered.
+        self._stopped = False
         self.fired = 0
 
     def load(self) -> int:
@@ -147,7 +158,7 @@ class AlarmScheduler:
         self._rearm()
 
     def _rearm(self) -> None:
-        if self._closed:
+        if self._closed or self._stopped:
             return
         deadline = self._wheel.next_deadline()
         if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
@@ -164,6 +175,8 @@ class AlarmScheduler:
 
     def _fire(self) -> None:
         self._timer = self._timer_at = None
+        if self._engine_failed():
+            return
         # advance() never returns a token before its time, so a timer firing a
         # little early just re-arms.
         for token in self._wheel.advance(self._now_ms()):
@@ -181,22 +194,49 @@ class AlarmScheduler:
                 "alarm of an object of an unknown binding (key %s) left pending", key.hex()
             )
             return
+        if self._engine_failed():
+            return
         run = _Run()
         try:
             # This task is the alarm event's own: no caller can give up on it.
             await self._dispatcher.deliver(object_id, partial(self._run, run=run), detach=False)
         except Exception as error:
+            if self._engine_failed():
+                return  # the run's writes cannot commit; it runs again after a restart
             if run.aborted is not None:  # a failed run, counted like a raising one
                 await self._retry_aborted(object_id, key, run.aborted)
             elif isinstance(error, (OverloadedError, StorageError)):
-                logger.warning("alarm of %r not delivered (%s); trying again", object_id, error)
-                self._redeliver_soon(key)
+                failures = self._failed_deliveries.get(key, 0)
+                self._failed_deliveries[key] = failures + 1
+                delay = min(_REDELIVERY_DELAY_MS << min(failures, 20), _MAX_REDELIVERY_DELAY_MS)
+                logger.warning(
+                    "alarm of %r not delivered (%s); trying again in %d ms", object_id, error, delay
+                )
+                self._redeliver_soon(key, delay)
             else:
                 # The handler's own errors are retried inside the turn; this is the
                 # object failing to start (constructor or on_start). Keep the alarm:
                 # tried again every _FAILED_START_DELAY_MS, not counted as a retry.
                 logger.exception("alarm of %r could not run; trying again", object_id)
                 self._redeliver_soon(key, _FAILED_START_DELAY_MS)
+        else:
+            self._failed_deliveries.pop(key, None)
+
+    def _engine_failed(self) -> bool:
+        """Whether the engine has failed (a log write or sync failed): then every
+        commit fails, so a run would only repeat its side effects. Alarms stop
+        until a restart (they stay stored; due ones fire at startup)."""
+        if self._stopped:
+            return True
+        failure = self._engine.failure
+        if failure is None:
+            return False
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
+        logger.error("storage engine failed (%s); alarms stop firing until a restart", failure)
+        return True
 
     async def _retry_aborted(
         self, object_id: ObjectId, key: bytes, aborted: tuple[int, float, int]
@@ -228,11 +268,16 @@ class AlarmScheduler:
     async def _run(self, host: ObjectHost, run: _Run) -> None:
         """The alarm event, run as a turn of the object."""
         storage = host.storage
+        # The wheel hears of an alarm when its batch goes to the engine: run it
+        # only once that batch (and all the object's reads stand on) is durable.
+        # StorageError if it never will be (the engine failed).
+        if storage.last_seq:
+            await self._dispatcher.waiter.wait(storage.last_seq)
         current = storage.get_alarm()
-        now_ms = self._now_ms()
-        if current is None or round(current * 1000) > now_ms:
+        if current is None or round(current * 1000) > self._now_ms():
             return  # deleted or moved later since the wheel fired; the wheel has the new time
-        retry = storage.get_internal(RETRY_KEY, type=_RetryState | None)
+        current_ms = round(current * 1000)
+        retry = self._retry_state(storage, current_ms)
         count, scheduled = (retry.count, retry.scheduled_time) if retry else (0, current)
         self.fired += 1
         policy = _policy.set(self._policy)
@@ -250,10 +295,25 @@ class AlarmScheduler:
             return
         finally:
             _policy.reset(policy)
-        if not storage.alarm_changed:
+        # Cleared unless set or deleted since it fired: by this run or, for a
+        # reentrant object, by another event. Judged by the time, not only by
+        # the pending change: a commit in the middle of the turn (sync(), an
+        # outbound call, another event's end) leaves no change pending.
+        after = storage.get_alarm()
+        if not storage.alarm_changed and after is not None and round(after * 1000) == current_ms:
             storage.delete_alarm()
         if retry:
             storage.delete_internal(RETRY_KEY)
+
+    @staticmethod
+    def _retry_state(storage: Storage, current_ms: int) -> _RetryState | None:
+        """The stored retry state, if it belongs to the alarm at ``current_ms``;
+        one left by an alarm the user replaced or deleted is dropped."""
+        retry: _RetryState | None = storage.get_internal(RETRY_KEY, type=_RetryState | None)
+        if retry is not None and retry.alarm_ms is not None and retry.alarm_ms != current_ms:
+            storage.delete_internal(RETRY_KEY)
+            return None
+        return retry
 
     def _schedule_retry(self, host: ObjectHost, count: int, scheduled: float, how: str) -> None:
         storage = host.storage
@@ -275,7 +335,9 @@ class AlarmScheduler:
             "alarm of %r %s; retry %d in %.3fs", host.id, how, count + 1, delay, exc_info=exc_info
         )
         storage.set_alarm(self._now_ms() / 1000 + delay)
-        storage.put_internal(RETRY_KEY, _RetryState(count + 1, scheduled))
+        retry_at = storage.get_alarm()
+        assert retry_at is not None
+        storage.put_internal(RETRY_KEY, _RetryState(count + 1, scheduled, round(retry_at * 1000)))
 
     @property
     def pending(self) -> int:

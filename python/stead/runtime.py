@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,9 @@ class Env:
     def __init__(self, vars: Mapping[str, str]) -> None:
         self._namespaces: dict[str, Namespace] = {}
         self._vars = dict(vars)
+        # ``await _wait_durable(seq)``: until the engine's batch ``seq`` is durable
+        # (StorageError if it never will be). For stead's own layers (Agent).
+        self._wait_durable: Callable[[int], Awaitable[None]] | None = None
         self.__dict__.update(self._vars)
 
     def _bind(self, namespace: Namespace) -> None:
@@ -160,6 +163,7 @@ class Runtime:
         ids = IdFactory(load_or_create_secret(self.data_dir))
         env = Env(self.vars)
         waiter = CommitWaiter(engine)
+        env._wait_durable = waiter.wait
         dispatcher = Dispatcher(
             engine=engine,
             waiter=waiter,

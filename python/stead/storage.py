@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import builtins
 import copy
+import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from stead import codec
@@ -41,7 +42,16 @@ class _Savepoint:
     """The storage as an open ``transaction()`` block found it: what a rollback
     restores, and (for the outermost block) what a mid-turn commit may send."""
 
-    __slots__ = ("alarm", "cache", "cache_bytes", "cleared", "delete_all", "delete_alls", "pending")
+    __slots__ = (
+        "alarm",
+        "cache",
+        "cache_bytes",
+        "cleared",
+        "committed_callbacks",
+        "delete_all",
+        "delete_alls",
+        "pending",
+    )
 
     def __init__(self, storage: Storage) -> None:
         self.pending = dict(storage._pending)
@@ -51,6 +61,7 @@ class _Savepoint:
         self.cleared = storage._cleared
         self.alarm = storage._alarm
         self.delete_alls = storage._delete_alls
+        self.committed_callbacks = storage._committed_callbacks
 
     def settle(self, batch: _Savepoint) -> None:
         """Take ``batch`` (the outermost savepoint's writes, just committed) out of
@@ -129,14 +140,31 @@ def _bound(value: str | None, name: str) -> bytes | None:
 _MAX_ALARM_MS = 253_402_300_800_000
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+# Float epoch seconds times 1000 carry up to ~0.0004 ms of rounding error (a
+# time read back from get_alarm() is k/1000 for an integer k): a time that close
+# above a whole ms is that ms, so set_alarm(get_alarm()) keeps the time.
+_MS_SLACK = 1e-3
+
+
 def _alarm_ms(when: float | datetime) -> int:
+    """``when`` in epoch ms, rounded up (an alarm never runs early); ``ValueError``
+    past the end of year 9999."""
     if isinstance(when, datetime):
-        return round(when.timestamp() * 1000)
-    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        if when.tzinfo is None:  # local time, as datetime.timestamp() reads it
+            ms = math.ceil(when.timestamp() * 1000 - _MS_SLACK)
+        else:  # exact: whole microseconds, no float on the way
+            ms = -(-((when - _EPOCH) // _MICROSECOND) // 1000)
+    elif isinstance(when, bool) or not isinstance(when, (int, float)):
         raise TypeError(f"alarm times are epoch seconds or datetime, not {type(when).__name__}")
-    if not -_MAX_ALARM_MS <= when * 1000 < _MAX_ALARM_MS:  # NaN fails too
+    elif not -_MAX_ALARM_MS <= when * 1000 < _MAX_ALARM_MS:  # NaN fails too
         raise ValueError(f"alarm time {when!r} is not epoch seconds before the year 10000")
-    return round(when * 1000)
+    else:
+        ms = math.ceil(when * 1000 - _MS_SLACK)
+    if not -_MAX_ALARM_MS <= ms < _MAX_ALARM_MS:
+        raise ValueError(f"alarm time {when!r} is not before the year 10000")
+    return ms
 
 
 class Storage:
@@ -148,6 +176,7 @@ class Storage:
         "_cache",
         "_cache_bytes",
         "_cleared",
+        "_committed_callbacks",
         "_delete_all",
         "_delete_alls",
         "_engine",
@@ -192,6 +221,9 @@ class Storage:
         # Open transaction() blocks, outermost first (a tuple: no list per object).
         self._savepoints: tuple[_Savepoint, ...] = ()
         self._alarm: AlarmChange | None = None
+        # Told the seq of the batch that commits the writes made before they
+        # were added (see after_commit); a tuple: no list per object.
+        self._committed_callbacks: tuple[Callable[[int], None], ...] = ()
         self._name_recorded: bool | None = None
         #: The sequence number of the newest batch this object's reads may stand
         #: on (0: none): its newest committed batch, or, until it commits one,
@@ -399,6 +431,7 @@ class Storage:
             self._cleared = savepoint.cleared
             self._alarm = savepoint.alarm
             self._delete_alls = savepoint.delete_alls
+            self._committed_callbacks = savepoint.committed_callbacks
             raise
         finally:
             # By identity: blocks of a reentrant object's events may end out of order.
@@ -439,9 +472,22 @@ class Storage:
     def delete_internal(self, key: bytes) -> None:
         self._write(INTERNAL_PREFIX + key, None)
 
-    def list_internal(self, prefix: bytes, *, type: Any = None) -> builtins.list[Any]:
+    def list_internal(
+        self, prefix: bytes, *, type: Any = None, limit: int | None = None
+    ) -> builtins.list[Any]:
         bounds = _Bounds.raw(INTERNAL_PREFIX + prefix)
-        return [codec.decode(raw, type) for _, raw in self._merged_entries(bounds, False, None)]
+        return [codec.decode(raw, type) for _, raw in self._merged_entries(bounds, False, limit)]
+
+    def after_commit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(seq)`` when the writes made so far are committed, with
+        the seq of their batch (wait for it to be durable before acting on them).
+
+        Never called if they are not: the commit is refused, the object is reset
+        or aborted first, or a ``transaction()`` block open now rolls back. With
+        a block open, a commit in the middle of the turn does not count (the
+        block's writes are not in it); the turn's last commit does.
+        """
+        self._committed_callbacks = (*self._committed_callbacks, callback)
 
     # -- commit --------------------------------------------------------------
 
@@ -461,7 +507,7 @@ class Storage:
         propagates (the runtime then resets the object).
         """
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
-        if alarm is None and not delete_all:
+        if alarm is None and not delete_all and not self._committed_callbacks:
             if not pending:
                 return self.last_seq
             if self._name_recorded is True or self._name is None:
@@ -469,12 +515,25 @@ class Storage:
                 seq = self.last_seq = self._engine.commit_writes(self._object_key, pending)
                 self._pending = {}
                 return seq
-        seq = self._commit_batch(pending, alarm, delete_all)
+        if pending or alarm is not None or delete_all:
+            seq = self._commit_batch(pending, alarm, delete_all)
+        else:
+            seq = self.last_seq
         self._pending = {}
         self._delete_all = self._cleared = False
         self._alarm = None
         self._announce(alarm)
+        self._tell_committed(seq)
         return seq
+
+    def _tell_committed(self, seq: int) -> None:
+        callbacks, self._committed_callbacks = self._committed_callbacks, ()
+        # Told once: a block open now (a reentrant object's flush commits its
+        # writes too) must not bring them back by rolling back.
+        for savepoint in self._savepoints:
+            savepoint.committed_callbacks = ()
+        for callback in callbacks:
+            callback(seq)
 
     def commit_outside_transactions(self) -> int:
         """:meth:`commit` in the middle of a turn: only the writes made outside
