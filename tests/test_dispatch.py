@@ -983,10 +983,13 @@ class Echo(stead.DurableObject):
         await self.env.TRANSFER.get_by_name("a").noop()
 
 
-async def test_a_call_back_inside_a_transaction_does_not_commit_the_block(data_dir: str) -> None:
+async def test_a_call_back_into_an_open_transaction_block_is_refused(data_dir: str) -> None:
+    # Its writes would join the block, which may still roll back after the call
+    # back was answered: a cycle that cannot complete (DeadlockError), and the
+    # block, left by that error, rolls back.
     async with stead.Runtime({"TRANSFER": Transferrer, "ECHO": Echo}, data_dir=data_dir) as rt:
         a = rt.env.TRANSFER.get_by_name("a")
-        with pytest.raises(ValueError, match="roll back"):
+        with pytest.raises(stead.DeadlockError, match="transaction"):
             await a.transfer_with_a_call_back()
         assert await a.debited() is None
     async with stead.Runtime({"TRANSFER": Transferrer, "ECHO": Echo}, data_dir=data_dir) as rt:
@@ -1099,3 +1102,156 @@ async def test_max_pending_bounds_events_beyond_the_running_one_alike(
         results = await asyncio.gather(*(sleeper.sleep() for _ in range(6)), return_exceptions=True)
         assert results.count("done") == 4
         assert sum(isinstance(r, stead.OverloadedError) for r in results) == 2
+
+
+class GivesUpAndGoesOn(stead.DurableObject):
+    """A's turn gives up on a call to B and goes on with a read-await-write."""
+
+    async def start(self) -> int:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.env.CALLS_BACK.get_by_name("b").slow(), 0.01)
+        count: int = self.ctx.storage.get("n", 0)
+        await asyncio.sleep(0.05)  # B's call back arrives meanwhile
+        self.ctx.storage.put("n", count + 1)
+        return count + 1
+
+    def increment(self) -> int:
+        count: int = self.ctx.storage.get("n", 0) + 1
+        self.ctx.storage.put("n", count)
+        return count
+
+    def count(self) -> int:
+        count: int = self.ctx.storage.get("n", 0)
+        return count
+
+
+class CallsBack(stead.DurableObject):
+    async def slow(self) -> int:
+        await asyncio.sleep(0.02)
+        return int(await self.env.GIVES_UP.get_by_name("a").increment())
+
+
+async def test_a_call_back_waits_for_a_turn_that_no_longer_waits_on_the_call(
+    data_dir: str,
+) -> None:
+    # A's turn still runs, but no longer awaits the call that led to B: B's call
+    # back must wait for the turn to end, not run in the middle of it.
+    bindings = {"GIVES_UP": GivesUpAndGoesOn, "CALLS_BACK": CallsBack}
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        a = rt.env.GIVES_UP.get_by_name("a")
+        await a.start()
+        await asyncio.sleep(0.1)
+        assert await a.count() == 2
+
+
+class LeavesTheGateThenCalls(stead.DurableObject):
+    reentrant = True
+
+    async def load_then_call(self) -> str:
+        await self.ctx.block_concurrency_while(lambda: asyncio.sleep(0.05))
+        return str(await self.env.WAITS_AT_GATE.get_by_name("t").y())  # the gate is open
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class WaitsAtGate(stead.DurableObject):
+    async def x(self) -> str:  # its turn waits at R's closed gate
+        return str(await self.env.GATE.get_by_name("r").ping())
+
+    def y(self) -> str:
+        return "y"
+
+
+async def test_leaving_the_gate_and_calling_a_turn_that_waited_at_it_is_no_cycle(
+    data_dir: str,
+) -> None:
+    bindings = {"GATE": LeavesTheGateThenCalls, "WAITS_AT_GATE": WaitsAtGate}
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        holder = asyncio.ensure_future(rt.env.GATE.get_by_name("r").load_then_call())
+        await asyncio.sleep(0.01)
+        waiter = asyncio.ensure_future(rt.env.WAITS_AT_GATE.get_by_name("t").x())
+        assert await asyncio.wait_for(asyncio.gather(holder, waiter), 5) == ["y", "pong"]
+
+
+class OverlappingBlocks(stead.DurableObject):
+    reentrant = True
+
+    async def first(self) -> str:  # closes the gate at once, for 50 ms
+        await self.ctx.block_concurrency_while(lambda: asyncio.sleep(0.05))
+        return "first"
+
+    async def second(self) -> str:  # already running; holds the gate from 20 to 70 ms
+        await asyncio.sleep(0.02)
+
+        async def inside() -> str:
+            await asyncio.sleep(0.05)
+            return str(await self.env.WAITS_AT_GATE2.get_by_name("t").y())
+
+        return await self.ctx.block_concurrency_while(inside)
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class WaitsAtGate2(WaitsAtGate):
+    async def x(self) -> str:
+        return str(await self.env.GATE2.get_by_name("r").ping())
+
+
+async def test_a_cycle_through_a_gate_held_by_a_later_block_raises_deadlock_error(
+    data_dir: str,
+) -> None:
+    # T's turn starts waiting at the gate while only the first block holds it;
+    # the second block, which then holds it alone, calls T: a cycle.
+    bindings = {"GATE2": OverlappingBlocks, "WAITS_AT_GATE2": WaitsAtGate2}
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        r = rt.env.GATE2.get_by_name("r")
+        second = asyncio.ensure_future(r.second())
+        await asyncio.sleep(0)
+        first = asyncio.ensure_future(r.first())
+        await asyncio.sleep(0.01)
+        waiter = asyncio.ensure_future(rt.env.WAITS_AT_GATE2.get_by_name("t").x())
+        results = await asyncio.wait_for(
+            asyncio.gather(first, second, waiter, return_exceptions=True), 5
+        )
+        assert results[0] == "first" and results[2] == "pong"
+        assert isinstance(results[1], stead.DeadlockError)
+
+
+class AbortsRacingATurn(stead.DurableObject):
+    release: ClassVar[dict[str, asyncio.Future[None]]] = {}
+
+    def start_work(self) -> None:
+        async def work() -> None:
+            await AbortsRacingATurn.release["work"]
+            self.ctx.storage.put("background", True)
+            self.ctx.abort("the work gave up")
+
+        self.ctx.wait_until(work())
+
+    async def turn(self) -> str:
+        self.ctx.storage.put("turn", True)
+        await AbortsRacingATurn.release["turn"]
+        return "done"
+
+    def keys(self) -> list[str]:
+        return sorted(self.ctx.storage.list())
+
+
+async def test_abort_in_wait_until_work_drops_its_writes_before_a_racing_turn_ends(
+    data_dir: str,
+) -> None:
+    loop = asyncio.get_running_loop()
+    AbortsRacingATurn.release = {"work": loop.create_future(), "turn": loop.create_future()}
+    async with stead.Runtime({"A": AbortsRacingATurn}, data_dir=data_dir) as rt:
+        a = rt.env.A.get_by_name("a")
+        await a.start_work()
+        turn = asyncio.ensure_future(a.turn())
+        await asyncio.sleep(0.01)
+        AbortsRacingATurn.release["work"].set_result(None)  # both wake in one iteration:
+        AbortsRacingATurn.release["turn"].set_result(None)  # the work aborts, the turn ends
+        with pytest.raises(stead.StorageError, match="reset"):
+            await turn  # the turn ran on the instance the abort discarded
+    async with stead.Runtime({"A": AbortsRacingATurn}, data_dir=data_dir) as rt:
+        assert "background" not in await rt.env.A.get_by_name("a").keys()

@@ -718,3 +718,14 @@ def test_a_var_with_a_binding_s_name_is_refused() -> None:
     # env.C used to be the binding, the var "C" silently unreachable.
     with pytest.raises(ValueError, match="'C' is both a binding and a var"):
         stead.Runtime({"C": Counter}, vars={"C": "x"})
+
+
+async def test_close_during_start_closes_what_start_opens(data_dir: str) -> None:
+    rt = stead.Runtime({"S": Shutdown}, data_dir=data_dir)
+    starting = asyncio.ensure_future(rt.start())
+    await asyncio.sleep(0)  # start() is opening the engine in a thread
+    await asyncio.wait_for(rt.close(), 5)
+    await starting
+    assert not rt.started
+    async with stead.Runtime({"S": Shutdown}, data_dir=data_dir) as reopened:  # lock released
+        assert await reopened.env.S.get_by_name("s").keys() == []

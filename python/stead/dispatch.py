@@ -71,16 +71,33 @@ class _Running(NamedTuple):
 
     # Engine keys of the objects whose events are on the call chain, innermost last.
     chain: tuple[bytes, ...]
-    # The tokens of those events. A context can outlive its place on the chain (a
-    # caller that gave up, a task a turn spawned): a call back re-enters an object
-    # only while the event on the chain is still running.
+    # The tokens of those events, and of the calls that started them (0: from
+    # outside). A context can outlive its place on the chain (a caller that gave
+    # up on its call): a call back re-enters an object only while its event on
+    # the chain runs and every call after it on the chain is still awaited.
     events: tuple[int, ...]
+    calls: tuple[int, ...]
     # The instance whose output gate the context's calls pass; once it is reset,
     # none leave.
     host: ObjectHost
-    # A reentrant object's event is its own node of the waits-for graph (its
-    # events wait on different things); None for a turn, whose node is its key.
+    # A reentrant object's event, or wait_until work, is its own node of the
+    # waits-for graph; None for a turn, whose node is its key.
     node: int | None
+
+
+# Where an event comes from: the context of the event that called (None: a
+# call from outside) and the token of that call (0: none).
+_Origin = tuple["_Running | None", int]
+
+
+def _extended(origin: _Origin, host: ObjectHost, event: int, node: int | None) -> _Running:
+    """The context of a new event of ``host``: its caller's chain, extended."""
+    outer, call = origin
+    if outer is None:
+        return _Running((host.key,), (event,), (call,), host, node)
+    return _Running(
+        (*outer.chain, host.key), (*outer.events, event), (*outer.calls, call), host, node
+    )
 
 
 # None outside events (callers, background tasks, timers).
@@ -114,7 +131,7 @@ class ObjectHost:
         "broken",
         "ctx",
         "gate",
-        "gate_holders",
+        "gate_node",
         "id",
         "inflight",
         "instance",
@@ -153,9 +170,8 @@ class ObjectHost:
         # block_concurrency_while blocks open (nested, or of overlapping events):
         # the input reopens when the last one ends.
         self.blocking = 0
-        # The events (waits-for nodes) inside those blocks: events waiting at the
-        # closed gate wait for them.
-        self.gate_holders: list[int] = []
+        # The gate's node in the waits-for graph (see block_concurrency_while).
+        self.gate_node = next(dispatcher.tokens) if self.reentrant else 0
         self.inflight = 0
         self.broken = False
         # wait_until tasks still running (a count: no set per resident object).
@@ -174,15 +190,18 @@ class ObjectHost:
         gate = self.gate = self.gate or asyncio.Event()
         gate.clear()
         self.blocking += 1
+        # The closed gate waits, in the waits-for graph, for the events holding
+        # it: events waiting at it wait for the gate, and so for its holders.
+        dispatcher = self._dispatcher
         running = _running.get()
-        holder = running.node if running is not None and running.host is self else None
+        holder = dispatcher.waiting_node(running) if running is not None else None
         if holder is not None:
-            self.gate_holders.append(holder)
+            dispatcher.add_wait(self.gate_node, holder)
         try:
             return await fn()
         finally:
             if holder is not None:
-                self.gate_holders.remove(holder)
+                dispatcher.forget_wait(self.gate_node, holder)
             self.blocking -= 1
             if not self.blocking:
                 gate.set()
@@ -190,22 +209,28 @@ class ObjectHost:
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         # Not part of a turn, but its calls leave through this object's output gate.
         context = contextvars.copy_context()
-        context.run(_running.set, _Running((), (), self, None))
-        future = context.run(asyncio.ensure_future, awaitable)
+        work = _Running((), (), (), self, next(self._dispatcher.tokens))
+        context.run(_running.set, work)
+        future = context.run(asyncio.ensure_future, self._background(awaitable))
         self.background += 1
         self._dispatcher.background.add(future)
         future.add_done_callback(self._background_done)
+
+    async def _background(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except ObjectAborted as aborted:
+            # ctx.abort() from the work: as from a handler, the writes not yet
+            # committed are dropped and the instance is discarded, at once (a
+            # turn ending in the same loop iteration would commit them).
+            logger.info("wait_until task of %r aborted the object: %s", self.id, aborted.reason)
+            self._dispatcher.reset(self)
+            return None
 
     def _background_done(self, future: asyncio.Future[Any]) -> None:
         self.background -= 1
         self._dispatcher.background.discard(future)
         error = None if future.cancelled() else future.exception()
-        if isinstance(error, ObjectAborted):
-            # ctx.abort() from the work: as from a handler, the writes not yet
-            # committed are dropped and the instance is discarded.
-            logger.info("wait_until task of %r aborted the object: %s", self.id, error.reason)
-            self._dispatcher.reset(self)
-            return
         if error is not None:
             logger.error("wait_until task of %r failed", self.id, exc_info=error)
         self._dispatcher.commit_between_events(self)
@@ -299,12 +324,14 @@ class Dispatcher:
         self.hosts: OrderedDict[bytes, ObjectHost] = OrderedDict()
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._waits_for: dict[Node, list[Node]] = {}
-        self._tokens = itertools.count(1)
+        self.tokens = itertools.count(1)
         self.background: set[asyncio.Future[Any]] = set()
         # Events running as tasks of their own (see ``_detached``).
         self.events: set[asyncio.Task[Any]] = set()
-        # Tokens of the events running now (see ``_Running.events``).
+        # Tokens of the events running now, and of the calls events make that
+        # are still awaited (see ``_Running``).
         self._live_events: set[int] = set()
+        self._live_calls: set[int] = set()
         # Set once close()'s deadline cancels what still runs: the callers of
         # those events get an error, not a cancellation they did not ask for.
         self._cancelled_at_close = False
@@ -499,13 +526,13 @@ class Dispatcher:
         # during it (tasks it spawns run after the turn, outside it).
         claimed = not self.mailbox.is_idle(key)
         if claimed:
-            token = next(self._tokens)
+            token = next(self.tokens)
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, None)
                 if self.hosts.get(key) is not host:  # reset or evicted while we queued
                     invoke = partial(_invoke_rpc, method, args, kwargs)
                     host = self._host_for_turn(object_id)
-                    turn = self._turn(host, None, invoke)
+                    turn = self._turn(host, (None, 0), invoke)
                     on_never_run = partial(self._hand_off, key)
                     return await self._run_event(host, turn, False, on_never_run)
         seq = 0
@@ -567,48 +594,58 @@ class Dispatcher:
             raise self._foreign_loop()
         key = object_id.storage_key
         running = _running.get()
-        # Who waits for this event: the caller's turn, or its reentrant event
-        # (wait_until work is not part of any event: nobody).
+        # Who waits for this event (its caller's node), and the event's call chain.
         caller: Node | None = None
+        outer: _Running | None = None
         if running is not None:
             if running.host._dispatcher is not self:
                 # A call from another runtime's object: it passes that object's
                 # output gate, in that runtime; here it is a call from outside.
                 await running.host._dispatcher._release_outbound(running.host)
-                running = None
-            elif key in running.chain and self._running_on_chain(running, key):
+            elif key in running.chain and self._waiting_on_chain(running, key):
                 return await self._reenter(key, running, invoke)
             else:
                 await self._release_outbound(running.host)
-                if running.events and running.events[-1] in self._live_events:
-                    caller = running.chain[-1] if running.node is None else running.node
-        outer = running if caller is not None else None
+                caller = self.waiting_node(running)
+                if running.chain:
+                    outer = running
         host = self.host(object_id)
-        event_node = next(self._tokens) if host.reentrant else None
+        event_node = next(self.tokens) if host.reentrant else None
         target: Node = key if event_node is None else event_node
         if caller is not None:
-            self._waits_for.setdefault(caller, []).append(target)
+            self.add_wait(caller, target)
+        # This call, while awaited: what lets the event it starts call back along the chain.
+        call = next(self.tokens) if outer is not None else 0
+        if call:
+            self._live_calls.add(call)
         try:
             if event_node is not None:
-                return await self._deliver_interleaved(host, outer, invoke, detach, event_node)
-            token = next(self._tokens)
+                return await self._deliver_interleaved(
+                    host, (outer, call), invoke, detach, event_node
+                )
+            token = next(self.tokens)
             if not self.mailbox.push(key, token):
                 await self._wait_turn(key, token, caller)
                 host = self._host_for_turn(object_id)
-            turn = self._turn(host, outer, invoke)
+            turn = self._turn(host, (outer, call), invoke)
             on_never_run = partial(self._hand_off, key)
             return await self._run_event(host, turn, detach, on_never_run)  # type: ignore[no-any-return]
         finally:
+            self._live_calls.discard(call)
             if caller is not None:
-                self._forget_wait(caller, target)
+                self.forget_wait(caller, target)
 
-    def _running_on_chain(self, running: _Running, key: bytes) -> bool:
-        """Whether an event of ``key`` on ``running``'s call chain is still running
-        (the context may have outlived it: a caller that gave up, a spawned task)."""
-        live = self._live_events
+    def _waiting_on_chain(self, running: _Running, key: bytes) -> bool:
+        """Whether an event of ``key`` on ``running``'s call chain still runs and
+        waits for this context: every call after it on the chain is still awaited
+        (a caller that gave up on its call, and went on, is not waiting)."""
+        live_events, live_calls = self._live_events, self._live_calls
+        chain, events, calls = running.chain, running.events, running.calls
         return any(
-            on_chain == key and event in live
-            for on_chain, event in zip(running.chain, running.events, strict=True)
+            chain[i] == key
+            and events[i] in live_events
+            and all(call in live_calls for call in calls[i + 1 :])
+            for i in range(len(chain))
         )
 
     def _host_for_turn(self, object_id: ObjectId) -> ObjectHost:
@@ -685,7 +722,21 @@ class Dispatcher:
                 stack.extend(self._waits_for.get(node, ()))
         return False
 
-    def _forget_wait(self, caller: Node, key: Node) -> None:
+    def add_wait(self, waiter: Node, target: Node) -> None:
+        """Record in the waits-for graph that ``waiter`` waits for ``target``."""
+        self._waits_for.setdefault(waiter, []).append(target)
+
+    def waiting_node(self, running: _Running) -> Node | None:
+        """The waits-for node charged with what ``running``'s context waits for: its
+        reentrant event or wait_until work, else the innermost turn on its chain
+        while that turn runs (None for a context that outlived its turn)."""
+        if running.node is not None:
+            return running.node
+        if running.events and running.events[-1] in self._live_events:
+            return running.chain[-1]
+        return None
+
+    def forget_wait(self, caller: Node, key: Node) -> None:
         targets = self._waits_for.get(caller)
         if targets is not None:
             targets.remove(key)
@@ -710,13 +761,11 @@ class Dispatcher:
         return await self._release(host, seq, outcome, failed)
 
     async def _turn(
-        self, host: ObjectHost, outer: _Running | None, invoke: Invoke[Any]
+        self, host: ObjectHost, origin: _Origin, invoke: Invoke[Any]
     ) -> tuple[Any, bool, int]:
-        """One event to its end: the handler, its commit, handing the object on.
-        ``outer``: the event that called, whose call chain this one extends."""
-        event = next(self._tokens)
-        chain, events = ((), ()) if outer is None else (outer.chain, outer.events)
-        token = _running.set(_Running((*chain, host.key), (*events, event), host, None))
+        """One event to its end: the handler, its commit, handing the object on."""
+        event = next(self.tokens)
+        token = _running.set(_extended(origin, host, event, None))
         self._live_events.add(event)
         seq = 0
         try:
@@ -852,6 +901,13 @@ class Dispatcher:
             # Its on_start is on this chain, waiting for this very call: it would
             # wait on itself forever.
             raise DeadlockError("call cycle: a call back into an object whose on_start is running")
+        if not host.reentrant and host.storage.in_transaction:
+            # Its writes would land inside the turn's open block, which may still
+            # roll back after this call was answered: it cannot run before the
+            # block ends, and the block waits for it.
+            raise DeadlockError(
+                "call cycle: a call back into an object inside its open transaction() block"
+            )
         # The chain stays as it is (the object is on it already), but the calls the
         # nested event makes leave through this object's output gate.
         token = _running.set(running._replace(host=host))
@@ -867,7 +923,7 @@ class Dispatcher:
     async def _deliver_interleaved(
         self,
         host: ObjectHost,
-        outer: _Running | None,
+        origin: _Origin,
         invoke: Invoke[T],
         detach: bool,
         node: int,
@@ -879,7 +935,7 @@ class Dispatcher:
             if host.inflight > self.max_pending:
                 raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
             host.inflight += 1
-            event = self._interleaved_event(host, outer, invoke, node)
+            event = self._interleaved_event(host, origin, invoke, node)
             on_never_run = partial(self._never_ran_interleaved, host)
             try:
                 return await self._run_event(host, event, detach, on_never_run)  # type: ignore[no-any-return]
@@ -892,11 +948,10 @@ class Dispatcher:
         host.inflight -= 1
 
     async def _interleaved_event(
-        self, host: ObjectHost, outer: _Running | None, invoke: Invoke[Any], node: int
+        self, host: ObjectHost, origin: _Origin, invoke: Invoke[Any], node: int
     ) -> tuple[Any, bool, int]:
         """One event of a reentrant object; ``node`` is its token and waits-for node."""
-        chain, events = ((), ()) if outer is None else (outer.chain, outer.events)
-        token = _running.set(_Running((*chain, host.key), (*events, node), host, node))
+        token = _running.set(_extended(origin, host, node, node))
         self._live_events.add(node)
         try:
             while host.gate is not None and not host.gate.is_set():
@@ -918,19 +973,18 @@ class Dispatcher:
 
     async def _wait_at_gate(self, host: ObjectHost, gate: asyncio.Event, node: int) -> None:
         """Wait for a reentrant object's input gate to open: the event waits for the
-        events holding it closed, and raises ``DeadlockError`` if they wait on it."""
-        holders = [holder for holder in host.gate_holders if holder != node]
-        if any(self._would_deadlock(node, holder) for holder in holders):
+        gate (whose node waits for the events holding it closed, as they come and
+        go), and raises ``DeadlockError`` if they wait on this event."""
+        if self._would_deadlock(node, host.gate_node):
             raise DeadlockError(
                 "call cycle: the object's input is closed (block_concurrency_while or "
                 "on_start) by an event waiting, directly or through other objects, on this call"
             )
-        self._waits_for.setdefault(node, []).extend(holders)
+        self.add_wait(node, host.gate_node)
         try:
             await gate.wait()
         finally:
-            for holder in holders:
-                self._forget_wait(node, holder)
+            self.forget_wait(node, host.gate_node)
 
     # -- shutdown ------------------------------------------------------------
 

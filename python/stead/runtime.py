@@ -110,7 +110,9 @@ class Runtime:
         self._dispatcher: Dispatcher | None = None
         self._alarms: AlarmScheduler | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # The shutdown under way: a second close() waits for it, not runs another.
+        # A start() opening the engine, and the shutdown under way: a close()
+        # waits for the first, and a second close() for the second.
+        self._opening: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] | None = None
         # Whether the stead_startup hooks all ran (stead_shutdown runs only then).
         self._hooks_started = False
@@ -119,19 +121,25 @@ class Runtime:
 
     async def start(self) -> Runtime:
         """Open the data dir, recover, load alarms and plugins."""
-        if self._engine is not None:
+        if self._engine is not None or self._opening is not None:
             raise RuntimeError("runtime already started")
-        if self.use_plugins:
-            self._load_plugins()
-        engine = await asyncio.to_thread(
-            Engine, self.data_dir, self.durability, max_value_bytes=_engine_value_limit(self)
-        )
+        # A close() meanwhile waits for the engine to be open, then closes it.
+        opening = self._opening = asyncio.get_running_loop().create_future()
         try:
-            self._wire(engine)
-        except BaseException:
-            engine.close()
-            raise
-        self._sweeper = asyncio.create_task(self._sweep_idle())
+            if self.use_plugins:
+                self._load_plugins()
+            engine = await asyncio.to_thread(
+                Engine, self.data_dir, self.durability, max_value_bytes=_engine_value_limit(self)
+            )
+            try:
+                self._wire(engine)
+            except BaseException:
+                engine.close()
+                raise
+            self._sweeper = asyncio.create_task(self._sweep_idle())
+        finally:
+            self._opening = None
+            opening.set_result(None)
         if self._plugins is not None:
             try:
                 self._plugins.startup(self)
@@ -206,6 +214,8 @@ class Runtime:
         for a handler that raised)."""
         if not grace >= 0:
             raise ValueError(f"grace is seconds >= 0, not {grace!r}")
+        if self._closing is None and self._opening is not None:
+            await asyncio.shield(self._opening)  # a start() under way: close what it opens
         if self._closing is None:
             if self._engine is None:
                 return

@@ -492,6 +492,11 @@ class Storage:
     # -- commit --------------------------------------------------------------
 
     @property
+    def in_transaction(self) -> bool:
+        """Whether a ``transaction()`` block is open."""
+        return bool(self._savepoints)
+
+    @property
     def has_pending(self) -> bool:
         """Whether there are writes not yet handed to the engine."""
         return bool(self._pending) or self._delete_all or self._alarm is not None
