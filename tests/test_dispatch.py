@@ -1255,3 +1255,44 @@ async def test_abort_in_wait_until_work_drops_its_writes_before_a_racing_turn_en
             await turn  # the turn ran on the instance the abort discarded
     async with stead.Runtime({"A": AbortsRacingATurn}, data_dir=data_dir) as rt:
         assert "background" not in await rt.env.A.get_by_name("a").keys()
+
+
+class FansOut(stead.DurableObject):
+    async def fan_out(self) -> list[int]:
+        # Both call backs nest in this turn; they must still run one at a time.
+        calls = [self.env.FAN_B.get_by_name(name).back() for name in ("b1", "b2")]
+        return sorted(await asyncio.gather(*calls))
+
+    async def increment(self) -> int:  # read-await-write
+        count: int = self.ctx.storage.get("n", 0)
+        await asyncio.sleep(0.02)
+        self.ctx.storage.put("n", count + 1)
+        return count + 1
+
+    async def deeper(self) -> int:  # a call back that calls out, and back again
+        return int(await self.env.FAN_B.get_by_name("c").back()) + 100
+
+
+class FanB(stead.DurableObject):
+    async def back(self) -> int:
+        return int(await self.env.FAN_A.get_by_name("a").increment())
+
+    async def via_deeper(self) -> int:
+        return int(await self.env.FAN_A.get_by_name("a").deeper())
+
+
+class FansOutDeeper(FansOut):
+    async def fan_out(self) -> list[int]:
+        return [int(await self.env.FAN_B.get_by_name("b").via_deeper())]
+
+
+async def test_call_backs_from_a_fan_out_run_one_at_a_time(data_dir: str) -> None:
+    async with stead.Runtime({"FAN_A": FansOut, "FAN_B": FanB}, data_dir=data_dir) as rt:
+        results = await asyncio.wait_for(rt.env.FAN_A.get_by_name("a").fan_out(), 5)
+        assert results == [1, 2]  # no lost update
+
+
+async def test_a_call_back_nests_in_a_call_back(data_dir: str) -> None:
+    # A -> B -> A (nested) -> C -> A: the second call back nests in the first.
+    async with stead.Runtime({"FAN_A": FansOutDeeper, "FAN_B": FanB}, data_dir=data_dir) as rt:
+        assert await asyncio.wait_for(rt.env.FAN_A.get_by_name("a").fan_out(), 5) == [101]

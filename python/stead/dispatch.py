@@ -80,9 +80,10 @@ class _Running(NamedTuple):
     # The instance whose output gate the context's calls pass; once it is reset,
     # none leave.
     host: ObjectHost
-    # A reentrant object's event, or wait_until work, is its own node of the
-    # waits-for graph; None for a turn, whose node is its key.
-    node: int | None
+    # The waits-for node charged with what this context waits for: a reentrant
+    # object's event, wait_until work, a nested call back (its caller's node);
+    # None for a turn, whose node is its key.
+    node: Node | None
 
 
 # Where an event comes from: the context of the event that called (None: a
@@ -90,7 +91,7 @@ class _Running(NamedTuple):
 _Origin = tuple["_Running | None", int]
 
 
-def _extended(origin: _Origin, host: ObjectHost, event: int, node: int | None) -> _Running:
+def _extended(origin: _Origin, host: ObjectHost, event: int, node: Node | None) -> _Running:
     """The context of a new event of ``host``: its caller's chain, extended."""
     outer, call = origin
     if outer is None:
@@ -137,10 +138,13 @@ class ObjectHost:
         "instance",
         "key",
         "last_used",
+        "nested",
+        "nested_ended",
         "ready",
         "reentrant",
         "started",
         "storage",
+        "turn",
     )
 
     def __init__(self, dispatcher: Dispatcher, object_id: ObjectId, cls: type[DurableObject]):
@@ -170,6 +174,11 @@ class ObjectHost:
         # block_concurrency_while blocks open (nested, or of overlapping events):
         # the input reopens when the last one ends.
         self.blocking = 0
+        # The running turn's event token, and the nested call backs running in it,
+        # innermost last, with the nodes that wait for them (see _reenter).
+        self.turn = 0
+        self.nested: tuple[tuple[int, Node | None], ...] = ()  # no list per object
+        self.nested_ended: asyncio.Event | None = None
         # The gate's node in the waits-for graph (see block_concurrency_while).
         self.gate_node = next(dispatcher.tokens) if self.reentrant else 0
         self.inflight = 0
@@ -602,8 +611,8 @@ class Dispatcher:
                 # A call from another runtime's object: it passes that object's
                 # output gate, in that runtime; here it is a call from outside.
                 await running.host._dispatcher._release_outbound(running.host)
-            elif key in running.chain and self._waiting_on_chain(running, key):
-                return await self._reenter(key, running, invoke)
+            elif key in running.chain and (entered := self._entered_event(running, key)):
+                return await self._reenter(key, running, entered, invoke)
             else:
                 await self._release_outbound(running.host)
                 caller = self.waiting_node(running)
@@ -635,18 +644,19 @@ class Dispatcher:
             if caller is not None:
                 self.forget_wait(caller, target)
 
-    def _waiting_on_chain(self, running: _Running, key: bytes) -> bool:
-        """Whether an event of ``key`` on ``running``'s call chain still runs and
-        waits for this context: every call after it on the chain is still awaited
-        (a caller that gave up on its call, and went on, is not waiting)."""
+    def _entered_event(self, running: _Running, key: bytes) -> int:
+        """The innermost event of ``key`` on ``running``'s call chain that still runs
+        and waits for this context (every call after it on the chain is still
+        awaited: a caller that gave up on its call and went on is not waiting);
+        0 if none."""
         live_events, live_calls = self._live_events, self._live_calls
         chain, events, calls = running.chain, running.events, running.calls
-        return any(
-            chain[i] == key
-            and events[i] in live_events
-            and all(call in live_calls for call in calls[i + 1 :])
-            for i in range(len(chain))
-        )
+        for i in range(len(chain) - 1, -1, -1):
+            if chain[i] != key or events[i] not in live_events:
+                continue
+            if all(call in live_calls for call in calls[i + 1 :]):
+                return events[i]
+        return 0
 
     def _host_for_turn(self, object_id: ObjectId) -> ObjectHost:
         """The host, for a caller just handed the object's turn: if the instance
@@ -767,11 +777,13 @@ class Dispatcher:
         event = next(self.tokens)
         token = _running.set(_extended(origin, host, event, None))
         self._live_events.add(event)
+        host.turn = event
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            host.turn = 0
             self._live_events.discard(event)
             _running.reset(token)
             host.last_used = time.monotonic()
@@ -892,8 +904,9 @@ class Dispatcher:
         host.started.set_result(None)
         host.ready = True
 
-    async def _reenter(self, key: bytes, running: _Running, invoke: Invoke[T]) -> T:
-        """A call back into an object whose turn is on this call chain runs nested in it."""
+    async def _reenter(self, key: bytes, running: _Running, entered: int, invoke: Invoke[T]) -> T:
+        """A call back into an object whose event ``entered`` on this call chain waits
+        for it runs nested in that event."""
         host = self.hosts.get(key)
         if host is None:
             raise StorageError("the object was reset while this call chain was running")
@@ -908,9 +921,18 @@ class Dispatcher:
             raise DeadlockError(
                 "call cycle: a call back into an object inside its open transaction() block"
             )
-        # The chain stays as it is (the object is on it already), but the calls the
-        # nested event makes leave through this object's output gate.
-        token = _running.set(running._replace(host=host))
+        # What waits for the nested event: the caller (its calls are charged to it).
+        waiter = self.waiting_node(running)
+        if not host.reentrant:
+            await self._wait_to_nest(host, entered, waiter)
+        nested, call = next(self.tokens), next(self.tokens)
+        # Its calls leave through this object's output gate; calls back along the
+        # chain may nest in it in turn.
+        token = _running.set(_extended((running, call), host, nested, waiter))
+        self._live_events.add(nested)
+        self._live_calls.add(call)
+        if not host.reentrant:
+            host.nested = (*host.nested, (nested, waiter))
         try:
             outcome, failed = await self._invoke(host, invoke)
             # The turn it is nested in goes on: its open transaction() blocks may
@@ -918,7 +940,37 @@ class Dispatcher:
             seq = self._end_turn(host, failed, midway=not host.reentrant)
         finally:
             _running.reset(token)
+            self._live_events.discard(nested)
+            self._live_calls.discard(call)
+            if not host.reentrant:
+                host.nested = tuple(entry for entry in host.nested if entry[0] != nested)
+                if host.nested_ended is not None:
+                    host.nested_ended.set()
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+
+    async def _wait_to_nest(self, host: ObjectHost, entered: int, waiter: Node | None) -> None:
+        """One event of a turn-based object at a time, nested ones too: a call back
+        nests in ``entered`` once that is the object's innermost running event (a
+        sibling call back, from a fan-out of the same turn, runs first to its end).
+        Waiting is in the waits-for graph: a cycle raises ``DeadlockError``."""
+        while (host.nested[-1][0] if host.nested else host.turn) != entered:
+            if not host.nested:  # entered is no longer running
+                raise StorageError("the call chain's turn ended while this call back waited")
+            holder = host.nested[-1][1]
+            if waiter is not None and holder is not None:
+                if self._would_deadlock(waiter, holder):
+                    raise DeadlockError(
+                        "call cycle: a call back waits for another call back into the same "
+                        "object, which waits (directly or through other objects) on it"
+                    )
+                self.add_wait(waiter, holder)
+            ended = host.nested_ended = host.nested_ended or asyncio.Event()
+            ended.clear()
+            try:
+                await ended.wait()
+            finally:
+                if waiter is not None and holder is not None:
+                    self.forget_wait(waiter, holder)
 
     async def _deliver_interleaved(
         self,
