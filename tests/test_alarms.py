@@ -643,3 +643,26 @@ async def test_an_alarm_whose_commit_is_refused_runs_again(data_dir: str) -> Non
         assert rt.engine.failure is None
         assert rt.engine.get_alarm(rt.env.R.id_from_name("r").storage_key) is None
         assert Refused.runs == 2
+
+
+class PlainAlarm(stead.DurableObject):
+    runs: ClassVar[list[int]] = []
+
+    def arm(self) -> None:
+        self.ctx.storage.set_alarm(time.time())
+
+    def alarm(self, info: stead.AlarmInfo) -> None:  # a plain method, as RPC methods may be
+        PlainAlarm.runs.append(info.retry_count)
+
+
+async def test_an_alarm_handler_may_be_a_plain_method(data_dir: str) -> None:
+    PlainAlarm.runs = []
+    async with stead.Runtime({"P": PlainAlarm}, data_dir=data_dir, alarm_retry_base=0.02) as rt:
+        await rt.env.P.get_by_name("p").arm()
+
+        async def ran() -> bool:
+            return bool(PlainAlarm.runs)
+
+        await eventually(ran)
+        await asyncio.sleep(0.2)  # a failed run would be retried by now
+        assert PlainAlarm.runs == [0]

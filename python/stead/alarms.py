@@ -26,6 +26,7 @@ from stead.context import ObjectAborted
 from stead.dispatch import context_outside_turns, finish_or_cancel
 from stead.errors import OverloadedError, StorageError
 from stead.ids import IdFactory
+from stead.objects import call_maybe_async
 
 if TYPE_CHECKING:
     from stead.dispatch import Dispatcher, ObjectHost
@@ -282,7 +283,8 @@ class AlarmScheduler:
         self.fired += 1
         policy = _policy.set(self._policy)
         try:
-            await host.instance.alarm(AlarmInfo(count, count > 0, scheduled))
+            info = AlarmInfo(count, count > 0, scheduled)
+            await call_maybe_async(partial(host.instance.alarm, info))
         except ObjectAborted:
             # The object is reset and this turn's writes dropped; _deliver records
             # the retry once the turn has ended.
