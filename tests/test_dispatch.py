@@ -1296,3 +1296,159 @@ async def test_a_call_back_nests_in_a_call_back(data_dir: str) -> None:
     # A -> B -> A (nested) -> C -> A: the second call back nests in the first.
     async with stead.Runtime({"FAN_A": FansOutDeeper, "FAN_B": FanB}, data_dir=data_dir) as rt:
         assert await asyncio.wait_for(rt.env.FAN_A.get_by_name("a").fan_out(), 5) == [101]
+
+
+class SameCallerFanOut(stead.DurableObject):
+    async def go(self) -> list[int]:
+        return list(await self.env.FANNER.get_by_name("b").fan_back())
+
+    async def increment(self) -> int:  # read-await-write
+        count: int = self.ctx.storage.get("n", 0)
+        await asyncio.sleep(0.01)
+        self.ctx.storage.put("n", count + 1)
+        return count + 1
+
+
+class Fanner(stead.DurableObject):
+    async def fan_back(self) -> list[int]:
+        # One caller fans out two call backs into the turn that called it.
+        a = self.env.SAME_CALLER.get_by_name("a")
+        return sorted(await asyncio.gather(a.increment(), a.increment()))
+
+
+async def test_one_caller_fanning_out_call_backs_gets_them_one_after_the_other(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime(
+        {"SAME_CALLER": SameCallerFanOut, "FANNER": Fanner}, data_dir=data_dir
+    ) as rt:
+        assert await asyncio.wait_for(rt.env.SAME_CALLER.get_by_name("a").go(), 5) == [1, 2]
+
+
+class GivesUpOnAFanOut(stead.DurableObject):
+    log: ClassVar[list[str]] = []
+
+    async def fan(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(self.env.BACK.get_by_name(n).back() for n in ("b1", "b2"))), 0.02
+            )
+
+    async def increment(self, who: str) -> int:  # read-await-write
+        count: int = self.ctx.storage.get("n", 0)
+        GivesUpOnAFanOut.log.append(f"start {who}")
+        await asyncio.sleep(0.05)
+        GivesUpOnAFanOut.log.append(f"end {who}")
+        self.ctx.storage.put("n", count + 1)
+        return count + 1
+
+    def count(self) -> int:
+        count: int = self.ctx.storage.get("n", 0)
+        return count
+
+
+class CallsBackNamed(stead.DurableObject):
+    async def back(self) -> int:
+        name = self.ctx.id.name
+        assert name is not None
+        return int(await self.env.GIVES_UP_FAN.get_by_name("a").increment(name))
+
+
+async def test_call_backs_a_turn_gave_up_on_never_overlap_its_later_events(
+    data_dir: str,
+) -> None:
+    # The running call back finishes before the object is handed on; the one
+    # still waiting to nest queues like any other call.
+    GivesUpOnAFanOut.log = []
+    async with stead.Runtime(
+        {"GIVES_UP_FAN": GivesUpOnAFanOut, "BACK": CallsBackNamed}, data_dir=data_dir
+    ) as rt:
+        a = rt.env.GIVES_UP_FAN.get_by_name("a")
+        fan = asyncio.ensure_future(a.fan())
+        await asyncio.sleep(0.005)
+        later = asyncio.ensure_future(a.increment("next"))
+        await fan
+        await later
+        await asyncio.sleep(0.3)
+        assert await a.count() == 3
+    log = GivesUpOnAFanOut.log
+    assert all(
+        log[i].startswith("start") != log[i + 1].startswith("start") for i in range(len(log) - 1)
+    ), log
+
+
+class Books(stead.DurableObject):
+    async def go(self) -> str:
+        return str(await self.env.IMPATIENT_B.get_by_name("b").back())
+
+    async def transfer(self, amount: int) -> None:
+        storage = self.ctx.storage
+        storage.put("out", storage.get("out", 0) + amount)
+        await asyncio.sleep(0.05)
+        storage.put("in", storage.get("in", 0) + amount)
+
+    def books(self) -> list[int]:
+        return [self.ctx.storage.get("out", 0), self.ctx.storage.get("in", 0)]
+
+
+class ImpatientB(stead.DurableObject):
+    async def back(self) -> str:
+        try:
+            await asyncio.wait_for(self.env.BOOKS.get_by_name("a").transfer(10), 0.01)
+        except asyncio.TimeoutError:
+            return "timed out"
+        return "done"
+
+
+async def test_a_caller_giving_up_never_interrupts_a_call_back_midway(data_dir: str) -> None:
+    async with stead.Runtime({"BOOKS": Books, "IMPATIENT_B": ImpatientB}, data_dir=data_dir) as rt:
+        assert await rt.env.BOOKS.get_by_name("a").go() == "timed out"
+    async with stead.Runtime({"BOOKS": Books, "IMPATIENT_B": ImpatientB}, data_dir=data_dir) as rt:
+        assert await rt.env.BOOKS.get_by_name("a").books() == [10, 10]
+
+
+class GuardedCounter(stead.DurableObject):
+    reentrant = True
+
+    async def guarded(self) -> int:
+        async def inside() -> int:
+            count: int = self.ctx.storage.get("n", 0)
+            await asyncio.sleep(0.05)
+            self.ctx.storage.put("n", count + 1)
+            return count + 1
+
+        return await self.ctx.block_concurrency_while(inside)
+
+    async def start_chain(self) -> int:
+        await asyncio.sleep(0.01)  # the guarded block is running by now
+        return int(await self.env.BUMPER.get_by_name("b").bump_back())
+
+    def bump(self) -> int:
+        count: int = self.ctx.storage.get("n", 0) + 1
+        self.ctx.storage.put("n", count)
+        return count
+
+    def count(self) -> int:
+        count: int = self.ctx.storage.get("n", 0)
+        return count
+
+
+class Bumper(stead.DurableObject):
+    async def bump_back(self) -> int:
+        return int(await self.env.GUARDED.get_by_name("r").bump())
+
+
+async def test_a_call_back_into_a_reentrant_object_waits_at_its_closed_gate(
+    data_dir: str,
+) -> None:
+    # The call back comes along another event's chain: the block holding the
+    # gate runs to its end first (no write of the block is overwritten).
+    async with stead.Runtime(
+        {"GUARDED": GuardedCounter, "BUMPER": Bumper}, data_dir=data_dir
+    ) as rt:
+        r = rt.env.GUARDED.get_by_name("r")
+        chain = asyncio.ensure_future(r.start_chain())  # running before the gate closes
+        await asyncio.sleep(0.001)
+        results = await asyncio.wait_for(asyncio.gather(r.guarded(), chain), 5)
+        assert sorted(results) == [1, 2]
+        assert await r.count() == 2

@@ -118,6 +118,10 @@ _DEFAULT_ON_START = DurableObject.on_start
 AlarmListener = Callable[[bytes, "int | None"], None]
 
 
+class _NoLongerNested(Exception):
+    """A call back waited to nest, and no event on its chain waits for it any more."""
+
+
 class _ResetBeforeStart(Exception):
     """A reentrant object's event found its instance reset before it began."""
 
@@ -177,7 +181,7 @@ class ObjectHost:
         # The running turn's event token, and the nested call backs running in it,
         # innermost last, with the nodes that wait for them (see _reenter).
         self.turn = 0
-        self.nested: tuple[tuple[int, Node | None], ...] = ()  # no list per object
+        self.nested: tuple[int, ...] = ()  # a tuple: no list per object
         self.nested_ended: asyncio.Event | None = None
         # The gate's node in the waits-for graph (see block_concurrency_while).
         self.gate_node = next(dispatcher.tokens) if self.reentrant else 0
@@ -611,9 +615,11 @@ class Dispatcher:
                 # A call from another runtime's object: it passes that object's
                 # output gate, in that runtime; here it is a call from outside.
                 await running.host._dispatcher._release_outbound(running.host)
-            elif key in running.chain and (entered := self._entered_event(running, key)):
-                return await self._reenter(key, running, entered, invoke)
             else:
+                if key in running.chain and self._entered_event(running, key):
+                    with contextlib.suppress(_NoLongerNested):
+                        return await self._reenter(key, running, invoke)
+                # Not (or no longer) nested: a call like any other, queued.
                 await self._release_outbound(running.host)
                 caller = self.waiting_node(running)
                 if running.chain:
@@ -781,6 +787,8 @@ class Dispatcher:
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
+            if host.nested:
+                await self._nested_ended(host)
             seq = self._end_turn(host, failed)
         finally:
             host.turn = 0
@@ -904,9 +912,11 @@ class Dispatcher:
         host.started.set_result(None)
         host.ready = True
 
-    async def _reenter(self, key: bytes, running: _Running, entered: int, invoke: Invoke[T]) -> T:
-        """A call back into an object whose event ``entered`` on this call chain waits
-        for it runs nested in that event."""
+    async def _reenter(self, key: bytes, running: _Running, invoke: Invoke[T]) -> T:
+        """A call back into an object whose event on this call chain waits for it
+        runs nested in that event, as an event of its own (its own waits-for node,
+        waited for by its caller). ``_NoLongerNested`` if, by the time it could
+        run, no event of the object on the chain waits for it any more."""
         host = self.hosts.get(key)
         if host is None:
             raise StorageError("the object was reset while this call chain was running")
@@ -914,63 +924,124 @@ class Dispatcher:
             # Its on_start is on this chain, waiting for this very call: it would
             # wait on itself forever.
             raise DeadlockError("call cycle: a call back into an object whose on_start is running")
-        if not host.reentrant and host.storage.in_transaction:
-            # Its writes would land inside the turn's open block, which may still
-            # roll back after this call was answered: it cannot run before the
-            # block ends, and the block waits for it.
-            raise DeadlockError(
-                "call cycle: a call back into an object inside its open transaction() block"
-            )
-        # What waits for the nested event: the caller (its calls are charged to it).
+        nested = next(self.tokens)
         waiter = self.waiting_node(running)
-        if not host.reentrant:
-            await self._wait_to_nest(host, entered, waiter)
-        nested, call = next(self.tokens), next(self.tokens)
-        # Its calls leave through this object's output gate; calls back along the
-        # chain may nest in it in turn.
-        token = _running.set(_extended((running, call), host, nested, waiter))
-        self._live_events.add(nested)
-        self._live_calls.add(call)
-        if not host.reentrant:
-            host.nested = (*host.nested, (nested, waiter))
+        if waiter is not None:
+            self.add_wait(waiter, nested)
+        try:
+            await self._wait_to_nest(host, running, key, nested)
+            if not host.reentrant and host.storage.in_transaction:
+                # Its writes would land inside the turn's open block, which may still
+                # roll back after this call was answered: it cannot run before the
+                # block ends, and the block waits for it.
+                raise DeadlockError(
+                    "call cycle: a call back into an object inside its open transaction() block"
+                )
+            call = next(self.tokens)
+            # Its calls leave through this object's output gate; calls back along
+            # the chain may nest in it in turn.
+            context = _extended((running, call), host, nested, nested)
+            self._live_events.add(nested)
+            self._live_calls.add(call)
+            if not host.reentrant:  # now, not when its task starts: siblings wait from here
+                host.nested = (*host.nested, nested)
+            done = partial(self._nested_done, host, nested, call)
+            # As a task of its own, as any event that can suspend: a caller that
+            # gives up abandons the result, never the call back midway (the turn
+            # it nests in ends after it).
+            return await self._detached(self._run_nested(host, context, done, invoke), done)
+        finally:
+            if waiter is not None:
+                self.forget_wait(waiter, nested)
+
+    async def _run_nested(
+        self, host: ObjectHost, context: _Running, done: Callable[[], None], invoke: Invoke[T]
+    ) -> T:
+        token = _running.set(context)
         try:
             outcome, failed = await self._invoke(host, invoke)
+            if not failed and not host.reentrant and host.storage.in_transaction:
+                # The turn opened a block meanwhile (code it runs alongside the
+                # call): this event's writes joined a block that may roll back.
+                outcome, failed = (
+                    DeadlockError(
+                        "a call back ended inside a transaction() block its turn opened meanwhile"
+                    ),
+                    True,
+                )
             # The turn it is nested in goes on: its open transaction() blocks may
             # still roll back (a reentrant object's may be other events': see flush).
             seq = self._end_turn(host, failed, midway=not host.reentrant)
         finally:
             _running.reset(token)
-            self._live_events.discard(nested)
-            self._live_calls.discard(call)
-            if not host.reentrant:
-                host.nested = tuple(entry for entry in host.nested if entry[0] != nested)
-                if host.nested_ended is not None:
-                    host.nested_ended.set()
+            done()
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
 
-    async def _wait_to_nest(self, host: ObjectHost, entered: int, waiter: Node | None) -> None:
-        """One event of a turn-based object at a time, nested ones too: a call back
-        nests in ``entered`` once that is the object's innermost running event (a
-        sibling call back, from a fan-out of the same turn, runs first to its end).
-        Waiting is in the waits-for graph: a cycle raises ``DeadlockError``."""
-        while (host.nested[-1][0] if host.nested else host.turn) != entered:
-            if not host.nested:  # entered is no longer running
-                raise StorageError("the call chain's turn ended while this call back waited")
-            holder = host.nested[-1][1]
-            if waiter is not None and holder is not None:
-                if self._would_deadlock(waiter, holder):
-                    raise DeadlockError(
-                        "call cycle: a call back waits for another call back into the same "
-                        "object, which waits (directly or through other objects) on it"
-                    )
-                self.add_wait(waiter, holder)
+    def _nested_done(self, host: ObjectHost, nested: int, call: int) -> None:
+        self._live_events.discard(nested)
+        self._live_calls.discard(call)
+        if not host.reentrant:
+            host.nested = tuple(entry for entry in host.nested if entry != nested)
+            if host.nested_ended is not None:
+                host.nested_ended.set()
+
+    async def _wait_to_nest(
+        self, host: ObjectHost, running: _Running, key: bytes, nested: int
+    ) -> None:
+        """One event of an object at a time, nested ones too. A turn-based object's
+        call back nests once the event it nests in is the object's innermost
+        running one (a sibling call back, from a fan-out, runs to its end first);
+        a reentrant object's waits at its closed input gate unless the event it
+        nests in holds it. Waits are in the waits-for graph: a cycle raises
+        ``DeadlockError``. ``_NoLongerNested`` once no event on the chain waits."""
+        while True:
+            entered = self._entered_event(running, key)
+            if not entered:
+                raise _NoLongerNested
+            if host.reentrant:
+                gate = host.gate
+                if gate is None or gate.is_set() or self._holds_gate(host, entered):
+                    return
+                await self._wait_at_gate(host, gate, nested)
+                continue
+            if not host.nested:
+                if host.turn == entered:
+                    return
+                raise _NoLongerNested
+            holder = host.nested[-1]
+            if holder == entered:
+                return
+            if self._would_deadlock(nested, holder):
+                raise DeadlockError(
+                    "call cycle: a call back waits for another call back into the same "
+                    "object, which waits (directly or through other objects) on it"
+                )
+            self.add_wait(nested, holder)
             ended = host.nested_ended = host.nested_ended or asyncio.Event()
             ended.clear()
             try:
                 await ended.wait()
             finally:
-                if waiter is not None and holder is not None:
-                    self.forget_wait(waiter, holder)
+                self.forget_wait(nested, holder)
+
+    async def _nested_ended(self, host: ObjectHost) -> None:
+        """Wait for the call backs still nested in a turn that ends (its code gave
+        up on the calls they came from): the object is handed on after them."""
+        while host.nested:
+            holder = host.nested[-1]
+            if self._would_deadlock(host.key, holder):
+                return  # it waits (through other objects) for this object: hand it on
+            self.add_wait(host.key, holder)
+            ended = host.nested_ended = host.nested_ended or asyncio.Event()
+            ended.clear()
+            try:
+                await ended.wait()
+            finally:
+                self.forget_wait(host.key, holder)
+
+    def _holds_gate(self, host: ObjectHost, event: int) -> bool:
+        """Whether ``event`` (a reentrant object's) holds its input gate closed."""
+        return event in self._waits_for.get(host.gate_node, ())
 
     async def _deliver_interleaved(
         self,
