@@ -1452,3 +1452,68 @@ async def test_a_call_back_into_a_reentrant_object_waits_at_its_closed_gate(
         results = await asyncio.wait_for(asyncio.gather(r.guarded(), chain), 5)
         assert sorted(results) == [1, 2]
         assert await r.count() == 2
+
+
+class SlowCallBack(stead.DurableObject):
+    reentrant = True
+    built = 0
+
+    def __init__(self, ctx: stead.ObjectContext, env: Any) -> None:
+        super().__init__(ctx, env)
+        SlowCallBack.built += 1
+
+    async def go(self) -> str:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.env.SLOW_B.get_by_name("b").back(), 0.01)
+        return "gave up"
+
+    async def slow(self) -> int:
+        await asyncio.sleep(0.2)
+        return 1
+
+
+class SlowB(stead.DurableObject):
+    async def back(self) -> int:
+        return int(await self.env.SLOW_R.get_by_name("r").slow())
+
+
+async def test_a_reentrant_object_is_not_evicted_while_a_call_back_runs_in_it(
+    data_dir: str,
+) -> None:
+    SlowCallBack.built = 0
+    bindings = {"SLOW_R": SlowCallBack, "SLOW_B": SlowB}
+    async with stead.Runtime(bindings, data_dir=data_dir, idle_timeout=0.02) as rt:
+        r = rt.env.SLOW_R.get_by_name("r")
+        assert await r.go() == "gave up"
+        await asyncio.sleep(0.1)  # the call back still runs: the instance stays
+        assert r.id.storage_key in rt.dispatcher.hosts
+        assert SlowCallBack.built == 1
+
+
+class GateDeep(stead.DurableObject):
+    reentrant = True
+
+    async def go(self) -> str:
+        async def inside() -> str:
+            return "go/" + str(await self.env.DEEP_B.get_by_name("b").back())
+
+        return await self.ctx.block_concurrency_while(inside)
+
+    async def mid(self) -> str:  # nested in go, which holds the gate
+        return "mid/" + str(await self.env.DEEP_R.get_by_name("r").leaf())
+
+    def leaf(self) -> str:  # nested in mid, deeper in go's chain
+        return "leaf"
+
+
+class DeepB(stead.DurableObject):
+    async def back(self) -> str:
+        return str(await self.env.DEEP_R.get_by_name("r").mid())
+
+
+async def test_a_call_back_nested_deep_in_the_gate_holder_passes_the_gate(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime({"DEEP_R": GateDeep, "DEEP_B": DeepB}, data_dir=data_dir) as rt:
+        result = await asyncio.wait_for(rt.env.DEEP_R.get_by_name("r").go(), 5)
+        assert result == "go/mid/leaf"

@@ -652,17 +652,23 @@ class Dispatcher:
 
     def _entered_event(self, running: _Running, key: bytes) -> int:
         """The innermost event of ``key`` on ``running``'s call chain that still runs
-        and waits for this context (every call after it on the chain is still
-        awaited: a caller that gave up on its call and went on is not waiting);
-        0 if none."""
+        and waits for this context; 0 if none."""
+        waiting = self._waiting_events(running, key)
+        return waiting[-1] if waiting else 0
+
+    def _waiting_events(self, running: _Running, key: bytes) -> list[int]:
+        """The events of ``key`` on ``running``'s call chain, outermost first, that
+        still run and wait for this context (every call after one on the chain is
+        still awaited: a caller that gave up on its call and went on is not waiting)."""
         live_events, live_calls = self._live_events, self._live_calls
         chain, events, calls = running.chain, running.events, running.calls
-        for i in range(len(chain) - 1, -1, -1):
-            if chain[i] != key or events[i] not in live_events:
-                continue
-            if all(call in live_calls for call in calls[i + 1 :]):
-                return events[i]
-        return 0
+        return [
+            events[i]
+            for i in range(len(chain))
+            if chain[i] == key
+            and events[i] in live_events
+            and all(call in live_calls for call in calls[i + 1 :])
+        ]
 
     def _host_for_turn(self, object_id: ObjectId) -> ObjectHost:
         """The host, for a caller just handed the object's turn: if the instance
@@ -943,7 +949,9 @@ class Dispatcher:
             context = _extended((running, call), host, nested, nested)
             self._live_events.add(nested)
             self._live_calls.add(call)
-            if not host.reentrant:  # now, not when its task starts: siblings wait from here
+            if host.reentrant:  # an event in flight: the object is not idle
+                host.inflight += 1
+            else:  # now, not when its task starts: siblings wait from here
                 host.nested = (*host.nested, nested)
             done = partial(self._nested_done, host, nested, call)
             # As a task of its own, as any event that can suspend: a caller that
@@ -958,14 +966,21 @@ class Dispatcher:
         self, host: ObjectHost, context: _Running, done: Callable[[], None], invoke: Invoke[T]
     ) -> T:
         token = _running.set(context)
+        rollbacks = host.storage.rollbacks
         try:
             outcome, failed = await self._invoke(host, invoke)
-            if not failed and not host.reentrant and host.storage.in_transaction:
+            if (
+                not failed
+                and not host.reentrant
+                and (host.storage.in_transaction or host.storage.rollbacks != rollbacks)
+            ):
                 # The turn opened a block meanwhile (code it runs alongside the
-                # call): this event's writes joined a block that may roll back.
+                # call): this event's writes joined a block that may roll back,
+                # or did. They cannot be acknowledged.
                 outcome, failed = (
                     DeadlockError(
-                        "a call back ended inside a transaction() block its turn opened meanwhile"
+                        "a call back ran while its turn had a transaction() block open; "
+                        "its writes joined the block"
                     ),
                     True,
                 )
@@ -980,7 +995,9 @@ class Dispatcher:
     def _nested_done(self, host: ObjectHost, nested: int, call: int) -> None:
         self._live_events.discard(nested)
         self._live_calls.discard(call)
-        if not host.reentrant:
+        if host.reentrant:
+            host.inflight -= 1
+        else:
             host.nested = tuple(entry for entry in host.nested if entry != nested)
             if host.nested_ended is not None:
                 host.nested_ended.set()
@@ -1000,8 +1017,10 @@ class Dispatcher:
                 raise _NoLongerNested
             if host.reentrant:
                 gate = host.gate
-                if gate is None or gate.is_set() or self._holds_gate(host, entered):
+                if gate is None or gate.is_set():
                     return
+                if any(self._holds_gate(host, e) for e in self._waiting_events(running, key)):
+                    return  # it nests (maybe deep) in the event holding the gate
                 await self._wait_at_gate(host, gate, nested)
                 continue
             if not host.nested:

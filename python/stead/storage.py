@@ -189,6 +189,7 @@ class Storage:
         "_savepoints",
         "_syncer",
         "last_seq",
+        "rollbacks",
     )
 
     def __init__(
@@ -231,6 +232,9 @@ class Storage:
         #: that writes nothing still waits for it to be durable before its result
         #: leaves (it may have read those writes).
         self.last_seq = 0
+        #: How many ``transaction()`` blocks rolled back so far (a nested call
+        #: back checks whether one dropped its writes).
+        self.rollbacks = 0
 
     # -- reads ---------------------------------------------------------------
 
@@ -432,6 +436,7 @@ class Storage:
             self._alarm = savepoint.alarm
             self._delete_alls = savepoint.delete_alls
             self._committed_callbacks = savepoint.committed_callbacks
+            self.rollbacks += 1
             raise
         finally:
             # By identity: blocks of a reentrant object's events may end out of order.
