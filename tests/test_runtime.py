@@ -729,3 +729,19 @@ async def test_close_during_start_closes_what_start_opens(data_dir: str) -> None
     assert not rt.started
     async with stead.Runtime({"S": Shutdown}, data_dir=data_dir) as reopened:  # lock released
         assert await reopened.env.S.get_by_name("s").keys() == []
+
+
+async def test_a_second_close_with_a_shorter_grace_brings_the_deadline_forward(
+    data_dir: str,
+) -> None:
+    rt = await stead.Runtime({"S": Shutdown}, data_dir=data_dir).start()
+    stuck = asyncio.ensure_future(rt.env.S.get_by_name("s").stuck())
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    patient = asyncio.ensure_future(rt.close(grace=5))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(rt.close(grace=0), timeout=2)  # not the first close's 5 s
+    await patient
+    assert time.monotonic() - started < 2
+    with pytest.raises(RuntimeError, match="closed before the event finished"):
+        await stuck

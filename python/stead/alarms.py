@@ -346,9 +346,9 @@ class AlarmScheduler:
         """Alarms on the wheel."""
         return len(self._wheel)
 
-    async def close(self, deadline: float) -> None:
+    async def close(self, deadline: Callable[[], float]) -> None:
         """Stop firing; wait for alarm events already running (cancelled at
-        ``deadline``, in loop time: the alarm stays set and runs again later)."""
+        ``deadline()``, in loop time: the alarm stays set and runs again later)."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()

@@ -249,22 +249,27 @@ class ObjectHost:
         self._dispatcher.commit_between_events(self)
 
 
+# Seconds between looks at a shutdown deadline that a later close() may bring forward.
+_DEADLINE_POLL = 0.05
+
+
 async def finish_or_cancel(
     running: Callable[[], list[asyncio.Future[Any]]],
-    deadline: float,
+    deadline: Callable[[], float],
     what: str,
     on_deadline: Callable[[], None] | None = None,
 ) -> None:
-    """Wait until ``running()`` is empty; at ``deadline`` (loop time), cancel what is left.
+    """Wait until ``running()`` is empty; at ``deadline()`` (loop time, which may
+    move earlier meanwhile), cancel what is left.
 
     Shutdown waits for work in flight, but a handler stuck on an await must not
     keep a process from stopping.
     """
     loop = asyncio.get_running_loop()
     while tasks := [task for task in running() if not task.done()]:
-        remaining = deadline - loop.time()
+        remaining = deadline() - loop.time()
         if remaining > 0:
-            await asyncio.wait(tasks, timeout=remaining)
+            await asyncio.wait(tasks, timeout=min(remaining, _DEADLINE_POLL))
             continue
         logger.warning("cancelling %d %s still running at close()'s deadline", len(tasks), what)
         if on_deadline is not None:
@@ -1138,9 +1143,9 @@ class Dispatcher:
         self.closed = True
         self.hosts.clear()
 
-    async def drain(self, deadline: float) -> None:
+    async def drain(self, deadline: Callable[[], float]) -> None:
         """Wait for background work and running events (cancelling what still runs
-        at ``deadline``, in loop time), then commit whatever is still pending."""
+        at ``deadline()``, in loop time), then commit whatever is still pending."""
         await finish_or_cancel(
             lambda: [*self.background, *self.events],
             deadline,

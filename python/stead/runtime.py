@@ -114,6 +114,7 @@ class Runtime:
         # waits for the first, and a second close() for the second.
         self._opening: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] | None = None
+        self._close_deadline = 0.0  # loop time; the earliest any close() asked for
         # Whether the stead_startup hooks all ran (stead_shutdown runs only then).
         self._hooks_started = False
 
@@ -216,15 +217,20 @@ class Runtime:
             raise ValueError(f"grace is seconds >= 0, not {grace!r}")
         if self._closing is None and self._opening is not None:
             await asyncio.shield(self._opening)  # a start() under way: close what it opens
-        if self._closing is None:
+        deadline = asyncio.get_running_loop().time() + grace
+        if self._closing is not None:
+            # A shutdown is under way: a shorter grace brings its deadline forward.
+            self._close_deadline = min(self._close_deadline, deadline)
+        else:
             if self._engine is None:
                 return
-            self._closing = asyncio.ensure_future(self._close(grace))
+            self._close_deadline = deadline
+            self._closing = asyncio.ensure_future(self._close())
         # Shielded: a caller cancelled while waiting does not stop the shutdown
         # other callers (and the data dir's next user) wait for.
         await asyncio.shield(self._closing)
 
-    async def _close(self, grace: float) -> None:
+    async def _close(self) -> None:
         hook_error = self._shutdown_hooks()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -233,7 +239,10 @@ class Runtime:
         assert self._alarms is not None and self._dispatcher is not None
         assert self._waiter is not None and self._engine is not None
         engine = self._engine
-        deadline = asyncio.get_running_loop().time() + grace
+
+        def deadline() -> float:
+            return self._close_deadline
+
         await self._alarms.close(deadline)
         try:
             await self._dispatcher.drain(deadline)
