@@ -58,6 +58,24 @@ fn write_batches(dir: &Path, n: usize) -> Vec<u64> {
     ends
 }
 
+/// `puts` 100-byte values written into 4 KiB segments without compaction, the
+/// engine closed; the options used, to reopen with.
+fn puts_in_small_segments(dir: &Path, puts: u32) -> Options {
+    let opts = Options {
+        segment_bytes: 4096,
+        compaction: false,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir), opts.clone()).unwrap();
+    for i in 0..puts {
+        engine
+            .commit(b"o", &[Op::Put(&i.to_le_bytes(), &[7u8; 100])])
+            .unwrap();
+    }
+    engine.close().unwrap();
+    opts
+}
+
 fn keys(engine: &Engine) -> Vec<Vec<u8>> {
     engine
         .list(b"o", &ListOptions::default())
@@ -186,18 +204,7 @@ fn damaged_length_field_before_valid_records_is_corruption() {
 #[test]
 fn corruption_in_a_sealed_segment_is_refused_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        segment_bytes: 4096,
-        compaction: false,
-        ..options()
-    };
-    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
-    for i in 0..100u32 {
-        engine
-            .commit(b"o", &[Op::Put(&i.to_le_bytes(), &[7u8; 100])])
-            .unwrap();
-    }
-    engine.close().unwrap();
+    let opts = puts_in_small_segments(dir.path(), 100);
     let segs = segments(dir.path());
     assert!(segs.len() > 2);
     let mut bytes = fs::read(&segs[0]).unwrap();
@@ -476,18 +483,7 @@ fn a_torn_tail_followed_only_by_an_empty_segment_is_truncated() {
 #[test]
 fn a_torn_tail_followed_by_a_segment_with_a_valid_record_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        segment_bytes: 4096,
-        compaction: false,
-        ..options()
-    };
-    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
-    for i in 0..60u32 {
-        engine
-            .commit(b"o", &[Op::Put(&i.to_le_bytes(), &[7u8; 100])])
-            .unwrap();
-    }
-    engine.close().unwrap();
+    let opts = puts_in_small_segments(dir.path(), 60);
     let segs = segments(dir.path());
     let prev = &segs[segs.len() - 2];
     let end = data_end(prev);
