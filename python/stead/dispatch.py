@@ -621,7 +621,7 @@ class Dispatcher:
                 # output gate, in that runtime; here it is a call from outside.
                 await running.host._dispatcher._release_outbound(running.host)
             else:
-                if key in running.chain and self._entered_event(running, key):
+                if key in running.chain and self._waiting_events(running, key):
                     with contextlib.suppress(_NoLongerNested):
                         return await self._reenter(key, running, invoke)
                 # Not (or no longer) nested: a call like any other, queued.
@@ -654,12 +654,6 @@ class Dispatcher:
             self._live_calls.discard(call)
             if caller is not None:
                 self.forget_wait(caller, target)
-
-    def _entered_event(self, running: _Running, key: bytes) -> int:
-        """The innermost event of ``key`` on ``running``'s call chain that still runs
-        and waits for this context; 0 if none."""
-        waiting = self._waiting_events(running, key)
-        return waiting[-1] if waiting else 0
 
     def _waiting_events(self, running: _Running, key: bytes) -> list[int]:
         """The events of ``key`` on ``running``'s call chain, outermost first, that
@@ -1017,14 +1011,15 @@ class Dispatcher:
         nests in holds it. Waits are in the waits-for graph: a cycle raises
         ``DeadlockError``. ``_NoLongerNested`` once no event on the chain waits."""
         while True:
-            entered = self._entered_event(running, key)
-            if not entered:
+            waiting = self._waiting_events(running, key)
+            if not waiting:
                 raise _NoLongerNested
+            entered = waiting[-1]  # the innermost: where the call back nests
             if host.reentrant:
                 gate = host.gate
                 if gate is None or gate.is_set():
                     return
-                if any(self._holds_gate(host, e) for e in self._waiting_events(running, key)):
+                if any(self._holds_gate(host, event) for event in waiting):
                     return  # it nests (maybe deep) in the event holding the gate
                 await self._wait_at_gate(host, gate, nested)
                 continue
