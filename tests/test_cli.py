@@ -97,6 +97,19 @@ def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str)
     assert message in result.output
 
 
+@pytest.mark.parametrize("var", ["NOEQUALS", "=value", "not-a-name=1"])
+def test_serve_rejects_a_malformed_var(runner: CliRunner, var: str) -> None:
+    result = runner.invoke(cli, ["serve", "tests._apps.counter:runtime", "--var", var])
+    assert result.exit_code == 2
+    assert "Invalid value for --var" in result.output and "NAME=VALUE" in result.output
+
+
+def test_a_malformed_var_environment_variable_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["plugins"], env={"STEAD_VAR_not-a-name": "1"})
+    assert result.exit_code == 2
+    assert "STEAD_VAR_not-a-name" in result.output
+
+
 BROKEN_PLUGIN = """
 import os
 
@@ -286,6 +299,38 @@ def test_inspect_and_a_second_server_refuse_a_data_dir_in_use(tmp_path: Path) ->
         )  # fmt: skip
         assert second.returncode == 1
         assert "another `stead serve`" in second.stderr
+
+
+@pytest.mark.slow
+def test_serve_gives_the_objects_vars_from_options_and_the_environment(tmp_path: Path) -> None:
+    import httpx
+
+    env = {
+        "STEAD_TEST_DATA_DIR": str(tmp_path / "data"),
+        "STEAD_VAR_REGION": "eu-west",
+        "STEAD_VAR_API_KEY": "from-environment",
+    }
+    args = ["serve", "tests._apps.counter:runtime", "--var", "API_KEY=from-option", "--var", "E="]
+    with Server(args, env=env) as server:
+
+        def var(name: str) -> object:
+            url = f"{server.url}/objects/PLAIN/a/rpc/var"
+            response = httpx.post(url, json={"args": [name]}, timeout=30)
+            assert response.status_code == 200, response.text
+            return response.json()["result"]
+
+        assert var("REGION") == "eu-west"
+        assert var("API_KEY") == "from-option"  # the option wins over the environment
+        assert var("E") == ""
+        assert var("MISSING") is None
+    # A var named like a binding is refused at start, naming it.
+    clash = subprocess.run(
+        [*stead_command(), "serve", "tests._apps.counter:runtime", "--port", "0",
+         "--var", "PLAIN=x"],
+        capture_output=True, text=True, env=child_env(env), timeout=60,
+    )  # fmt: skip
+    assert clash.returncode == 1
+    assert "'PLAIN' is both a binding and a var" in clash.stderr
 
 
 @pytest.mark.slow

@@ -125,6 +125,9 @@ async def test_env_exposes_bindings_and_vars(data_dir: str) -> None:
             rt.namespace("NOPE")
         with pytest.raises(stead.UnknownBindingError):
             _ = rt.env.NOPE
+        # Optional vars: the usual attribute idioms work.
+        assert getattr(rt.env, "NOPE", "fallback") == "fallback"
+        assert hasattr(rt.env, "REGION") and not hasattr(rt.env, "NOPE")
 
 
 async def test_in_memory_runtime_needs_no_data_dir() -> None:

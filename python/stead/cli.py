@@ -117,6 +117,15 @@ def _check_environment() -> None:
     help="Largest request body accepted (413 above).",
 )
 @click.option(
+    "--var",
+    "var_items",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=lambda ctx, param, items: _parse_vars(items),
+    help=f"A var for the objects' env (repeatable); {cfg.ENV_VAR_PREFIX}<NAME> variables "
+    "set more (--var wins).",
+)
+@click.option(
     "--access-log/--no-access-log",
     default=False,
     show_default=True,
@@ -142,6 +151,7 @@ def serve(
     durability: str,
     token: str | None,
     max_body_bytes: int,
+    var_items: dict[str, str],
     access_log: bool,
     proxy_headers: bool,
     log_level: str,
@@ -162,7 +172,9 @@ def serve(
     from stead.http import create_app
     from stead.http.server import http_protocol
 
+    variables = {**cfg.Config.from_env().vars, **var_items}
     runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
+    _add_vars(runtime, variables)
     if not runtime.bindings and not runtime.use_plugins:
         raise click.UsageError(f"{target} has no bindings to serve")
     with _logging_to_stderr(log_level):
@@ -233,6 +245,19 @@ def _plugin_runtime(data_dir: str, durability: str) -> Runtime:
     from stead.runtime import Runtime
 
     return Runtime(data_dir=data_dir, durability=durability, plugins=True)
+
+
+def _parse_vars(items: Sequence[str]) -> dict[str, str]:
+    try:
+        return dict(cfg.parse_var(item) for item in items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--var") from None
+
+
+def _add_vars(runtime: Runtime, variables: dict[str, str]) -> None:
+    """Give the runtime the command line's vars, over a TARGET's own of the same name
+    (a var named like a binding fails the start, naming it)."""
+    runtime.vars.update(variables)
 
 
 def _load_target(target: str) -> Runtime:

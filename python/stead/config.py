@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -24,7 +24,9 @@ __all__ = [
     "ENV_MAX_BODY_BYTES",
     "ENV_PORT",
     "ENV_TOKEN",
+    "ENV_VAR_PREFIX",
     "Config",
+    "parse_var",
 ]
 
 ENV_DATA_DIR = "STEAD_DATA_DIR"
@@ -34,6 +36,8 @@ ENV_DURABILITY = "STEAD_DURABILITY"
 ENV_TOKEN = "STEAD_TOKEN"
 ENV_MAX_BODY_BYTES = "STEAD_MAX_BODY_BYTES"
 ENV_DISABLE_PLUGIN_AUTOLOAD = "STEAD_DISABLE_PLUGIN_AUTOLOAD"
+#: ``STEAD_VAR_<NAME>=value`` gives the served objects' ``env`` the var ``NAME``.
+ENV_VAR_PREFIX = "STEAD_VAR_"
 
 DEFAULT_DATA_DIR = "./stead-data"
 DEFAULT_HOST = "127.0.0.1"
@@ -56,6 +60,8 @@ class Config:
     token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     disable_plugin_autoload: bool = False
+    #: Vars for the objects' ``env`` (``Runtime(vars=...)``), from ``STEAD_VAR_*``.
+    vars: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -69,7 +75,27 @@ class Config:
             token=env.get(ENV_TOKEN) or None,
             max_body_bytes=_int(env, ENV_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES),
             disable_plugin_autoload=_flag(env, ENV_DISABLE_PLUGIN_AUTOLOAD),
+            vars=_vars(env),
         )
+
+
+def parse_var(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` as ``(name, value)`` (``ValueError`` without a name and ``=``)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise ValueError(f"expected NAME=VALUE with NAME an identifier, not {text!r}")
+    return name, value
+
+
+def _vars(env: Mapping[str, str]) -> dict[str, str]:
+    found = {}
+    for variable, value in env.items():
+        if variable.startswith(ENV_VAR_PREFIX):
+            name = variable[len(ENV_VAR_PREFIX) :]
+            if not name.isidentifier():
+                raise ValueError(f"{variable}: {name!r} is not a var name (an identifier)")
+            found[name] = value
+    return dict(sorted(found.items()))
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

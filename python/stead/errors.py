@@ -72,8 +72,12 @@ class CorruptionError(SteadError):
     """The log holds a damaged record before valid ones; nothing was opened."""
 
 
-class UnknownBindingError(SteadError, KeyError):
-    """No object class is bound under this name."""
+class UnknownBindingError(SteadError, KeyError, AttributeError):
+    """No object class is bound under this name (nor a var, for ``env.NAME``).
+
+    An ``AttributeError`` too, so ``getattr(env, "NAME", default)`` and
+    ``hasattr(env, "NAME")`` work for optional vars.
+    """
 
     def __str__(self) -> str:
         # KeyError.__str__ quotes its argument; show the plain message instead.

@@ -129,6 +129,8 @@ class Runtime:
         try:
             if self.use_plugins:
                 self._load_plugins()
+            # Again: vars may have been added since construction (``stead serve --var``).
+            _check_no_shadowing(self._classes, self.vars)
             engine = await asyncio.to_thread(
                 Engine, self.data_dir, self.durability, max_value_bytes=_engine_value_limit(self)
             )
@@ -166,7 +168,6 @@ class Runtime:
         for binding, cls in self._plugins.bindings().items():
             self._classes.setdefault(binding, cls)
         _check_bindings(self._classes)
-        _check_no_shadowing(self._classes, self.vars)
 
     def _wire(self, engine: Engine) -> None:
         ids = IdFactory(load_or_create_secret(self.data_dir))

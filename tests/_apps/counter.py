@@ -94,6 +94,11 @@ class Plain(stead.DurableObject):
     def ping(self) -> str:
         return "pong"
 
+    def var(self, name: str) -> str | None:
+        """The var ``name`` of the runtime's env (``stead serve --var``), or None."""
+        value = getattr(self.env, name, None)
+        return value if isinstance(value, str) else None
+
 
 # Responses no HTTP server can send as they are: a handler's bug.
 INVALID_RESPONSES = {
