@@ -97,7 +97,7 @@ def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str)
     assert message in result.output
 
 
-@pytest.mark.parametrize("var", ["NOEQUALS", "=value", "not-a-name=1"])
+@pytest.mark.parametrize("var", ["NOEQUALS", "=value", "not-a-name=1", "_bind=x"])
 def test_serve_rejects_a_malformed_var(runner: CliRunner, var: str) -> None:
     result = runner.invoke(cli, ["serve", "tests._apps.counter:runtime", "--var", var])
     assert result.exit_code == 2
@@ -105,9 +105,10 @@ def test_serve_rejects_a_malformed_var(runner: CliRunner, var: str) -> None:
 
 
 def test_a_malformed_var_environment_variable_is_a_usage_error(runner: CliRunner) -> None:
-    result = runner.invoke(cli, ["plugins"], env={"STEAD_VAR_not-a-name": "1"})
-    assert result.exit_code == 2
-    assert "STEAD_VAR_not-a-name" in result.output
+    for variable in ("STEAD_VAR_not-a-name", "STEAD_VAR__namespaces"):
+        result = runner.invoke(cli, ["plugins"], env={variable: "1"})
+        assert result.exit_code == 2
+        assert variable in result.output
 
 
 BROKEN_PLUGIN = """

@@ -717,6 +717,20 @@ def test_objects_and_vars_that_are_not_mappings_are_a_type_error(
         stead.Runtime(objects, **options)
 
 
+@pytest.mark.parametrize("name", ["_namespaces", "_bind", ""])
+def test_a_var_name_that_is_empty_or_starts_with_an_underscore_is_refused(name: str) -> None:
+    # env keeps its own state under "_" names: vars={"_bind": "x"} broke the start.
+    with pytest.raises(ValueError, match="is reserved"):
+        stead.Runtime({"C": Counter}, vars={name: "x"})
+
+
+async def test_vars_added_before_start_are_checked_at_start() -> None:
+    rt = stead.Runtime({"C": Counter})
+    rt.vars["_namespaces"] = "x"  # as `stead serve --var` adds them
+    with pytest.raises(ValueError, match="is reserved"):
+        await rt.start()
+
+
 def test_a_var_with_a_binding_s_name_is_refused() -> None:
     # env.C used to be the binding, the var "C" silently unreachable.
     with pytest.raises(ValueError, match="'C' is both a binding and a var"):

@@ -82,9 +82,15 @@ class Config:
 def parse_var(text: str) -> tuple[str, str]:
     """``NAME=VALUE`` as ``(name, value)`` (``ValueError`` without a name and ``=``)."""
     name, sep, value = text.partition("=")
-    if not sep or not name.isidentifier():
-        raise ValueError(f"expected NAME=VALUE with NAME an identifier, not {text!r}")
+    if not sep or not _is_var_name(name):
+        raise ValueError(
+            f"expected NAME=VALUE with NAME an identifier not starting with '_', not {text!r}"
+        )
     return name, value
+
+
+def _is_var_name(name: str) -> bool:
+    return name.isidentifier() and not name.startswith("_")
 
 
 def _vars(env: Mapping[str, str]) -> dict[str, str]:
@@ -92,8 +98,10 @@ def _vars(env: Mapping[str, str]) -> dict[str, str]:
     for variable, value in env.items():
         if variable.startswith(ENV_VAR_PREFIX):
             name = variable[len(ENV_VAR_PREFIX) :]
-            if not name.isidentifier():
-                raise ValueError(f"{variable}: {name!r} is not a var name (an identifier)")
+            if not _is_var_name(name):
+                raise ValueError(
+                    f"{variable}: {name!r} is not a var name (an identifier not starting with '_')"
+                )
             found[name] = value
     return dict(sorted(found.items()))
 

@@ -130,6 +130,7 @@ class Runtime:
             if self.use_plugins:
                 self._load_plugins()
             # Again: vars may have been added since construction (``stead serve --var``).
+            _check_var_names(self.vars)
             _check_no_shadowing(self._classes, self.vars)
             engine = await asyncio.to_thread(
                 Engine, self.data_dir, self.durability, max_value_bytes=_engine_value_limit(self)
@@ -389,6 +390,7 @@ def _check_options(
     for name, value in vars.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"vars maps names to str values, not {name!r}: {value!r}")
+    _check_var_names(vars)
     if durability not in _DURABILITY_MODES:
         raise ValueError(f"durability must be one of {_DURABILITY_MODES}, not {durability!r}")
     if not idle_timeout > 0:  # NaN too
@@ -424,6 +426,15 @@ def _check_bindings(
             raise TypeError(f"binding {binding!r} must be a DurableObject subclass, not {cls!r}")
         classes[binding] = cls
     return classes
+
+
+def _check_var_names(vars: Mapping[str, str]) -> None:
+    # env keeps its own state under "_" names: a var there would overwrite it.
+    reserved = sorted(name for name in vars if name.startswith("_") or not name)
+    if reserved:
+        raise ValueError(
+            f"var name {reserved[0]!r} is reserved: names must not be empty or start with '_'"
+        )
 
 
 def _check_no_shadowing(classes: Mapping[str, object], vars: Mapping[str, str]) -> None:
