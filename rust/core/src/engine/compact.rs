@@ -107,7 +107,7 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
     shared.wait_until(None, || {
         shared.written_seq.load(Ordering::SeqCst) >= roll_seq
     })?;
-    let (sources, alarms, new_id) = {
+    let (sources, alarms, new_id, alarms_seq) = {
         let mut state = shared.state.lock();
         let sources: FastMap<u32, Arc<SegFile>> = state
             .files
@@ -121,9 +121,9 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
             return Ok(());
         }
         let alarms = state.index.alarms().clone();
-        (sources, alarms, state.alloc_file_id())
+        (sources, alarms, state.alloc_file_id(), state.last_seq)
     };
-    let entries = snapshot(shared, &sources);
+    let (entries, entries_seq) = snapshot(shared, &sources);
     let stamp = sys::random_u64();
     let header = SegHeader {
         flags: FLAG_COMPACTED,
@@ -134,6 +134,15 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
     let (file, new_locs, bytes) = write_segment(&tmp, header, &entries, &alarms, &sources, new_id)?;
     let hint_tmp = dir.join(format!("seg-{k:010}.hint.tmp"));
     write_hint(&hint_tmp, stamp, &entries, &new_locs, &alarms)?;
+    // The snapshots reflect commits the flusher may not have written yet: a
+    // value they left out (overwritten, deleted) or an alarm they took may
+    // stand on such a commit. Only once it is durable may the compacted
+    // segment replace the sources, or a crash would lose both the old value
+    // and the new one (or revive half a batch).
+    let snapshot_seq = entries_seq.max(alarms_seq);
+    shared.wait_until(None, || {
+        shared.written_seq.load(Ordering::SeqCst) >= snapshot_seq
+    })?;
     let path = segment_path(dir, k);
     fs::rename(&tmp, &path).map_err(|e| Error::io(format!("rename {}", tmp.display()), e))?;
     fs::rename(&hint_tmp, hint_path(dir, k))
@@ -170,11 +179,15 @@ pub(crate) fn compact(shared: &Shared, forced: bool) -> Result<()> {
 /// order. Taken a few thousand entries per lock acquisition so that commits
 /// (which hold the GIL while they wait for the lock) never stall for long;
 /// anything changed in between already points into newer segments.
-fn snapshot(shared: &Shared, sources: &FastMap<u32, Arc<SegFile>>) -> Entries {
+///
+/// Also returns the newest commit seq the snapshot saw: the entries it left
+/// out may have been superseded by commits up to it.
+fn snapshot(shared: &Shared, sources: &FastMap<u32, Arc<SegFile>>) -> (Entries, u64) {
     let mut entries: Entries = Vec::new();
     let mut after: Option<Box<[u8]>> = None;
     loop {
         let state = shared.state.lock();
+        let seen_seq = state.last_seq;
         let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let mut visited = 0;
         let mut exhausted = true;
@@ -199,7 +212,7 @@ fn snapshot(shared: &Shared, sources: &FastMap<u32, Arc<SegFile>>) -> Entries {
             }
         }
         if exhausted {
-            return entries;
+            return (entries, seen_seq);
         }
     }
 }
