@@ -326,7 +326,7 @@ def test_the_cli_reports_a_broken_plugin_in_one_line(
     tmp_path: Path, source: str, message: str
 ) -> None:
     make_distribution(tmp_path, "stead-broken", "stead_broken_plugin", source)
-    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     env = {"PYTHONPATH": path, "STEAD_DISABLE_PLUGIN_AUTOLOAD": "0"}
     named = "plugin 'stead_broken_plugin' (from stead-broken)"
     listed = run_stead("plugins", **env)
