@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
-import pluggy
 import pytest
 from starlette.routing import Route
 
@@ -79,8 +80,50 @@ def test_a_misspelled_hook_is_refused() -> None:
         def stead_binding(self) -> dict[str, type[stead.DurableObject]]:
             return {}
 
-    with pytest.raises(pluggy.PluginValidationError, match="stead_binding"):
+    # A PluginError (which the CLI reports in one line), not pluggy's own exception.
+    with pytest.raises(PluginError, match=r"plugin '.*' implements 'stead_binding'") as caught:
         Plugins.load(autoload=False, extra=[Typo()])
+    assert "stead_bindings" in str(caught.value)  # the list of hooks, for the typo's fix
+
+
+def test_a_hook_with_arguments_the_hookspec_lacks_is_refused() -> None:
+    class WrongArgument:
+        @stead.hookimpl
+        def stead_routes(self, app: Any) -> list[Route]:  # the hookspec's is `runtime`
+            return []
+
+    with pytest.raises(PluginError, match=r"cannot be registered.*app"):
+        Plugins.load(autoload=False, extra=[WrongArgument()])
+
+
+def test_one_plugin_object_passed_twice_is_a_plugin_error() -> None:
+    alpha = AlphaPlugin()
+    with pytest.raises(PluginError, match="cannot be registered"):
+        Plugins.load(autoload=False, extra=[alpha, alpha])
+
+
+def test_a_raising_bindings_hook_is_a_plugin_error_naming_the_plugin() -> None:
+    class Raising:
+        @stead.hookimpl
+        def stead_bindings(self) -> dict[str, type[stead.DurableObject]]:
+            raise RuntimeError("config file missing")
+
+    plugins = Plugins.load(autoload=False, extra=[Raising()])
+    with pytest.raises(PluginError, match="RuntimeError: config file missing") as caught:
+        plugins.bindings()
+    assert "stead_bindings raised" in str(caught.value)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_a_raising_cli_hook_is_a_plugin_error_naming_the_plugin() -> None:
+    class Raising:
+        @stead.hookimpl
+        def stead_cli(self, cli: click.Group) -> None:
+            raise RuntimeError("no terminal")
+
+    plugins = Plugins.load(autoload=False, extra=[AlphaPlugin(), Raising()])
+    with pytest.raises(PluginError, match="stead_cli raised RuntimeError: no terminal"):
+        plugins.extend_cli(click.Group("stead"))
 
 
 def test_bindings_must_be_a_dict() -> None:
@@ -231,6 +274,71 @@ def test_one_distribution_seen_twice_on_sys_path_is_loaded_once(
     plugins = Plugins.load(autoload=True)
     assert [info.name for info in plugins.describe()].count("stead_tally_one") == 1
     assert "TALLY_ONE" in plugins.bindings()
+
+
+def test_an_installed_plugin_also_passed_as_extra_is_loaded_once(
+    pinged_distribution: str,
+) -> None:
+    # A plugin's author testing it while it is installed (pip install -e .).
+    module = importlib.import_module(pinged_distribution)
+    plugins = Plugins.load(autoload=True, extra=[module])
+    mine = [info for info in plugins.describe() if "PINGED" in info.bindings]
+    assert [(info.distribution, info.version) for info in mine] == [("stead-pinged", "0.9")]
+    assert plugins.bindings()["PINGED"] is module.Pinged
+
+
+def test_an_installed_plugin_name_taken_by_another_extra_plugin_is_refused(
+    pinged_distribution: str,
+) -> None:
+    other = types.ModuleType(pinged_distribution)  # another module of the same name
+    with pytest.raises(PluginError, match=f"{pinged_distribution!r}.*stead-pinged"):
+        Plugins.load(autoload=True, extra=[other])
+
+
+TYPO_PLUGIN = """
+import stead
+
+
+@stead.hookimpl
+def stead_binding():  # should be stead_bindings
+    return {}
+"""
+
+RAISING_PLUGIN = """
+import stead
+
+
+@stead.hookimpl
+def stead_bindings():
+    raise RuntimeError("config file missing")
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (TYPO_PLUGIN, " implements 'stead_binding', which is no stead hook (the hooks are"),
+        (RAISING_PLUGIN, ": stead_bindings raised RuntimeError: config file missing\n"),
+    ],
+    ids=["misspelled hook", "raising stead_bindings"],
+)
+def test_the_cli_reports_a_broken_plugin_in_one_line(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    make_distribution(tmp_path, "stead-broken", "stead_broken_plugin", source)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {"PYTHONPATH": path, "STEAD_DISABLE_PLUGIN_AUTOLOAD": "0"}
+    named = "plugin 'stead_broken_plugin' (from stead-broken)"
+    listed = run_stead("plugins", **env)
+    assert listed.returncode == 1
+    assert f"\nError: {named}{message}" in "\n" + listed.stderr, listed.stderr
+    assert "Traceback" not in listed.stderr
+    # The plugins' commands are loaded before any command runs: --help still works.
+    helped = run_stead("--help", **env)
+    assert helped.returncode == 0 and "Usage:" in helped.stdout
+    if source is TYPO_PLUGIN:  # a raising stead_bindings is only called by commands that need it
+        assert helped.stderr.startswith(f"warning: plugins not loaded: {named}{message}")
+    assert "Traceback" not in helped.stderr
 
 
 TALLY = """

@@ -4,6 +4,11 @@ Built-in plugins are registered first, then the entry points of group
 ``"stead"`` (unless autoload is off), then ``check_pending()`` refuses hook
 implementations that match no hookspec. Everything else in stead talks to
 plugins through :class:`Plugins`, never through ``pm.hook`` directly.
+
+Whatever goes wrong in a plugin while it is loaded or its bindings are read
+(an import error, an unknown hook, a hook that raises) is a
+:class:`PluginError` naming the plugin and its distribution: the ``stead``
+command line reports those as one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from stead.errors import SteadError
 
 if TYPE_CHECKING:
     import click
+    from pluggy import HookImpl
     from starlette.routing import BaseRoute
 
     from stead.objects import DurableObject
@@ -94,12 +100,12 @@ class Plugins:
             manager.register(plugin, name=name)
             origins[name] = _Origin("stead", __version__)
         for plugin in extra:
-            registered = manager.register(plugin)
+            registered = _register(manager, plugin, None, f"plugin {plugin!r}")
             if registered is not None:
                 origins[registered] = _Origin(None, None)
         if autoload:
             _load_entry_points(manager, origins)
-        manager.check_pending()
+        _check_pending(manager, origins)
         return cls(manager, origins)
 
     @property
@@ -128,8 +134,14 @@ class Plugins:
         return [route for routes in reversed(results) for route in routes]
 
     def extend_cli(self, cli: click.Group) -> None:
-        """Let plugins add commands to the ``stead`` click group."""
-        self._pm.hook.stead_cli(cli=cli)
+        """Let plugins add commands to the ``stead`` click group; ``PluginError``
+        naming the plugin if its ``stead_cli`` hook raises."""
+        for impl in _implementations(self._pm, "stead_cli"):
+            try:
+                impl.function(**{name: cli for name in impl.argnames})
+            except Exception as exc:
+                who = _who(impl.plugin_name, self._origins)
+                raise PluginError(f"{who}: stead_cli raised {_describe(exc)}") from exc
 
     def startup(self, runtime: Runtime) -> None:
         """Run every ``stead_startup`` hook."""
@@ -160,26 +172,39 @@ def _collect_bindings(
 ) -> dict[str, dict[str, type[DurableObject]]]:
     # Call each implementation on its own so a binding can be traced to its plugin.
     collected: dict[str, dict[str, type[DurableObject]]] = {}
-    for impl in reversed(manager.hook.stead_bindings.get_hookimpls()):
-        if impl.hookwrapper or impl.wrapper:
-            continue
-        result: Any = impl.function()
+    for impl in _implementations(manager, "stead_bindings"):
+        who = _who(impl.plugin_name, origins)
+        try:
+            result: Any = impl.function()
+        except Exception as exc:
+            raise PluginError(f"{who}: stead_bindings raised {_describe(exc)}") from exc
         if not isinstance(result, dict):
-            kind = type(result).__name__
-            raise PluginError(f"plugin {impl.plugin_name!r}: stead_bindings returned {kind}")
-        collected[impl.plugin_name] = _checked_bindings(impl.plugin_name, origins, result)
+            raise PluginError(f"{who}: stead_bindings returned {type(result).__name__}")
+        collected[impl.plugin_name] = _checked_bindings(who, result)
     return collected
 
 
-def _checked_bindings(
-    plugin_name: str, origins: dict[str, _Origin], bindings: dict[Any, Any]
-) -> dict[str, type[DurableObject]]:
+def _implementations(manager: pluggy.PluginManager, hook_name: str) -> list[HookImpl]:
+    """The plain implementations of a hook (no wrappers) in pluggy's call order, to
+    call one by one so that an error can be traced to its plugin."""
+    impls = getattr(manager.hook, hook_name).get_hookimpls()
+    return [impl for impl in reversed(impls) if not (impl.hookwrapper or impl.wrapper)]
+
+
+def _who(plugin_name: str, origins: dict[str, _Origin]) -> str:
+    distribution = origins.get(plugin_name, _Origin(None, None)).distribution
+    return f"plugin {plugin_name!r}" + (f" (from {distribution})" if distribution else "")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _checked_bindings(who: str, bindings: dict[Any, Any]) -> dict[str, type[DurableObject]]:
     """The plugin's bindings, checked here so the error names the plugin (a bad
     binding found later, by the runtime, could belong to any plugin)."""
     from stead.objects import DurableObject
 
-    distribution = origins.get(plugin_name, _Origin(None, None)).distribution
-    who = f"plugin {plugin_name!r}" + (f" (from {distribution})" if distribution else "")
     for binding, cls in bindings.items():
         if not isinstance(binding, str) or not binding or "/" in binding:
             raise PluginError(
@@ -195,24 +220,72 @@ def _checked_bindings(
 
 def _load_entry_points(manager: pluggy.PluginManager, origins: dict[str, _Origin]) -> None:
     for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME):
-        name = entry_point.name
-        dist = entry_point.dist
-        distribution = None if dist is None else dist.metadata["Name"]
+        name, origin = entry_point.name, _origin(entry_point)
         if manager.is_blocked(name):
             continue
-        if manager.get_plugin(name) is not None:
-            _check_same_distribution(name, origins[name].distribution, distribution)
+        holder = origins.get(name) if manager.get_plugin(name) is not None else None
+        if holder is not None and holder.distribution is not None:
+            _check_same_distribution(name, holder.distribution, origin.distribution)
             continue  # the same distribution seen twice on sys.path
-        try:
-            plugin = entry_point.load()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {name!r} (from {distribution or 'an unknown distribution'}) "
-                f"failed to import {entry_point.value!r}: {exc}"
-            ) from exc
-        manager.register(plugin, name=name)
-        origins[name] = _Origin(distribution, None if dist is None else dist.version)
-        logger.debug("loaded plugin %s from %s", name, distribution)
+        plugin = _load(entry_point, origin.distribution)
+        registered = manager.get_name(plugin)
+        if registered is not None:
+            # Also passed as Plugins.load(extra=[...]), as a plugin's author does to
+            # test it while it is installed: load it once, and now we know its origin.
+            origins[registered] = origin
+            continue
+        if holder is not None:  # an extra plugin of that name, another object
+            _check_same_distribution(name, None, origin.distribution)
+        _register(manager, plugin, name, _who(name, {name: origin}))
+        origins[name] = origin
+        logger.debug("loaded plugin %s from %s", name, origin.distribution)
+
+
+def _origin(entry_point: importlib.metadata.EntryPoint) -> _Origin:
+    dist = entry_point.dist
+    return _Origin(None, None) if dist is None else _Origin(dist.metadata["Name"], dist.version)
+
+
+def _load(entry_point: importlib.metadata.EntryPoint, distribution: str | None) -> object:
+    try:
+        return entry_point.load()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {entry_point.name!r} (from {distribution or 'an unknown distribution'}) "
+            f"failed to import {entry_point.value!r}: {exc}"
+        ) from exc
+
+
+def _register(
+    manager: pluggy.PluginManager, plugin: object, name: str | None, who: str
+) -> str | None:
+    """``manager.register`` with its refusals as ``PluginError``: a hook whose
+    arguments are not the hookspec's, or a plugin (or name) registered twice."""
+    try:
+        return manager.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        reason = "; ".join(line.strip() for line in str(exc).splitlines())  # one line for the CLI
+        raise PluginError(f"{who} cannot be registered: {reason}") from exc
+
+
+def _check_pending(manager: pluggy.PluginManager, origins: dict[str, _Origin]) -> None:
+    """``check_pending()``, as a ``PluginError`` naming the plugin: a hook
+    implementation whose name matches no hook (a typo such as ``stead_binding``)."""
+    hooks = sorted(name for name in dir(hookspecs) if name.startswith("stead_"))
+    for hook_name, caller in vars(manager.hook).items():
+        if hook_name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                raise PluginError(
+                    f"{_who(impl.plugin_name, origins)} implements {hook_name!r}, which is "
+                    f"no stead hook (the hooks are {', '.join(hooks)})"
+                )
+    try:  # pluggy's own check, should it ever refuse more than the loop above
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = manager.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(f"{_who(name, origins)}: {exc}") from exc
 
 
 def _check_same_distribution(name: str, registered: str | None, found: str | None) -> None:

@@ -254,6 +254,34 @@ async def test_exhausted_budget_is_skipped_and_dead_processors_do_not_stop_the_c
 
 
 @pytest.mark.parametrize(
+    "own_field", ["keyword-enricher-v2", {"name": "enricher", "version": 2}], ids=["str", "dict"]
+)
+async def test_results_are_filed_by_processor_id_whatever_the_answer_says(
+    make_patterns: MakePatterns, own_field: Any
+) -> None:
+    # A data plane whose answer has a "processor" field of its own (its name, say).
+    async def process(request: Request) -> JSONResponse:
+        jobs.append((await request.json())["processorId"])
+        return JSONResponse({"processed": 3, "processor": own_field})
+
+    jobs: list[str] = []
+    two = [{**PROCESSORS[0], "weight": 0.5}, {**PROCESSORS[1], "weight": 0.5}]
+    async with serving(Starlette(routes=[Route("/process", process, methods=["POST"])])) as base:
+        patterns = await make_patterns(vars={"PROCESSOR_API": base})
+        await call(patterns, "/configure", {"processors": two})
+        await call(patterns, "/start-cycle", {"totalBudget": 1.0})
+        reply = await call(patterns, "/execute")
+        assert reply.status == 200, reply.body
+        results = reply.json()["results"]
+        assert set(results) == {"keywords", "competitors"}  # one result each, none lost
+        # The body is the catalog's: the answer's own fields come last.
+        assert results["keywords"] == {"processor": own_field, "phase": 1, "processed": 3}
+        status = (await patterns.fetch(B, "gov", "/status")).json()
+        assert status["currentCycle"] is None and len(status["cycleHistory"]) == 1
+        assert sorted(jobs) == ["competitors", "keywords"]  # dispatched once each
+
+
+@pytest.mark.parametrize(
     ("path", "body"),
     [
         ("/configure", {"processors": [{"id": "x"}]}),

@@ -143,6 +143,9 @@ async def test_evaluate_is_also_an_rpc_method(patterns: Patterns) -> None:
     [
         ("/set", {"enabled": True}),
         ("/set", {"name": "x", "enabled": "yes"}),
+        ("/set", {"name": "x", "enabled": True, "rolloutPercent": -5}),
+        ("/set", {"name": "x", "enabled": True, "rolloutPercent": 500}),
+        ("/set", {"name": "x", "enabled": True, "rolloutPercent": 100.5}),
         ("/evaluate", {"flag": "x"}),
         ("/delete", {}),
     ],

@@ -95,13 +95,21 @@ async def test_bad_bodies_are_400(patterns: Patterns, path: str, body: Any) -> N
     assert (await call(patterns, path, body)).status == 400
 
 
-@pytest.mark.parametrize("ttl_ms", [2**63, 315_360_000_001])  # past the year 9999; over ten years
+# Past the year 9999; over ten years; negative (a lease already gone when granted).
+@pytest.mark.parametrize("ttl_ms", [2**63, 315_360_000_001, -100, -1])
 async def test_out_of_range_ttl_is_400_and_elects_no_one(patterns: Patterns, ttl_ms: int) -> None:
     refused = await call(patterns, "/acquire", {"candidateId": "w1", "ttlMs": ttl_ms})
     assert refused.status == 400
     assert await leader(patterns) == {"leader": None, "acquiredAt": None}
     taken = await call(patterns, "/acquire", {"candidateId": "w2", "ttlMs": 60_000})
     assert taken.json() == {"acquired": True, "renewed": False}
+
+
+async def test_a_zero_ttl_is_the_default(patterns: Patterns) -> None:
+    taken = await call(patterns, "/acquire", {"candidateId": "w1", "ttlMs": 0})
+    assert taken.json() == {"acquired": True, "renewed": False}
+    beat = (await call(patterns, "/heartbeat", {"leaderId": "w1"})).json()
+    assert beat["valid"] and beat["nextHeartbeatBefore"] - time.time() * 1000 > 25_000
 
 
 async def test_a_refused_acquire_leaves_no_leader(make_patterns: MakePatterns) -> None:

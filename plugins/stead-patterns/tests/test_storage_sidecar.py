@@ -68,6 +68,21 @@ async def test_rpc_variant(patterns: Patterns) -> None:
     assert await patterns.rpc(B, "e", "get", "k") is None
 
 
+async def test_rpc_append_to_a_non_array_is_a_type_error(patterns: Patterns) -> None:
+    # As the catalog's RPC variant throws; the HTTP frontend answers every exception a
+    # method raises with 500 (docs/http.md), where fetch's POST answers 400.
+    assert await patterns.rpc(B, "e", "set", "k", {"not": "a list"}) is None
+    if patterns.via == "inprocess":
+        stub = patterns.runtime.namespace(B).get_by_name("e")
+        with pytest.raises(TypeError, match="is not an array"):
+            await stub.append("k", 1)
+    else:
+        reply = await patterns.client.post(f"/objects/{B}/e/rpc/append", json={"args": ["k", 1]})
+        assert reply.status_code == 500
+        assert reply.json()["error"]["type"] == "TypeError"
+    assert await patterns.rpc(B, "e", "get", "k") == {"not": "a list"}
+
+
 async def test_state_survives_a_restart(patterns: Patterns) -> None:
     await patterns.fetch(B, "e", "/?key=rawData", method="POST", json={"x": 1})
     await patterns.restart()

@@ -75,6 +75,27 @@ async def test_failed_step_is_resumed(patterns: Patterns) -> None:
     assert (await call(patterns, "/next")).json()["stepId"] == "parse"
 
 
+async def test_complete_step_needs_a_running_workflow(patterns: Patterns) -> None:
+    await call(patterns, "/create", {"workflowId": "wf-1", "steps": STEPS})
+    await call(patterns, "/next")
+    await call(patterns, "/complete-step", {"error": "boom"})
+    failed = await status(patterns)
+    # A worker retrying without /resume: refused, as /next is, and nothing changes.
+    late = await call(patterns, "/complete-step", {"output": "late success"})
+    assert (late.status, late.json()) == (400, {"error": "No active workflow"})
+    assert await status(patterns) == failed
+    assert (await call(patterns, "/resume")).json() == {"resumed": True, "fromStep": 0}
+    assert (await call(patterns, "/next")).json()["stepId"] == "fetch"
+    done = await call(patterns, "/complete-step", {"output": "ok"})
+    assert done.json() == {"status": "running", "completedSteps": 1, "totalSteps": 3}
+    for _ in STEPS[1:]:
+        await call(patterns, "/next")
+        await call(patterns, "/complete-step", {"output": "ok"})
+    completed = await call(patterns, "/complete-step", {"output": "again"})
+    assert (completed.status, completed.json()) == (400, {"error": "No active workflow"})
+    assert (await status(patterns))["status"] == "completed"
+
+
 async def test_resume_of_a_running_workflow_changes_nothing(patterns: Patterns) -> None:
     await call(patterns, "/create", {"workflowId": "wf-1", "steps": STEPS})
     before = await status(patterns)

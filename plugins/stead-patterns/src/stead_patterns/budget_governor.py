@@ -241,8 +241,10 @@ class BudgetGovernor(stead.DurableObject):
         async with httpx.AsyncClient(timeout=self.process_timeout) as client:
             for phase in sorted(phases):
                 runs = (self._dispatch(client, p) for p in phases[phase])
-                for result in await asyncio.gather(*runs):
-                    results[result["processor"]] = result
+                done = await asyncio.gather(*runs)
+                # Filed by the processor's id, not the result's "processor" field, which
+                # an answer of the data plane with its own "processor" field replaces.
+                results.update(zip((p.id for p in phases[phase]), done, strict=True))
         return results
 
     async def _dispatch(

@@ -11,7 +11,7 @@ JavaScript client computes the same answer).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -24,12 +24,16 @@ __all__ = ["FeatureFlag", "FeatureFlagController", "rollout_bucket", "stead_bind
 _PREFIX = "flag:"
 
 
+#: A rollout share: 0 to 100 (a ``/set`` outside it is 400).
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)] | Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+
 class FeatureFlag(msgspec.Struct, rename="camel"):
     """A stored flag; ``rolloutPercent`` is 0-100."""
 
     name: KeyName
     enabled: bool
-    rollout_percent: int | float = 0
+    rollout_percent: Percent = 0
     allowlist: list[str] = []
     blocklist: list[str] = []
     updated_at: int = 0

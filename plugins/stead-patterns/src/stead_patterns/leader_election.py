@@ -37,7 +37,8 @@ class LeaderRecord(msgspec.Struct, rename="camel"):
 
 class _AcquireBody(msgspec.Struct, rename="camel"):
     candidate_id: str
-    ttl_ms: Annotated[int, msgspec.Meta(le=MAX_DURATION_MS)] | None = None
+    # 0 means the default (the catalog's `||`); a negative TTL is a client's bug: 400.
+    ttl_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_DURATION_MS)] | None = None
 
 
 class _LeaderBody(msgspec.Struct, rename="camel"):
@@ -83,7 +84,7 @@ class LeaderElection(stead.DurableObject):
                 }
             )
         ttl_ms = body.ttl_ms or DEFAULT_TTL_MS
-        self.leader = LeaderRecord(body.candidate_id, now, now, max(ttl_ms, 1))
+        self.leader = LeaderRecord(body.candidate_id, now, now, ttl_ms)
         self._save(self.leader)
         return Response.json({"acquired": True, "renewed": False})
 

@@ -2,9 +2,10 @@
 
 Routes: ``/create`` (body ``{"workflowId", "steps": [{"stepId", "input"}],
 "metadata"?}``), ``/next`` (mark the current step running and hand it out),
-``/complete-step`` (body ``{"output"?, "error"?}``), ``/status``, ``/resume``
-(reset a failed step to pending). The worker that runs the steps can die at
-any point: the object remembers which step is next.
+``/complete-step`` (body ``{"output"?, "error"?}``; only while the workflow
+is running), ``/status``, ``/resume`` (reset a failed step to pending). The
+worker that runs the steps can die at any point: the object remembers which
+step is next.
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ class WorkflowCheckpoint(stead.DurableObject):
         workflow = self.workflow
         if workflow is None:
             return error("No workflow", 400)
+        if workflow.status != "running":
+            # As /next: a failed step is retried through /resume, not completed over its
+            # failure (that left it "completed" with its error and the workflow "failed").
+            return error("No active workflow", 400)
         body = decode_body(request, _CompleteBody)
         if workflow.current_step >= len(workflow.steps):
             return error("No step to complete", 400)
