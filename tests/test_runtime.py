@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import os
 import random
 import time
 import weakref
@@ -729,6 +730,16 @@ async def test_vars_added_before_start_are_checked_at_start() -> None:
     rt.vars["_namespaces"] = "x"  # as `stead serve --var` adds them
     with pytest.raises(ValueError, match="is reserved"):
         await rt.start()
+
+
+async def test_a_data_dir_that_lost_its_secret_is_refused(data_dir: str) -> None:
+    async with stead.Runtime({"C": Counter}, data_dir=data_dir) as rt:
+        await rt.env.C.get_by_name("alice").increment()
+    os.remove(f"{data_dir}/secret")
+    # A new secret would give "alice" a new id: a new, empty object.
+    with pytest.raises(stead.CorruptionError, match="secret is missing, but the data dir holds"):
+        await stead.Runtime({"C": Counter}, data_dir=data_dir).start()
+    assert "secret" not in os.listdir(data_dir)
 
 
 def test_a_var_with_a_binding_s_name_is_refused() -> None:

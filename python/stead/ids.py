@@ -145,8 +145,13 @@ class IdFactory:
         return self._prefix(binding)
 
 
-def load_or_create_secret(data_dir: str | None) -> bytes:
-    """The runtime secret kept in ``data_dir`` (created on first start); in memory, a fresh one."""
+def load_or_create_secret(data_dir: str | None, *, holds_objects: bool = False) -> bytes:
+    """The runtime secret kept in ``data_dir`` (created on first start); in memory, a fresh one.
+
+    ``holds_objects``: the data dir already stores objects. Their ids derive
+    from the secret, so a missing one is not created anew (every name would
+    address a new, empty object): ``CorruptionError``.
+    """
     if data_dir is None:
         return secrets.token_bytes(32)
     path = Path(data_dir) / _SECRET_FILE
@@ -155,6 +160,12 @@ def load_or_create_secret(data_dir: str | None) -> bytes:
         if len(secret) != 32:
             raise CorruptionError(f"{path} is damaged: expected 32 bytes, found {len(secret)}")
         return secret
+    if holds_objects:
+        raise CorruptionError(
+            f"{path} is missing, but the data dir holds objects: restore it from a backup of "
+            "this data dir (ids derive from it; a new secret would give every name a new, "
+            "empty object)"
+        )
     secret = secrets.token_bytes(32)
     temporary = path.with_suffix(".tmp")
     with open(temporary, "wb") as handle:
@@ -162,4 +173,13 @@ def load_or_create_secret(data_dir: str | None) -> bytes:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+    _sync_dir(path.parent)  # the rename itself must survive a power loss
     return secret
+
+
+def _sync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

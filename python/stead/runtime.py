@@ -171,7 +171,8 @@ class Runtime:
         _check_bindings(self._classes)
 
     def _wire(self, engine: Engine) -> None:
-        ids = IdFactory(load_or_create_secret(self.data_dir))
+        holds_objects = bool(engine.objects(limit=1))
+        ids = IdFactory(load_or_create_secret(self.data_dir, holds_objects=holds_objects))
         env = Env(self.vars)
         waiter = CommitWaiter(engine)
         env._wait_durable = waiter.wait

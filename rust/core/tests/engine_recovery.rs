@@ -560,3 +560,42 @@ fn damage_in_a_hint_loaded_compacted_segment_is_refused_on_read() {
         Err(Error::Corruption { .. })
     ));
 }
+
+/// A compacted segment cut short (a partial copy, lost blocks) is refused at
+/// open, naming it, not at the first read of a value past its end.
+#[test]
+fn a_truncated_compacted_segment_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        compaction: false,
+        ..options()
+    };
+    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    for i in 0..40 {
+        let (key, value) = (format!("k{i:03}"), format!("value-{i:03}"));
+        engine
+            .commit(b"o", &[Op::Put(key.as_bytes(), value.as_bytes())])
+            .unwrap();
+    }
+    engine.compact().unwrap();
+    engine.close().unwrap();
+    let seg = segments(dir.path())
+        .into_iter()
+        .find(|seg| seg.with_extension("hint").exists())
+        .expect("a compacted segment with its hint file");
+    let cut = data_end(&seg) - 100;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    match Engine::open(Some(dir.path()), opts) {
+        Err(Error::Corruption { file, offset, .. }) => {
+            assert_eq!((file, offset), (seg, cut));
+        }
+        Err(other) => panic!("expected a corruption error, got {other}"),
+        Ok(_) => panic!("a truncated compacted segment was opened"),
+    }
+}

@@ -46,9 +46,16 @@ type NewLoc = (Loc, u32, u32);
 pub(crate) struct ValueCrcs {
     offsets: Vec<u64>,
     crcs: Vec<u32>,
+    /// Where the last value listed ends: the segment is at least this long.
+    values_end: u64,
 }
 
 impl ValueCrcs {
+    /// The offset the segment's last listed value ends at.
+    pub fn values_end(&self) -> u64 {
+        self.values_end
+    }
+
     /// Whether `value`, read at `off`, matches its checksum (true for an
     /// offset the hint did not list).
     pub fn matches(&self, off: u64, value: &[u8]) -> bool {
@@ -504,6 +511,7 @@ fn parse_hint(data: &[u8], stamp: u64, file: u32) -> Option<Parsed> {
     let mut crcs = ValueCrcs {
         offsets: Vec::new(),
         crcs: Vec::new(),
+        values_end: 0,
     };
     for _ in 0..n_objects {
         let object_id: Box<[u8]> = r.bytes()?.into();
@@ -520,6 +528,7 @@ fn parse_hint(data: &[u8], stamp: u64, file: u32) -> Option<Parsed> {
             }
             crcs.offsets.push(off);
             crcs.crcs.push(crc);
+            crcs.values_end = off.saturating_add(u64::from(len));
             keys.push((key, Slot::Disk(Loc { off, file, len }, share)));
         }
         // Written in key order: collecting a sorted run builds the tree in bulk.

@@ -244,6 +244,18 @@ fn load_segment(
     if seg.header.compacted() {
         let hint = hint_path(dir, seg.seg);
         if let Some(crcs) = load_hint(&hint, seg.header.stamp, id, &mut out.index)? {
+            // A partial copy or lost blocks: refuse now, not at the first read.
+            if crcs.values_end() > seg.len {
+                return Err(Error::Corruption {
+                    file: seg.path.clone(),
+                    offset: seg.len,
+                    reason: format!(
+                        "the compacted segment ends before its values do (its hint file \
+                         places one up to offset {}): truncated",
+                        crcs.values_end()
+                    ),
+                });
+            }
             return Ok(Loaded {
                 len: seg.len,
                 torn: false,
