@@ -207,6 +207,15 @@ pub(crate) struct Record<'a> {
 }
 
 /// Parse the record at the start of `bytes`.
+/// The length a record starting at `bytes` declares (header included), if
+/// its magic is intact; it may run past the bytes there are (a torn write).
+pub(crate) fn declared_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 8 || u32_at(bytes, 0) != REC_MAGIC {
+        return None;
+    }
+    Some(REC_HEADER + u32_at(bytes, 4) as usize)
+}
+
 pub(crate) fn decode(bytes: &[u8]) -> Result<Record<'_>, BadRecord> {
     if bytes.len() < REC_HEADER {
         return Err(BadRecord::Truncated);

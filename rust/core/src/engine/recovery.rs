@@ -278,7 +278,7 @@ fn load_segment(
             }
             Err(bad) => {
                 let tail_ok = !seg.header.compacted()
-                    && !has_valid_record_after(&data, pos)
+                    && !log_continues_after(&data, pos, out.last_seq)
                     && no_valid_record_in(later)?;
                 if !tail_ok {
                     return Err(Error::Corruption {
@@ -356,6 +356,31 @@ fn apply_record(rec: &record::Record<'_>, at: u64, file: u32, out: &mut Recovere
             .apply(rec.object_id, op, slot, Some(Placed { file, share }));
     }
     out.last_seq = out.last_seq.max(rec.seq);
+}
+
+/// How many records a stretch of damage may cover and the log's next record
+/// still be recognised by its seq (see `log_continues_after`).
+const CONTINUATION_WINDOW: u64 = 1 << 20;
+
+/// Whether records written after the damaged one at `pos` survive in `data`,
+/// so the damage is in the middle of the log, not a torn tail. `last_seq`:
+/// the newest seq of the records before it.
+///
+/// A torn write leaves a prefix of its record, whose value bytes may hold
+/// anything, records of another data dir included (a stored backup, an
+/// upload). So a valid record counts if it starts past the damaged record's
+/// declared end (when its magic is intact: the bytes before are its payload),
+/// or, anywhere, if its seq continues this log (seqs grow by one per record):
+/// that finds the log's own next records when the damage is to the length
+/// field itself.
+fn log_continues_after(data: &[u8], pos: usize, last_seq: u64) -> bool {
+    let payload_end = record::declared_len(&data[pos..]).map(|len| pos.saturating_add(len));
+    let continues = |seq: u64| seq > last_seq && seq - last_seq <= CONTINUATION_WINDOW;
+    let magic = REC_MAGIC.to_le_bytes();
+    (pos + 1..data.len().saturating_sub(REC_HEADER - 1))
+        .filter(|at| data[*at..*at + 4] == magic)
+        .filter_map(|at| record::decode(&data[at..]).ok().map(|rec| (at, rec.seq)))
+        .any(|(at, seq)| payload_end.map_or(true, |end| at >= end) || continues(seq))
 }
 
 /// Whether any complete, checksummed record starts after `pos`.
