@@ -89,6 +89,46 @@ async def test_deleted_and_replaced_alarms(data_dir: str) -> None:
         assert [n for n, _, _ in Clock.fired] == ["b"], Clock.fired
 
 
+async def test_an_alarm_still_fires_when_the_wall_clock_steps_back_as_it_fires(
+    data_dir: str,
+) -> None:
+    """Alarms run on the wall clock (never early); a VM's clock can step back (an NTP
+    correction) between the wheel firing an alarm and its run checking the time. The
+    alarm used to be dropped then (the run thought it had been moved later) and never
+    fired until a restart."""
+    async with stead.Runtime({"C": Clock}, data_dir=data_dir) as rt:
+        scheduler = rt._alarms
+        assert scheduler is not None
+        step_back_ms = 0
+
+        def wall_clock_ms() -> int:
+            return time.time_ns() // 1_000_000 - step_back_ms
+
+        fire = scheduler._fire
+
+        def fire_then_step_back() -> None:
+            nonlocal step_back_ms
+            fire()
+            if scheduler._tasks and not step_back_ms:
+                # The wheel handed out the due alarm (a delivery task is
+                # pending); the clock steps back before it runs.
+                step_back_ms = 300
+
+        scheduler._now_ms = wall_clock_ms
+        scheduler._fire = fire_then_step_back  # type: ignore[method-assign]
+        due = time.time() + 0.05
+        await rt.env.C.get_by_name("a").set(due)
+
+        async def fired() -> bool:
+            return bool(Clock.fired)
+
+        await eventually(fired, timeout=5)
+        (name, fired_at, _info), *_ = Clock.fired
+        assert name == "a"
+        # Never early by the clock the scheduler goes by.
+        assert fired_at - step_back_ms / 1000 >= due - 0.001
+
+
 class Flaky(stead.DurableObject):
     runs: list[tuple[int, bool, float, float]] = []
     failures = 2

@@ -275,9 +275,15 @@ class AlarmScheduler:
         if storage.last_seq:
             await self._dispatcher.waiter.wait(storage.last_seq)
         current = storage.get_alarm()
-        if current is None or round(current * 1000) > self._now_ms():
-            return  # deleted or moved later since the wheel fired; the wheel has the new time
+        if current is None:
+            return  # deleted since the wheel fired
         current_ms = round(current * 1000)
+        if current_ms > self._now_ms():
+            # Not due: moved later since the wheel fired (its commit put the new
+            # time on the wheel already), or the wall clock stepped back since.
+            # Never early, never lost: back on the wheel for its time.
+            self.changed(host.key, current_ms)
+            return
         retry = self._retry_state(storage, current_ms)
         count, scheduled = (retry.count, retry.scheduled_time) if retry else (0, current)
         self.fired += 1
