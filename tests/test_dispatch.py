@@ -1543,6 +1543,7 @@ class Migrating(stead.DurableObject):
             count: int = self.ctx.storage.get("n", 0)
             Migrating.entered.set()
             await asyncio.sleep(0.05)  # e.g. fetch the new schema
+            await self.ctx.block_concurrency_while(lambda: asyncio.sleep(0))  # nested: passes
             self.ctx.storage.put("n", count + 100)
 
         self.ctx.wait_until(self.ctx.block_concurrency_while(migrate))

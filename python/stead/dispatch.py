@@ -20,6 +20,11 @@ still running re-enters it (runs nested); any other call queues, and first
 checks the waits-for graph (turns wait for the objects they call, events of a
 reentrant object for the events holding its input gate closed): a call that
 would close a cycle raises ``DeadlockError`` instead of waiting forever.
+
+``block_concurrency_while`` run outside an object's events (``wait_until``
+work, a timer) claims a turn-based object's turn through the mailbox, as an
+event does; a reentrant object's blocks close its input gate one event at a
+time (``ObjectHost._hold_input``, ``ObjectHost._close_gate``).
 """
 
 from __future__ import annotations
@@ -132,6 +137,7 @@ class ObjectHost:
     __slots__ = (
         "_dispatcher",
         "background",
+        "block_node",
         "blocking",
         "broken",
         "ctx",
@@ -181,6 +187,9 @@ class ObjectHost:
         # block_concurrency_while blocks open (nested, or of overlapping events):
         # the input reopens when the last one ends.
         self.blocking = 0
+        # The waits-for node of the block run outside events that holds a
+        # turn-based object's input (0: none); its nested blocks pass.
+        self.block_node = 0
         # The running turn's event token, and the nested call backs running in it,
         # innermost last, with the nodes that wait for them (see _reenter).
         self.turn = 0
@@ -228,6 +237,8 @@ class ObjectHost:
             running = _Running((), (), (), self, next(dispatcher.tokens))
         node = running.node
         assert isinstance(node, int)
+        if node == self.block_node:
+            return await fn()  # nested in the block holding the input
         token = _running.set(running)
         try:
             if self.reentrant:
@@ -252,9 +263,13 @@ class ObjectHost:
                 raise StorageError("the object was reset while the block waited for its turn")
             # Events queued for the object (waiting for its key) wait for the block.
             dispatcher.add_wait(key, node)
+            self.block_node = node
             try:
+                if not self.ready:
+                    await dispatcher._start(self)  # on_start runs before anything else
                 return await fn()
             finally:
+                self.block_node = 0
                 dispatcher.forget_wait(key, node)
         finally:
             self.last_used = time.monotonic()
