@@ -1176,13 +1176,19 @@ async def test_leaving_the_gate_and_calling_a_turn_that_waited_at_it_is_no_cycle
 
 class OverlappingBlocks(stead.DurableObject):
     reentrant = True
+    outcome: ClassVar[list[str]] = []
+    answered: ClassVar[asyncio.Event]
 
-    async def first(self) -> str:  # closes the gate at once, for 50 ms
-        await self.ctx.block_concurrency_while(lambda: asyncio.sleep(0.05))
+    async def first(self) -> str:  # holds the gate from 0 to 20 ms
+        async def inside() -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.env.RELAY2.get_by_name("b").back(), 0.02)
+
+        await self.ctx.block_concurrency_while(inside)
         return "first"
 
-    async def second(self) -> str:  # already running; holds the gate from 20 to 70 ms
-        await asyncio.sleep(0.02)
+    async def second(self) -> str:  # B's call back, nested in first: holds it from 5 to 55 ms
+        await asyncio.sleep(0.005)
 
         async def inside() -> str:
             await asyncio.sleep(0.05)
@@ -1194,6 +1200,15 @@ class OverlappingBlocks(stead.DurableObject):
         return "pong"
 
 
+class Relay2(stead.DurableObject):
+    async def back(self) -> None:
+        try:
+            OverlappingBlocks.outcome.append(await self.env.GATE2.get_by_name("r").second())
+        except stead.DeadlockError as error:
+            OverlappingBlocks.outcome.append(type(error).__name__)
+        OverlappingBlocks.answered.set()
+
+
 class WaitsAtGate2(WaitsAtGate):
     async def x(self) -> str:
         return str(await self.env.GATE2.get_by_name("r").ping())
@@ -1202,21 +1217,20 @@ class WaitsAtGate2(WaitsAtGate):
 async def test_a_cycle_through_a_gate_held_by_a_later_block_raises_deadlock_error(
     data_dir: str,
 ) -> None:
-    # T's turn starts waiting at the gate while only the first block holds it;
-    # the second block, which then holds it alone, calls T: a cycle.
-    bindings = {"GATE2": OverlappingBlocks, "WAITS_AT_GATE2": WaitsAtGate2}
+    # T's turn starts waiting at the gate while the first block holds it; the
+    # second block (nested in the first's event, so it passes) holds it alone
+    # once the first ends, and calls T: a cycle.
+    OverlappingBlocks.outcome = []
+    OverlappingBlocks.answered = asyncio.Event()
+    bindings = {"GATE2": OverlappingBlocks, "WAITS_AT_GATE2": WaitsAtGate2, "RELAY2": Relay2}
     async with stead.Runtime(bindings, data_dir=data_dir) as rt:
         r = rt.env.GATE2.get_by_name("r")
-        second = asyncio.ensure_future(r.second())
-        await asyncio.sleep(0)
         first = asyncio.ensure_future(r.first())
         await asyncio.sleep(0.01)
         waiter = asyncio.ensure_future(rt.env.WAITS_AT_GATE2.get_by_name("t").x())
-        results = await asyncio.wait_for(
-            asyncio.gather(first, second, waiter, return_exceptions=True), 5
-        )
-        assert results[0] == "first" and results[2] == "pong"
-        assert isinstance(results[1], stead.DeadlockError)
+        assert list(await asyncio.wait_for(asyncio.gather(first, waiter), 5)) == ["first", "pong"]
+        await asyncio.wait_for(OverlappingBlocks.answered.wait(), 5)
+        assert OverlappingBlocks.outcome == ["DeadlockError"]
 
 
 class AbortsRacingATurn(stead.DurableObject):
@@ -1517,3 +1531,377 @@ async def test_a_call_back_nested_deep_in_the_gate_holder_passes_the_gate(
     async with stead.Runtime({"DEEP_R": GateDeep, "DEEP_B": DeepB}, data_dir=data_dir) as rt:
         result = await asyncio.wait_for(rt.env.DEEP_R.get_by_name("r").go(), 5)
         assert result == "go/mid/leaf"
+
+
+class Migrating(stead.DurableObject):
+    """Turn-based; migrates its counter in a block started as background work."""
+
+    entered: ClassVar[asyncio.Event]
+
+    def start_migration(self) -> None:
+        async def migrate() -> None:
+            count: int = self.ctx.storage.get("n", 0)
+            Migrating.entered.set()
+            await asyncio.sleep(0.05)  # e.g. fetch the new schema
+            await self.ctx.block_concurrency_while(lambda: asyncio.sleep(0))  # nested: passes
+            self.ctx.storage.put("n", count + 100)
+
+        self.ctx.wait_until(self.ctx.block_concurrency_while(migrate))
+
+    def incr(self) -> int:
+        count: int = self.ctx.storage.get("n", 0) + 1
+        self.ctx.storage.put("n", count)
+        return count
+
+    def count(self) -> int:
+        count: int = self.ctx.storage.get("n", 0)
+        return count
+
+
+async def test_a_block_outside_a_turn_holds_back_the_events_of_a_turn_based_object(
+    data_dir: str,
+) -> None:
+    Migrating.entered = asyncio.Event()
+    async with stead.Runtime({"M": Migrating}, data_dir=data_dir) as rt:
+        m = rt.env.M.get_by_name("m")
+        await m.start_migration()
+        await asyncio.wait_for(Migrating.entered.wait(), 5)  # the block runs
+        assert await asyncio.gather(m.incr(), m.incr()) == [101, 102]
+        assert await m.count() == 102
+
+
+class BlockCallsOut(stead.DurableObject):
+    outcome: ClassVar[list[str]] = []
+    done: ClassVar[asyncio.Event]
+
+    def start(self) -> None:
+        async def inside() -> str:
+            return str(await self.env.CALLS_BACK_IN.get_by_name("b").back())
+
+        async def work() -> None:
+            try:
+                BlockCallsOut.outcome.append(await self.ctx.block_concurrency_while(inside))
+            except stead.DeadlockError as error:
+                BlockCallsOut.outcome.append(type(error).__name__)
+            BlockCallsOut.done.set()
+
+        self.ctx.wait_until(work())
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class CallsBackIn(stead.DurableObject):
+    async def back(self) -> str:
+        return str(await self.env.BLOCK_OUT.get_by_name("a").ping())
+
+
+async def test_a_call_back_into_a_block_run_outside_a_turn_is_a_deadlock_error(
+    data_dir: str,
+) -> None:
+    # The block holds A's input and waits for B, whose call to A waits for the block.
+    BlockCallsOut.outcome = []
+    BlockCallsOut.done = asyncio.Event()
+    bindings = {"BLOCK_OUT": BlockCallsOut, "CALLS_BACK_IN": CallsBackIn}
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        await rt.env.BLOCK_OUT.get_by_name("a").start()
+        await asyncio.wait_for(BlockCallsOut.done.wait(), 5)
+        assert BlockCallsOut.outcome == ["DeadlockError"]
+        assert await rt.env.BLOCK_OUT.get_by_name("a").ping() == "pong"
+
+
+class SpawnsACall(stead.DurableObject):
+    seen: ClassVar[list[tuple[int, int]]] = []
+    tasks: ClassVar[list[asyncio.Future[None]]] = []
+
+    def plain(self) -> None:
+        self.ctx.storage.put("paid", True)
+        SpawnsACall.tasks.append(asyncio.ensure_future(self._notify()))
+
+    async def without_await(self) -> None:
+        self.ctx.storage.put("paid", True)
+        SpawnsACall.tasks.append(asyncio.ensure_future(self._notify()))
+
+    async def _notify(self) -> None:  # e.g. the payment is announced to another object
+        committed = self.ctx.storage.last_seq
+        seen = await self.env.PROBE.get_by_name("p").durable_seq_seen()
+        SpawnsACall.seen.append((committed, seen))
+
+
+@pytest.mark.parametrize("method", ["plain", "without_await"])
+async def test_a_call_a_non_suspending_handler_spawns_passes_its_output_gate(
+    data_dir: str, method: str
+) -> None:
+    SpawnsACall.seen, SpawnsACall.tasks = [], []
+    async with stead.Runtime({"A": SpawnsACall, "PROBE": Probe}, data_dir=data_dir) as rt:
+        Probe.runtime = rt
+        a = rt.env.A.get_by_name("a")
+        for _ in range(5):
+            await getattr(a, method)()
+            await asyncio.gather(*SpawnsACall.tasks)
+    assert len(SpawnsACall.seen) == 5
+    assert all(seen >= committed > 0 for committed, seen in SpawnsACall.seen)
+
+
+class HandedOn(stead.DurableObject):
+    built: ClassVar[int] = 0
+    called_back: ClassVar[asyncio.Event]
+
+    def __init__(self, ctx: stead.ObjectContext, env: Any) -> None:
+        super().__init__(ctx, env)
+        HandedOn.built += 1
+
+    async def go(self) -> str:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.env.HANDS_B.get_by_name("b").back(), 0.05)
+        await asyncio.sleep(0.05)
+        return "gave up"
+
+    async def cb(self) -> str:  # B's call back, nested in go
+        await asyncio.sleep(0.06)
+        # X's turn waits for A's: a cycle, so A's turn is handed on without
+        # waiting for this call back, which runs on.
+        await self.env.HANDS_X.get_by_name("x").ping()
+        await asyncio.sleep(0.2)
+        self.incr()
+        HandedOn.called_back.set()
+        return "cb"
+
+    def incr(self) -> int:
+        count: int = self.ctx.storage.get("n", 0) + 1
+        self.ctx.storage.put("n", count)
+        return count
+
+    def count(self) -> int:
+        count: int = self.ctx.storage.get("n", 0)
+        return count
+
+
+class HandsB(stead.DurableObject):
+    async def back(self) -> str:
+        return str(await self.env.HANDS_A.get_by_name("a").cb())
+
+
+class HandsX(stead.DurableObject):
+    async def go(self) -> int:
+        return int(await self.env.HANDS_A.get_by_name("a").incr())
+
+    def ping(self) -> str:
+        return "pong"
+
+
+async def test_a_turn_based_object_is_not_evicted_while_a_call_back_runs_in_it(
+    data_dir: str,
+) -> None:
+    HandedOn.built = 0
+    HandedOn.called_back = asyncio.Event()
+    bindings = {"HANDS_A": HandedOn, "HANDS_B": HandsB, "HANDS_X": HandsX}
+    async with stead.Runtime(bindings, data_dir=data_dir, idle_timeout=0.02) as rt:
+        a = rt.env.HANDS_A.get_by_name("a")
+
+        async def x_go() -> int:
+            await asyncio.sleep(0.01)  # queues behind A's turn
+            return int(await rt.env.HANDS_X.get_by_name("x").go())
+
+        assert list(await asyncio.gather(a.go(), x_go())) == ["gave up", 1]
+        await asyncio.sleep(0.1)  # idle sweeps run; the call back still runs
+        assert a.id.storage_key in rt.dispatcher.hosts
+        assert await a.incr() == 2
+        await asyncio.wait_for(HandedOn.called_back.wait(), 5)
+        assert await a.count() == 3
+        assert HandedOn.built == 1
+
+
+class Shop(stead.DurableObject):
+    async def reserve(self, item: str) -> str:
+        storage = self.ctx.storage
+        try:
+            with storage.transaction():
+                storage.put(f"order:{item}", "reserved")
+                raise ValueError("out of stock")
+        except ValueError:
+            pass
+        storage.put("last_attempt", item)
+        return "sold out"
+
+    async def checkout(self, item: str) -> str:  # SHOP -> BROKER -> SHOP.reserve
+        return str(await self.env.BROKER.get_by_name("b").ask(item))
+
+    def stored(self) -> dict[str, Any]:
+        return dict(self.ctx.storage.list())
+
+
+class Broker(stead.DurableObject):
+    async def ask(self, item: str) -> str:
+        return str(await self.env.SHOP.get_by_name("s").reserve(item))
+
+
+async def test_a_call_back_whose_own_block_rolls_back_succeeds(data_dir: str) -> None:
+    async with stead.Runtime({"SHOP": Shop, "BROKER": Broker}, data_dir=data_dir) as rt:
+        shop = rt.env.SHOP.get_by_name("s")
+        assert await shop.reserve("x") == "sold out"
+        assert await shop.checkout("y") == "sold out"  # the same, as a call back
+        assert await shop.stored() == {"last_attempt": "y"}
+
+
+class MeetsABlock(stead.DurableObject):
+    wrote: ClassVar[asyncio.Event]
+
+    async def go(self) -> list[str]:
+        async def roll_back() -> str:
+            await MeetsABlock.wrote.wait()  # the call back has written
+            with contextlib.suppress(ValueError), self.ctx.storage.transaction():
+                self.ctx.storage.put("turn", 1)
+                await asyncio.sleep(0.02)  # the call back writes inside the block
+                raise ValueError("roll back")
+            return "rolled back"
+
+        calls = (self.env.MEETS_B.get_by_name("b").back(), roll_back())
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        return [type(r).__name__ if isinstance(r, BaseException) else r for r in results]
+
+    async def bump(self) -> str:  # B's call back, nested in go
+        self.ctx.storage.put("before", True)
+        MeetsABlock.wrote.set()
+        await asyncio.sleep(0.01)
+        self.ctx.storage.put("inside", True)  # joins the turn's block
+        await asyncio.sleep(0.03)  # which rolls back meanwhile
+        return "bumped"
+
+    def keys(self) -> list[str]:
+        return sorted(self.ctx.storage.list())
+
+
+class MeetsB(stead.DurableObject):
+    async def back(self) -> str:
+        return str(await self.env.MEETS_A.get_by_name("a").bump())
+
+
+async def test_a_call_back_failed_by_its_turns_rollback_commits_none_of_its_writes(
+    data_dir: str,
+) -> None:
+    MeetsABlock.wrote = asyncio.Event()
+    bindings = {"MEETS_A": MeetsABlock, "MEETS_B": MeetsB}
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        # The call back fails (its write inside the block is gone), and the
+        # object is reset: its turn, sharing its writes, is not acknowledged.
+        with pytest.raises(stead.StorageError):
+            await rt.env.MEETS_A.get_by_name("a").go()
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        assert await rt.env.MEETS_A.get_by_name("a").keys() == []
+
+
+class Account2(stead.DurableObject):
+    seqs: ClassVar[list[int]] = []
+
+    def deposit(self, amount: int) -> int:
+        balance: int = self.ctx.storage.get("balance", 0) + amount
+        self.ctx.storage.put("balance", balance)
+        return balance
+
+    def withdraw(self, amount: int) -> int:
+        balance: int = self.ctx.storage.get("balance", 0)
+        Account2.seqs.append(self.ctx.storage.last_seq)  # the deposit's batch
+        self.ctx.abort(f"insufficient funds: balance is {balance}")
+
+
+async def test_an_abort_reason_read_from_storage_waits_until_it_is_durable(
+    data_dir: str,
+) -> None:
+    Account2.seqs = []
+    async with stead.Runtime({"A": Account2}, data_dir=data_dir) as rt:
+        for i in range(5):
+            account = rt.env.A.get_by_name(f"a{i}")
+            deposit = asyncio.ensure_future(account.deposit(100))
+            withdraw = asyncio.ensure_future(account.withdraw(500))
+            with pytest.raises(stead.RemoteError, match="balance is 100"):
+                await withdraw
+            assert rt.engine.durable_seq() >= Account2.seqs[-1] > 0
+            await deposit
+
+
+class Cache(stead.DurableObject):
+    reentrant = True
+
+    async def refresh(self) -> int:
+        await asyncio.sleep(0)  # e.g. parse the request first
+
+        async def reload() -> int:
+            version: int = self.ctx.storage.get("version", 0)
+            await asyncio.sleep(0.02)  # e.g. fetch the new data
+            self.ctx.storage.put("version", version + 1)
+            return version + 1
+
+        return await self.ctx.block_concurrency_while(reload)
+
+
+async def test_blocks_of_a_reentrant_objects_events_never_overlap(data_dir: str) -> None:
+    async with stead.Runtime({"C": Cache}, data_dir=data_dir) as rt:
+        c = rt.env.C.get_by_name("c")
+        assert sorted(await asyncio.gather(c.refresh(), c.refresh(), c.refresh())) == [1, 2, 3]
+
+
+class BlocksThenCalls(stead.DurableObject):
+    reentrant = True
+    second_started: ClassVar[asyncio.Event]
+
+    async def first(self) -> str:  # holds the gate, then calls T
+        async def inside() -> str:
+            await asyncio.sleep(0.02)
+            return str(await self.env.WAITS_FOR_BLOCK.get_by_name("t").y())
+
+        return await self.ctx.block_concurrency_while(inside)
+
+    async def second(self) -> str:  # running before first's block; its own waits for it
+        BlocksThenCalls.second_started.set()
+        await asyncio.sleep(0.01)
+        return await self.ctx.block_concurrency_while(lambda: asyncio.sleep(0, "second"))
+
+
+class WaitsForBlock(stead.DurableObject):
+    async def x(self) -> str:  # T's turn waits for second's block
+        return str(await self.env.BLOCKS_THEN_CALLS.get_by_name("r").second())
+
+    def y(self) -> str:
+        return "y"
+
+
+async def test_a_block_waiting_for_another_events_block_is_in_the_waits_for_graph(
+    data_dir: str,
+) -> None:
+    # first's block calls T, whose turn waits for second, whose block waits for
+    # first's: a cycle, DeadlockError instead of a hang.
+    BlocksThenCalls.second_started = asyncio.Event()
+    bindings = {"BLOCKS_THEN_CALLS": BlocksThenCalls, "WAITS_FOR_BLOCK": WaitsForBlock}
+    async with stead.Runtime(bindings, data_dir=data_dir) as rt:
+        r = rt.env.BLOCKS_THEN_CALLS.get_by_name("r")
+        x = asyncio.ensure_future(rt.env.WAITS_FOR_BLOCK.get_by_name("t").x())
+        await asyncio.wait_for(BlocksThenCalls.second_started.wait(), 5)
+        first = asyncio.ensure_future(r.first())
+        results = await asyncio.wait_for(asyncio.gather(first, x, return_exceptions=True), 5)
+        assert isinstance(results[0], stead.DeadlockError)
+        assert results[1] == "second"
+
+
+class WarmsUp(stead.DurableObject):
+    def __init__(self, ctx: stead.ObjectContext, env: Any) -> None:
+        super().__init__(ctx, env)
+        ctx.wait_until(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        await asyncio.sleep(0.01)
+        self.ctx.storage.put("warmed", self.ctx.storage.get("warmed", 0) + 1)
+
+    def hello(self) -> str:
+        return "hello"
+
+    def warmed(self) -> int:
+        warmed: int = self.ctx.storage.get("warmed", 0)
+        return warmed
+
+
+async def test_wait_until_works_in_the_constructor(data_dir: str) -> None:
+    async with stead.Runtime({"W": WarmsUp}, data_dir=data_dir) as rt:
+        assert await rt.env.W.get_by_name("w").hello() == "hello"
+    async with stead.Runtime({"W": WarmsUp}, data_dir=data_dir) as rt:
+        assert await rt.env.W.get_by_name("w").warmed() == 1

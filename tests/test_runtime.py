@@ -628,7 +628,7 @@ def test_bad_options_are_refused_by_name_when_the_runtime_is_built(
 
 
 class Blocking(stead.DurableObject):
-    """Reentrant, with nested and overlapping block_concurrency_while blocks."""
+    """Reentrant, with nested block_concurrency_while blocks, and blocks of two events."""
 
     reentrant = True
     log: ClassVar[list[str]] = []
@@ -668,7 +668,8 @@ async def test_the_input_stays_closed_until_the_last_open_block_ends(data_dir: s
         await nested
         assert Blocking.log == ["inner-done", "outer-end", "ping"]
         Blocking.log = []
-        # Two events, both running, each open a block: B's ends first.
+        # Two events, both running, each open a block: B's waits for A's to end
+        # (blocks never overlap), and the ping, which came later, for B's.
         long, short = (
             asyncio.ensure_future(r.block("A", 0.3)),
             asyncio.ensure_future(r.block("B", 0.05)),
@@ -676,7 +677,7 @@ async def test_the_input_stays_closed_until_the_last_open_block_ends(data_dir: s
         await asyncio.sleep(0.15)
         await r.ping()
         await asyncio.gather(long, short)
-        assert Blocking.log == ["A-in", "B-in", "B-out", "A-out", "ping"]
+        assert Blocking.log == ["A-in", "A-out", "B-in", "B-out", "ping"]
 
 
 class PlainHooks(stead.DurableObject):

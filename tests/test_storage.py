@@ -702,3 +702,39 @@ async def test_a_long_name_fits_under_a_small_value_limit(data_dir: str) -> None
     async with stead.Runtime({"B": Box}, data_dir=data_dir, max_value_bytes=8) as rt:
         assert await rt.env.B.get_by_name(name).get("small") == 1
         assert [object_id.name for object_id in await rt.env.B.list_ids()] == [name]
+
+
+def _rolls_back(storage: Storage, write: Any = None) -> None:
+    """A transaction() block that writes, lets ``write`` run inside it, and rolls back."""
+    with pytest.raises(ValueError), storage.transaction():
+        storage.put("block", 1)
+        if write is not None:
+            write()
+        raise ValueError("roll back")
+
+
+def test_a_rollback_concerns_a_watched_writer_only_through_another_writer() -> None:
+    # Two writers share the storage (a call back and its turn): the watched one
+    # is concerned by another's block rolling back, or by its own block taking
+    # the other's writes with it; not by its own block holding only its writes.
+    writer: list[str] = ["call back"]
+    storage = Storage(
+        Engine(None), b"obj", name=None, max_value_bytes=1024, writer=lambda: writer[0]
+    )
+    watch = storage.watch_rollbacks("call back")
+    _rolls_back(storage)  # its own block, its own writes
+    assert not watch.hit
+
+    def turn_writes() -> None:
+        writer[0] = "turn"
+        storage.put("turn", 1)
+        writer[0] = "call back"
+
+    _rolls_back(storage, turn_writes)  # its own block took the turn's write
+    assert watch.hit
+    storage.unwatch_rollbacks(watch)
+    watch = storage.watch_rollbacks("call back")
+    writer[0] = "turn"
+    _rolls_back(storage)  # the turn's block
+    assert watch.hit
+    storage.unwatch_rollbacks(watch)

@@ -51,14 +51,17 @@ class ObjectContext:
     async def block_concurrency_while(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` with no other event of this object delivered until it ends.
 
-        Turn-based objects already hold their input during a turn; for
-        ``reentrant`` objects this closes the input gate.
+        In an event of a turn-based object this is a plain await (the turn holds
+        the input); outside its events (``wait_until`` work, a timer) it takes
+        the object's turn as an event does. For ``reentrant`` objects it closes
+        the input gate, once no other event's block holds it (blocks never
+        overlap).
         """
         return await self._host().block_concurrency_while(fn)
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         """Keep ``awaitable`` running after the current event returns (the runtime
-        awaits it before closing)."""
+        awaits it before closing). Usable in the constructor too."""
         try:
             host = self._host()
         except StorageError:

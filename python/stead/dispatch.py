@@ -20,6 +20,11 @@ still running re-enters it (runs nested); any other call queues, and first
 checks the waits-for graph (turns wait for the objects they call, events of a
 reentrant object for the events holding its input gate closed): a call that
 would close a cycle raises ``DeadlockError`` instead of waiting forever.
+
+``block_concurrency_while`` run outside an object's events (``wait_until``
+work, a timer) claims a turn-based object's turn through the mailbox, as an
+event does; a reentrant object's blocks close its input gate one event at a
+time (``ObjectHost._hold_input``, ``ObjectHost._close_gate``).
 """
 
 from __future__ import annotations
@@ -132,6 +137,7 @@ class ObjectHost:
     __slots__ = (
         "_dispatcher",
         "background",
+        "block_node",
         "blocking",
         "broken",
         "ctx",
@@ -144,6 +150,7 @@ class ObjectHost:
         "last_used",
         "nested",
         "nested_ended",
+        "outside",
         "ready",
         "reentrant",
         "started",
@@ -163,6 +170,8 @@ class ObjectHost:
             max_value_bytes=dispatcher.max_value_bytes,
             syncer=dispatcher.sync_storage,
             on_alarm_committed=dispatcher.on_alarm_change,
+            # A write's writer (for transaction() blocks): the running event's context.
+            writer=_running.get,
         )
         # What a new instance reads may stand on batches committed but not yet
         # durable (its previous instance's last, if evicted or reset before they
@@ -178,6 +187,9 @@ class ObjectHost:
         # block_concurrency_while blocks open (nested, or of overlapping events):
         # the input reopens when the last one ends.
         self.blocking = 0
+        # The waits-for node of the block run outside events that holds a
+        # turn-based object's input (0: none); its nested blocks pass.
+        self.block_node = 0
         # The running turn's event token, and the nested call backs running in it,
         # innermost last, with the nodes that wait for them (see _reenter).
         self.turn = 0
@@ -190,7 +202,18 @@ class ObjectHost:
         # wait_until tasks still running (a count: no set per resident object).
         self.background = 0
         self.last_used = time.monotonic()
-        self.instance = cls(self.ctx, dispatcher.env)
+        # What a handler that cannot suspend runs under (see Dispatcher.call):
+        # chain-less, so tasks it spawns pass this object's output gate without
+        # re-entering it. One per host, not one per call; a reference cycle
+        # that ``Dispatcher.evict`` breaks.
+        self.outside: _Running | None = _Running((), (), (), self, None)
+        # Built by Dispatcher.host once the host is registered: the constructor
+        # may use ctx.wait_until.
+        self.instance: DurableObject
+
+    def build(self, cls: type[DurableObject]) -> None:
+        """Construct the instance (the host is registered: its ctx works)."""
+        self.instance = cls(self.ctx, self._dispatcher.env)
 
     def learn_name(self, object_id: ObjectId) -> None:
         """A name-derived id reached an instance first addressed by its hex id."""
@@ -198,26 +221,91 @@ class ObjectHost:
         self.storage.learn_name(object_id.name)
 
     async def block_concurrency_while(self, fn: Callable[[], Awaitable[T]]) -> T:
-        if not self.reentrant:
-            return await fn()
+        dispatcher = self._dispatcher
+        running = _running.get()
+        if running is not None and running.host is self and dispatcher.in_event(running):
+            if not self.reentrant:
+                return await fn()  # its turn holds the input already
+            node = dispatcher.waiting_node(running)
+            assert isinstance(node, int)  # a reentrant object's event, or one nested in it
+            return await self._close_gate(fn, running, node)
+        # Outside the object's events (wait_until work, a task a turn spawned that
+        # outlived it, a timer): the block is work of the object, with a waits-for
+        # node of its own (wait_until work has one), and its calls pass the
+        # object's output gate.
+        if running is None or running.host is not self or running.chain or running.node is None:
+            running = _Running((), (), (), self, next(dispatcher.tokens))
+        node = running.node
+        assert isinstance(node, int)
+        if node == self.block_node:
+            return await fn()  # nested in the block holding the input
+        token = _running.set(running)
+        try:
+            if self.reentrant:
+                return await self._close_gate(fn, running, node)
+            return await self._hold_input(fn, node)
+        finally:
+            _running.reset(token)
+
+    async def _hold_input(self, fn: Callable[[], Awaitable[T]], node: int) -> T:
+        """A turn-based object's block run outside its events: it claims the
+        object's turn as an event does (queued behind the running one, FIFO)."""
+        dispatcher, key = self._dispatcher, self.key
+        token = next(dispatcher.tokens)
+        if not dispatcher.mailbox.push(key, token):
+            dispatcher.add_wait(node, key)
+            try:
+                await dispatcher._wait_turn(key, token, node)
+            finally:
+                dispatcher.forget_wait(node, key)
+        try:
+            if self.broken:
+                raise StorageError("the object was reset while the block waited for its turn")
+            # Events queued for the object (waiting for its key) wait for the block.
+            dispatcher.add_wait(key, node)
+            self.block_node = node
+            try:
+                if not self.ready:
+                    await dispatcher._start(self)  # on_start runs before anything else
+                return await fn()
+            finally:
+                self.block_node = 0
+                dispatcher.forget_wait(key, node)
+        finally:
+            self.last_used = time.monotonic()
+            dispatcher._hand_off(key)
+            # Its writes ride with the next event's batch, else go as their own.
+            dispatcher.commit_between_events(self)
+
+    async def _close_gate(self, fn: Callable[[], Awaitable[T]], running: _Running, node: int) -> T:
+        """A reentrant object's block: it closes the input gate, once no block of
+        another event holds it (blocks never overlap; the holder's own nested
+        blocks and call backs pass). The wait is in the waits-for graph."""
+        dispatcher = self._dispatcher
+        while self.blocking and not self._passes_gate(running, node):
+            assert self.gate is not None
+            await dispatcher._wait_at_gate(self, self.gate, node)
         gate = self.gate = self.gate or asyncio.Event()
         gate.clear()
         self.blocking += 1
         # The closed gate waits, in the waits-for graph, for the events holding
         # it: events waiting at it wait for the gate, and so for its holders.
-        dispatcher = self._dispatcher
-        running = _running.get()
-        holder = dispatcher.waiting_node(running) if running is not None else None
-        if holder is not None:
-            dispatcher.add_wait(self.gate_node, holder)
+        dispatcher.add_wait(self.gate_node, node)
         try:
             return await fn()
         finally:
-            if holder is not None:
-                dispatcher.forget_wait(self.gate_node, holder)
+            dispatcher.forget_wait(self.gate_node, node)
             self.blocking -= 1
             if not self.blocking:
                 gate.set()
+
+    def _passes_gate(self, running: _Running, node: int) -> bool:
+        """Whether work on ``running``'s context is (or nests in) a gate holder."""
+        dispatcher = self._dispatcher
+        if dispatcher._holds_gate(self, node):
+            return True
+        events = dispatcher._waiting_events(running, self.key)
+        return any(dispatcher._holds_gate(self, event) for event in events)
 
     def wait_until(self, awaitable: Awaitable[Any]) -> None:
         # Not part of a turn, but its calls leave through this object's output gate.
@@ -372,8 +460,16 @@ class Dispatcher:
             return host
         if object_id.name is None:
             object_id = self._with_stored_name(object_id)
-        host = ObjectHost(self, object_id, self.classes[object_id.binding])
+        cls = self.classes[object_id.binding]
+        host = ObjectHost(self, object_id, cls)
+        # Registered before its constructor runs, which may use ctx.wait_until;
+        # an instance whose constructor raises is discarded.
         self.hosts[host.key] = host
+        try:
+            host.build(cls)
+        except BaseException:
+            self.reset(host)
+            raise
         if self.max_resident is not None and len(self.hosts) > self.max_resident:
             self._evict_over_bound(keep=host)
         return host
@@ -387,7 +483,8 @@ class Dispatcher:
 
     def is_idle(self, host: ObjectHost) -> bool:
         """No event running or queued, nothing uncommitted."""
-        if host.inflight or host.storage.has_pending or host.background:
+        if host.inflight or host.nested or host.storage.has_pending or host.background:
+            # host.nested: a call back still runs after its turn was handed on.
             return False
         return self.mailbox.state(host.key) == "idle"
 
@@ -395,6 +492,7 @@ class Dispatcher:
         """Drop the instance and its cache; storage stays in the engine."""
         if self.hosts.get(host.key) is host:
             del self.hosts[host.key]
+        host.outside = None  # the host's reference cycle: freed at once
 
     def _evict_over_bound(self, keep: ObjectHost) -> None:
         # ``keep`` is the instance just built for an event: idle until that event
@@ -419,6 +517,7 @@ class Dispatcher:
             host.broken
             or not host.storage.has_pending
             or host.inflight
+            or host.nested
             or self.hosts.get(host.key) is not host
             or self.mailbox.state(host.key) != "idle"
         ):
@@ -541,7 +640,8 @@ class Dispatcher:
         # The handler cannot suspend (sync, or async without an await): on an
         # idle object its whole turn runs before any other event can start, so
         # it need not claim the mailbox, and nothing can observe the call chain
-        # during it (tasks it spawns run after the turn, outside it).
+        # during it. Tasks it spawns run after the turn, outside it, but under
+        # the object's chain-less context: their calls pass its output gate.
         claimed = not self.mailbox.is_idle(key)
         if claimed:
             token = next(self.tokens)
@@ -554,6 +654,7 @@ class Dispatcher:
                     on_never_run = partial(self._hand_off, key)
                     return await self._run_event(host, turn, False, on_never_run)
         seq = 0
+        context = _running.set(host.outside)
         try:
             try:
                 # The class's function, not getattr(instance, name): no bound
@@ -583,6 +684,7 @@ class Dispatcher:
                     self.reset(host)
                     raise
         finally:
+            _running.reset(context)
             host.last_used = time.monotonic()
             if claimed:
                 next_token = self.mailbox.finish(key)
@@ -747,6 +849,12 @@ class Dispatcher:
         """Record in the waits-for graph that ``waiter`` waits for ``target``."""
         self._waits_for.setdefault(waiter, []).append(target)
 
+    def in_event(self, running: _Running) -> bool:
+        """Whether ``running`` is the context of an event of its object that still
+        runs (a turn, a reentrant object's event, a call back), not one that
+        outlived it (a task it spawned) nor work outside events."""
+        return bool(running.events) and running.events[-1] in self._live_events
+
     def waiting_node(self, running: _Running) -> Node | None:
         """The waits-for node charged with what ``running``'s context waits for: its
         reentrant event or wait_until work, else the innermost turn on its chain
@@ -898,8 +1006,13 @@ class Dispatcher:
     def _end_turn(self, host: ObjectHost, failed: bool, *, midway: bool = False) -> int:
         if host.broken:
             if failed:  # aborted, or the failure that broke it is already the outcome
-                return 0
-            raise StorageError("the object was reset (aborted, or a commit failed); turn dropped")
+                # The batches committed before the reset, which the event may have
+                # read (an abort reason built from storage): its error waits for them.
+                return host.storage.last_seq
+            raise StorageError(
+                "the object was reset (aborted, a commit failed, or a call back met a "
+                "transaction() block); turn dropped"
+            )
         return self.commit(host, midway=midway)
 
     async def _start(self, host: ObjectHost) -> None:
@@ -965,31 +1078,44 @@ class Dispatcher:
         self, host: ObjectHost, context: _Running, done: Callable[[], None], invoke: Invoke[T]
     ) -> T:
         token = _running.set(context)
-        rollbacks = host.storage.rollbacks
+        storage = host.storage
+        watch = storage.watch_rollbacks(context)
         try:
             outcome, failed = await self._invoke(host, invoke)
-            if (
-                not failed
-                and not host.reentrant
-                and (host.storage.in_transaction or host.storage.rollbacks != rollbacks)
-            ):
-                # The turn opened a block meanwhile (code it runs alongside the
-                # call): this event's writes joined a block that may roll back,
-                # or did. They cannot be acknowledged.
-                outcome, failed = (
-                    DeadlockError(
-                        "a call back ran while its turn had a transaction() block open; "
-                        "its writes joined the block"
-                    ),
-                    True,
-                )
+            if not host.reentrant and not host.broken:
+                collision = self._collision(storage.in_transaction, watch.hit)
+                if collision is not None:
+                    # Its writes, sharing the turn's pending state, cannot be told
+                    # from the turn's: the object is reset, so neither is committed.
+                    self.reset(host)
+                    outcome, failed = collision, True
             # The turn it is nested in goes on: its open transaction() blocks may
             # still roll back (a reentrant object's may be other events': see flush).
             seq = self._end_turn(host, failed, midway=not host.reentrant)
         finally:
+            storage.unwatch_rollbacks(watch)
             _running.reset(token)
             done()
         return await self._release(host, seq, outcome, failed)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _collision(block_open: bool, rolled_back: bool) -> DeadlockError | None:
+        """The error of a turn-based object's call back that met a transaction()
+        block of code its turn ran alongside it (None if it did not)."""
+        if block_open:
+            # Its writes joined a block that may still roll back after it is answered.
+            return DeadlockError(
+                "a call back ended while its turn had a transaction() block open; the object "
+                "is reset (its writes joined the block)"
+            )
+        if rolled_back:
+            # A block of the turn's rolled back (its writes, or values it read,
+            # may be gone), or its own block took writes the turn made meanwhile.
+            return DeadlockError(
+                "a transaction() block rolled back while a call back ran alongside its turn, "
+                "taking back writes (or values read) of the other; the object is reset"
+            )
+        return None
 
     def _nested_done(self, host: ObjectHost, nested: int, call: int) -> None:
         self._live_events.discard(nested)
@@ -1000,6 +1126,7 @@ class Dispatcher:
             host.nested = tuple(entry for entry in host.nested if entry != nested)
             if host.nested_ended is not None:
                 host.nested_ended.set()
+        host.last_used = time.monotonic()
 
     async def _wait_to_nest(
         self, host: ObjectHost, running: _Running, key: bytes, nested: int
@@ -1136,6 +1263,8 @@ class Dispatcher:
     def close(self) -> None:
         """After ``drain``: drop every instance; later calls raise ``RuntimeError``."""
         self.closed = True
+        for host in self.hosts.values():
+            host.outside = None
         self.hosts.clear()
 
     async def drain(self, deadline: Callable[[], float]) -> None:

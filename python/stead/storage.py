@@ -21,7 +21,7 @@ from stead._core import Engine
 from stead.codec import fast_decode, fast_encode
 from stead.errors import LimitError
 
-__all__ = ["INTERNAL_PREFIX", "MAX_KEY_BYTES", "AlarmChange", "Storage"]
+__all__ = ["INTERNAL_PREFIX", "MAX_KEY_BYTES", "AlarmChange", "RollbackWatch", "Storage"]
 
 MAX_KEY_BYTES = 2048
 # UTF-8 never contains 0xFF, so internal keys can never collide with user keys
@@ -38,6 +38,19 @@ class AlarmChange(NamedTuple):
     when_ms: int | None
 
 
+class RollbackWatch:
+    """Whether a rollback concerned one writer while it was watched: a block
+    another writer opened rolled back (it may have dropped the watched writer's
+    writes, or values it read), or one of its own blocks rolled back writes of
+    another writer (``Storage.watch_rollbacks``)."""
+
+    __slots__ = ("hit", "writer")
+
+    def __init__(self, writer: object) -> None:
+        self.writer = writer
+        self.hit = False
+
+
 class _Savepoint:
     """The storage as an open ``transaction()`` block found it: what a rollback
     restores, and (for the outermost block) what a mid-turn commit may send."""
@@ -50,10 +63,16 @@ class _Savepoint:
         "committed_callbacks",
         "delete_all",
         "delete_alls",
+        "foreign",
+        "opener",
         "pending",
     )
 
     def __init__(self, storage: Storage) -> None:
+        # Who opened the block, and whether another writer wrote while it was
+        # open (its rollback drops their writes too).
+        self.opener = storage.current_writer()
+        self.foreign = False
         self.pending = dict(storage._pending)
         self.cache = dict(storage._cache)
         self.cache_bytes = storage._cache_bytes
@@ -188,8 +207,9 @@ class Storage:
         "_pending",
         "_savepoints",
         "_syncer",
+        "_watches",
+        "_writer",
         "last_seq",
-        "rollbacks",
     )
 
     def __init__(
@@ -201,6 +221,7 @@ class Storage:
         max_value_bytes: int,
         syncer: Callable[[bytes, Storage], Awaitable[None]] | None = None,
         on_alarm_committed: Callable[[bytes, int | None], None] | None = None,
+        writer: Callable[[], object] | None = None,
     ) -> None:
         self._engine = engine
         self._object_key = object_key
@@ -232,9 +253,11 @@ class Storage:
         #: that writes nothing still waits for it to be durable before its result
         #: leaves (it may have read those writes).
         self.last_seq = 0
-        #: How many ``transaction()`` blocks rolled back so far (a nested call
-        #: back checks whether one dropped its writes).
-        self.rollbacks = 0
+        # Who is writing now (the runtime's running event or work; None: one
+        # writer), asked only while a transaction() block is open; and the
+        # writers whose rollbacks are watched.
+        self._writer = writer
+        self._watches: tuple[RollbackWatch, ...] = ()
 
     # -- reads ---------------------------------------------------------------
 
@@ -357,6 +380,19 @@ class Storage:
     def _write(self, key: bytes, raw: bytes | None) -> None:
         self._pending[key] = raw
         self._remember(key, raw)
+        if self._savepoints:
+            self._note_write()
+
+    def _note_write(self) -> None:
+        """A write with blocks open: mark the blocks another writer opened."""
+        writer = self.current_writer()
+        for savepoint in self._savepoints:
+            if savepoint.opener is not writer:
+                savepoint.foreign = True
+
+    def current_writer(self) -> object:
+        """Who writes now (see ``writer``); None if the storage has one writer."""
+        return None if self._writer is None else self._writer()
 
     def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` (committed when the turn ends)."""
@@ -371,6 +407,8 @@ class Storage:
         if len(raw) > self._max_value_bytes:
             self._encode_value(value)  # raises LimitError with the message
         self._pending[encoded] = raw
+        if self._savepoints:
+            self._note_write()
         if self._cache_bytes > _CACHE_BUDGET:
             self._remember(encoded, raw)
         else:  # _remember, inlined: put is the hot path of most handlers
@@ -413,6 +451,8 @@ class Storage:
         self._delete_alls += 1
         self._alarm = AlarmChange(None)
         self._name_recorded = False
+        if self._savepoints:
+            self._note_write()
 
     @contextmanager
     def transaction(self) -> Iterator[Storage]:
@@ -436,7 +476,9 @@ class Storage:
             self._alarm = savepoint.alarm
             self._delete_alls = savepoint.delete_alls
             self._committed_callbacks = savepoint.committed_callbacks
-            self.rollbacks += 1
+            for watch in self._watches:
+                if savepoint.opener is not watch.writer or savepoint.foreign:
+                    watch.hit = True
             raise
         finally:
             # By identity: blocks of a reentrant object's events may end out of order.
@@ -455,10 +497,14 @@ class Storage:
     def set_alarm(self, when: float | datetime) -> None:
         """Run ``alarm()`` at (or after) ``when``: epoch seconds or a ``datetime``."""
         self._alarm = AlarmChange(_alarm_ms(when))
+        if self._savepoints:
+            self._note_write()
 
     def delete_alarm(self) -> None:
         """Cancel the alarm, if any."""
         self._alarm = AlarmChange(None)
+        if self._savepoints:
+            self._note_write()
 
     @property
     def alarm_changed(self) -> bool:
@@ -493,6 +539,16 @@ class Storage:
         block's writes are not in it); the turn's last commit does.
         """
         self._committed_callbacks = (*self._committed_callbacks, callback)
+
+    def watch_rollbacks(self, writer: object) -> RollbackWatch:
+        """Record, until ``unwatch_rollbacks``, whether a rollback concerns ``writer``
+        (a nested call back, whose writes its caller's turn shares)."""
+        watch = RollbackWatch(writer)
+        self._watches = (*self._watches, watch)
+        return watch
+
+    def unwatch_rollbacks(self, watch: RollbackWatch) -> None:
+        self._watches = tuple(w for w in self._watches if w is not watch)
 
     # -- commit --------------------------------------------------------------
 
