@@ -12,9 +12,11 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 import stead
@@ -511,6 +513,42 @@ async def test_mounts_inside_another_starlette_app(stead_runtime: stead.Runtime)
         assert (await client.post("/stead/objects/COUNTER/m/rpc/get")).status_code == 401
         fetched = await client.get("/stead/objects/COUNTER/m/fetch/count", headers=auth)
         assert fetched.json() == {"count": 1}
+
+
+class ApiKeyMiddleware:
+    """A user's auth middleware, added with ``app.add_middleware``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (b"x-api-key", b"k") not in scope["headers"]:
+            await PlainTextResponse("forbidden", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def test_user_middleware_wraps_rpc_calls_too(stead_runtime: stead.Runtime) -> None:
+    app = create_app(stead_runtime, token="t")
+    app.add_middleware(ApiKeyMiddleware)
+    origin = "https://ui.example"
+    app.add_middleware(CORSMiddleware, allow_origins=[origin], allow_methods=["*"])
+    auth = {"Authorization": "Bearer t", "Origin": origin}
+    async with client_for(app) as client:
+        for path in ("/objects/COUNTER/a/rpc/increment", "/objects/COUNTER/a/fetch/count"):
+            refused = await client.post(path, headers=auth)
+            assert refused.status_code == 403, path
+            assert refused.headers["access-control-allow-origin"] == origin
+        allowed = await client.post(
+            "/objects/COUNTER/a/rpc/increment", headers={**auth, "X-Api-Key": "k"}
+        )
+        assert allowed.json() == {"result": 1}  # the refused call did not write
+        assert allowed.headers["access-control-allow-origin"] == origin
+        no_token = await client.post(
+            "/objects/COUNTER/a/rpc/get", headers={"Origin": origin, "X-Api-Key": "k"}
+        )
+        assert error_of(no_token) == (401, "Unauthorized")  # stead's own check still runs
+        assert no_token.headers["access-control-allow-origin"] == origin
 
 
 class RoutesPlugin:
