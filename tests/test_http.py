@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 import stead
@@ -228,22 +228,47 @@ async def test_a_handler_raising_cancelled_error_is_a_json_500(
     assert "raised CancelledError" in caplog.text
 
 
-async def test_a_cancelled_request_stays_cancelled(data_dir: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/objects/COUNTER/a/rpc/hold"), ("GET", "/objects/COUNTER/a/fetch/hold")],
+)
+async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
+    data_dir: str, method: str, path: str
+) -> None:
     Counter.gate = asyncio.Event()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [], "server": ("test", 80), "client": ("c", 1),
+    }  # fmt: skip
     try:
         runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
-        async with runtime, client_for(create_app(runtime, token="")) as client:
-            request = asyncio.create_task(client.post("/objects/COUNTER/a/rpc/hold"))
+        async with runtime:
+            app = create_app(runtime, token="")
+            request = asyncio.create_task(app(scope, receive, send))
             for _ in range(100_000):  # yield until the handler runs
                 if runtime.stats()["running_events"] >= 1:
                     break
                 await asyncio.sleep(0)
-            request.cancel()
+            request.cancel()  # as uvicorn does at its graceful shutdown deadline
             with pytest.raises(asyncio.CancelledError):
-                await request  # not turned into a 500 answer
+                await request  # answered, but still cancelled (not a 500 of a handler)
             Counter.gate.set()
     finally:
         Counter.gate = None
+    assert sent[0]["status"] == 503
+    assert (b"connection", b"close") in sent[0]["headers"]
+    body = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
+    assert body["error"]["type"] == "ShuttingDown"
+    assert "may still complete" in body["error"]["message"]
 
 
 async def test_storage_failure_is_503_and_nothing_is_acknowledged(

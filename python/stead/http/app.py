@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from stead.config import Config
 from stead.http.auth import BearerAuthMiddleware, BearerToken
 from stead.http.body import BodyLimitMiddleware
+from stead.http.cancel import ShutdownAnswerMiddleware
 from stead.http.errors import HttpError, http_exception_handler, server_error_handler
 from stead.http.fastpath import FastRpc
 from stead.http.metrics import CONTENT_TYPE, HttpMetrics
@@ -69,9 +70,12 @@ def create_app(
     routes = _builtin_routes(objects, metrics)
     routes.extend(_plugin_routes(runtime, plugins))
     bearer = BearerToken(secret) if secret else None
-    middleware = [Middleware(BodyLimitMiddleware, max_bytes=limit)]
+    middleware = [
+        Middleware(ShutdownAnswerMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=limit),
+    ]
     if bearer is not None:
-        middleware.insert(0, Middleware(BearerAuthMiddleware, token=bearer))
+        middleware.insert(1, Middleware(BearerAuthMiddleware, token=bearer))
     app = SteadApp(
         own_middleware=middleware,
         objects=objects,

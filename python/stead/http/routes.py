@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -17,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from stead import codec
 from stead.errors import InvalidIdError, SerializationError, UnknownBindingError
 from stead.http.body import read_body
+from stead.http.cancel import request_cancelled, shutting_down
 from stead.http.errors import HttpError, handler_error
 from stead.http.responses import InvalidResponseError, http_response
 from stead.http.signatures import ArgumentError, Signature
@@ -93,9 +93,15 @@ class ObjectRoutes:
         except Exception as exc:  # a bug of ours: still no traceback for the client
             logger.error("RPC %s.%s failed", binding, method, exc_info=exc)
             status, body = 500, _INTERNAL_ERROR_BODY
-        headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body)), *extra]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        except asyncio.CancelledError:  # the server cancelled the request (_rpc tells)
+            cut = shutting_down(f"{binding}.{method}")
+            await _send(send, cut.status, cut.body(), cut.raw_headers())
+            self._observe_rpc(binding, method, cut.status, started)
+            raise
+        await _send(send, status, body, extra)
+        self._observe_rpc(binding, method, status, started)
+
+    def _observe_rpc(self, binding: str, method: str, status: int, started: float) -> None:
         if (binding, method) not in self._signatures:
             binding = method = ""  # unknown names would give metrics unbounded cardinality
         self.metrics.observe("rpc", binding, method, status, time.perf_counter() - started)
@@ -112,7 +118,7 @@ class ObjectRoutes:
         except Exception as exc:
             raise self._call_failed(binding, method, exc) from None
         except asyncio.CancelledError:
-            if _request_cancelled():
+            if request_cancelled():
                 raise
             raise _handler_cancelled(binding, method) from None
         return _encode_result(result)
@@ -164,7 +170,7 @@ class ObjectRoutes:
         except Exception as exc:
             raise self._call_failed(binding, "fetch", exc) from None
         except asyncio.CancelledError:
-            if _request_cancelled():
+            if request_cancelled():
                 raise
             raise _handler_cancelled(binding, "fetch") from None
         try:
@@ -255,6 +261,12 @@ class ObjectRoutes:
         return namespace.get_by_name(name)
 
 
+async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body)), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _running(runtime: Runtime) -> bool:
     """Whether the runtime is started and not (being) closed."""
     return runtime.started and not runtime.dispatcher.closed
@@ -317,16 +329,6 @@ def _limit(text: str | None) -> int:
 def _log_handler_error(binding: str, method: str, exc: Exception) -> None:
     # The traceback stays here (and in the object's log); the client gets type and message.
     logger.debug("%s.%s raised %s", binding, method, type(exc).__name__, exc_info=exc)
-
-
-def _request_cancelled() -> bool:
-    """Whether the request's own task is being cancelled (a shutdown, say), as
-    opposed to a handler raising ``CancelledError`` or awaiting a cancelled task.
-    Python 3.10 cannot tell them apart: there, the cancellation is passed on."""
-    if sys.version_info < (3, 11):
-        return True
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
 
 
 def _handler_cancelled(binding: str, method: str) -> HttpError:
