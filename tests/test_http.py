@@ -351,6 +351,23 @@ async def test_fetch_forwards_the_request_and_returns_the_response_as_is(
     assert missing.headers["content-type"] == "text/plain"
 
 
+async def test_fetch_joins_repeated_request_headers(client: httpx.AsyncClient) -> None:
+    headers = [
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Cookie", "session=abc"),
+        ("Cookie", "theme=dark"),
+        ("Accept", "text/html"),
+        ("Accept", "application/json;q=0.9"),
+        ("X-Once", "1"),
+    ]
+    seen = (await client.get("/objects/COUNTER/a/fetch/headers", headers=headers)).json()
+    assert seen["x-forwarded-for"] == "203.0.113.7, 10.0.0.1"  # RFC 9110 §5.3
+    assert seen["cookie"] == "session=abc; theme=dark"  # RFC 6265 §5.4: one line, "; "
+    assert seen["accept"] == "text/html, application/json;q=0.9"
+    assert seen["x-once"] == "1"
+
+
 @pytest.mark.parametrize("path", sorted(INVALID_RESPONSES))
 async def test_an_invalid_fetch_response_is_a_json_500(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, path: str

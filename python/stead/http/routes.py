@@ -163,7 +163,7 @@ class ObjectRoutes:
         url = "/" + quote(path, safe=_PATH_SAFE)
         if request.url.query:
             url = f"{url}?{request.url.query}"
-        headers = {k: v for k, v in request.headers.items() if k != self._hide_header}
+        headers = _joined_headers(request.headers.raw, self._hide_header)
         forwarded = ObjectRequest(request.method, url, headers, await request.body())
         try:
             answer = await stub.fetch(forwarded)
@@ -265,6 +265,21 @@ async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, b
     headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _joined_headers(raw: list[tuple[bytes, bytes]], hidden: str | None) -> dict[str, str]:
+    """The request's headers, one value per name: repeated field lines joined with
+    ``", "`` (RFC 9110 §5.3), ``Cookie`` lines with ``"; "`` (RFC 6265 §5.4)."""
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        name = key.decode("latin-1").lower()
+        if name == hidden:
+            continue
+        text = value.decode("latin-1")
+        if name in headers:
+            text = headers[name] + ("; " if name == "cookie" else ", ") + text
+        headers[name] = text
+    return headers
 
 
 def _running(runtime: Runtime) -> bool:
