@@ -368,6 +368,32 @@ async def test_fetch_joins_repeated_request_headers(client: httpx.AsyncClient) -
     assert seen["x-once"] == "1"
 
 
+@pytest.mark.parametrize("route", ["fetch/echo", "rpc/increment"])
+async def test_a_client_leaving_during_the_upload_is_a_quiet_400(
+    stead_runtime: stead.Runtime, caplog: pytest.LogCaptureFixture, route: str
+) -> None:
+    messages = iter([{"type": "http.request", "body": b"{", "more_body": True}])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    path = f"/objects/COUNTER/a/{route}"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [], "server": ("test", 80), "client": ("c", 1),
+    }  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        await create_app(stead_runtime, token="")(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["type"] == "Disconnected"
+    assert caplog.records == []
+
+
 @pytest.mark.parametrize("path", sorted(INVALID_RESPONSES))
 async def test_an_invalid_fetch_response_is_a_json_500(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, path: str

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +40,7 @@ MAX_NAME_BYTES = 2048
 MAX_LIST_LIMIT = 1000
 
 _JSON = b"application/json"
+_DISCONNECTED = "the client went away before sending the body"
 # Characters kept as they are when a decoded fetch path is re-encoded for the object.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -164,7 +165,11 @@ class ObjectRoutes:
         if request.url.query:
             url = f"{url}?{request.url.query}"
         headers = _joined_headers(request.headers.raw, self._hide_header)
-        forwarded = ObjectRequest(request.method, url, headers, await request.body())
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # ordinary client behaviour, not an error of the server
+            raise HttpError(400, "Disconnected", _DISCONNECTED) from None
+        forwarded = ObjectRequest(request.method, url, headers, body)
         try:
             answer = await stub.fetch(forwarded)
         except Exception as exc:
