@@ -227,6 +227,30 @@ def test_inspect_shows_objects_keys_and_values(runner: CliRunner, stored: str) -
     assert unknown.output.count("<prefix ") == 2  # binding names unknown without --binding
 
 
+class Odd(stead.DurableObject):
+    def put(self, key: str, kind: str) -> None:
+        values = {"tuple-keys": {(1, 2): "x", 3: "y"}, "nan": [float("nan"), -float("inf")]}
+        self.ctx.storage.put(key, values[kind])
+
+
+def test_inspect_json_is_strict_json_for_any_stored_value(runner: CliRunner, data_dir: str) -> None:
+    async def fill() -> None:
+        async with stead.Runtime({"ODD": Odd}, data_dir=data_dir) as runtime:
+            await runtime.env.ODD.get_by_name("a").put("k", "tuple-keys")
+            await runtime.env.ODD.get_by_name("b").put("k", "nan")
+
+    asyncio.run(fill())
+    result = runner.invoke(cli, ["inspect", data_dir, "--binding", "ODD", "--json"])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    views = [json.loads(line, parse_constant=refuse) for line in result.output.splitlines()]
+    values = {view["name"]: view["values"]["k"] for view in views}
+    assert values == {"a": {"(1, 2)": "x", "3": "y"}, "b": ["nan", "-inf"]}
+
+
 def test_inspect_does_not_change_the_data_dir(runner: CliRunner, stored: str) -> None:
     before = {path.name: path.read_bytes() for path in Path(stored).rglob("*") if path.is_file()}
     assert runner.invoke(cli, ["inspect", stored, "-b", "COUNTER"]).exit_code == 0

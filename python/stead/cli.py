@@ -12,6 +12,7 @@ import importlib
 import inspect as pyinspect
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -508,7 +509,7 @@ def inspect(
     try:
         views = _object_views(engine, bindings, binding, name, max_keys)
         for view in _take(views, limit):
-            click.echo(json.dumps(view, default=repr) if as_json else _render_object(view))
+            click.echo(_json_line(view) if as_json else _render_object(view))
     except SteadError as exc:
         raise click.ClickException(f"cannot read {data_dir}: {exc}") from None
     finally:
@@ -572,6 +573,25 @@ def _decode(raw: bytes) -> Any:
         return codec.decode(raw)
     except SteadError:
         return f"<{len(raw)} undecodable bytes>"
+
+
+def _json_line(view: dict[str, Any]) -> str:
+    """``view`` as strict JSON: what JSON has no form for (tuple keys, NaN, bytes)
+    is shown as its ``repr``."""
+    return json.dumps(_jsonable(view), default=repr, allow_nan=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key if isinstance(key, str) else repr(key): _jsonable(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # 'nan', 'inf', '-inf'
+    return value
 
 
 def _render_object(view: dict[str, Any]) -> str:
