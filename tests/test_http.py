@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
@@ -515,6 +516,62 @@ async def test_openapi_describes_rpc_methods_from_type_hints(client: httpx.Async
     assert "/objects/COUNTER/{name}/rpc/fetch" not in paths
     assert "/objects/PLAIN/{name}/rpc/ping" in paths
     assert set(increment["responses"]) >= {"200", "400", "404", "429", "500", "503"}
+
+
+# Two Structs called Item from two modules, and a hint msgspec has no schema for.
+SkuItem = msgspec.defstruct("Item", [("sku", str)], module="shop.a")
+QtyItem = msgspec.defstruct("Item", [("qty", int)], module="shop.b")
+
+
+class Opaque:
+    pass
+
+
+class Shop(stead.DurableObject):
+    def add(self, item: SkuItem) -> None:  # type: ignore[valid-type]
+        pass
+
+    def count(self, item: QtyItem) -> None:  # type: ignore[valid-type]
+        pass
+
+    def take(self, thing: Opaque) -> None:
+        pass
+
+    def list(self) -> int:  # a method named like the listing
+        return 0
+
+
+@pytest.fixture
+async def shop_openapi(data_dir: str) -> dict[str, Any]:
+    async with (
+        stead.Runtime({"SHOP": Shop}, data_dir=data_dir) as runtime,
+        client_for(create_app(runtime, token="")) as client,
+    ):
+        document: dict[str, Any] = (await client.get("/openapi.json")).json()
+    return document
+
+
+async def test_openapi_operation_ids_are_unique(shop_openapi: dict[str, Any]) -> None:
+    operations = [op for path in shop_openapi["paths"].values() for op in path.values()]
+    ids = [operation["operationId"] for operation in operations]
+    assert len(ids) == len(set(ids)), ids
+    assert "SHOP.list" in ids and "SHOP.__list__" in ids
+    listing = shop_openapi["paths"]["/objects/SHOP"]["get"]["parameters"]
+    assert listing[0]["schema"]["maximum"] == 1000
+
+
+async def test_openapi_keeps_same_named_structs_apart(shop_openapi: dict[str, Any]) -> None:
+    def schema_of(method: str, parameter: str) -> dict[str, Any]:
+        body = shop_openapi["paths"][f"/objects/SHOP/{{name}}/rpc/{method}"]["post"]
+        schema = body["requestBody"]["content"]["application/json"]["schema"]
+        found: dict[str, Any] = schema["properties"]["kwargs"]["properties"][parameter]
+        if "$ref" in found:
+            found = shop_openapi["components"]["schemas"][found["$ref"].rsplit("/", 1)[1]]
+        return found
+
+    assert set(schema_of("add", "item")["properties"]) == {"sku"}
+    assert set(schema_of("count", "item")["properties"]) == {"qty"}
+    assert schema_of("take", "thing") == {}  # no schema: any value
 
 
 # -- auth ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from stead._core import __version__
+from stead.http.routes import MAX_LIST_LIMIT
 from stead.http.signatures import Parameter, Signature
 
 __all__ = ["build_openapi"]
@@ -81,21 +82,22 @@ _HEALTH_SCHEMA = {
 
 
 def _schemas(hints: list[Any]) -> tuple[Callable[[Any], Any], dict[str, Any]]:
-    """Schemas for every hint at once (shared components), or one by one if that fails."""
+    """Schemas for every hint in one call (shared components, and names made
+    unique: two ``Item`` Structs of two modules stay apart). Hints msgspec
+    cannot describe get the empty schema and leave the others in that call."""
     unique = list({id(hint): hint for hint in hints}.values())
-    try:
-        schemas, components = msgspec.json.schema_components(unique, ref_template=_REF)
-        table = {id(hint): schema for hint, schema in zip(unique, schemas, strict=True)}
-    except (TypeError, ValueError):
-        table, components = {}, {}
-        for hint in unique:
-            try:
-                (schema,), more = msgspec.json.schema_components([hint], ref_template=_REF)
-            except (TypeError, ValueError):
-                schema, more = {}, {}
-            table[id(hint)] = schema
-            components.update(more)
+    described = [hint for hint in unique if _describable(hint)]
+    schemas, components = msgspec.json.schema_components(described, ref_template=_REF)
+    table = {id(hint): schema for hint, schema in zip(described, schemas, strict=True)}
     return (lambda hint: table.get(id(hint), {})), dict(components)
+
+
+def _describable(hint: Any) -> bool:
+    try:
+        msgspec.json.schema_components([hint], ref_template=_REF)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _rpc_operation(
@@ -169,9 +171,11 @@ def _list_operation(binding: str) -> dict[str, Any]:
         },
         "required": ["ids", "next"],
     }
-    operation = _simple_operation(f"{binding}.list", f"List {binding} objects", listing)
+    # "__list__": no RPC method can have that name (a method "list" is BINDING.list).
+    operation = _simple_operation(f"{binding}.__list__", f"List {binding} objects", listing)
+    limit = {"type": "integer", "minimum": 0, "maximum": MAX_LIST_LIMIT}
     operation["parameters"] = [
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "limit", "in": "query", "schema": limit},
         {"name": "after", "in": "query", "schema": {"type": "string"}},
     ]
     operation["tags"] = [binding]
