@@ -486,6 +486,14 @@ async def test_metrics_count_requests_and_expose_runtime_gauges(
         assert name in text
 
 
+async def test_stead_keys_says_it_counts_internal_keys(client: httpx.AsyncClient) -> None:
+    await rpc(client, "increment")  # one key of its own, plus the name stead records
+    text = (await client.get("/metrics")).text
+    assert "stead_keys 2.0" in text
+    help_line = next(line for line in text.splitlines() if line.startswith("# HELP stead_keys"))
+    assert "internal ones included" in help_line
+
+
 async def test_fsync_latencies_reach_the_histogram(data_dir: str) -> None:
     runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir, durability="fsync")
     async with runtime, client_for(create_app(runtime, token="")) as client:
