@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -95,6 +96,39 @@ def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str)
     result = runner.invoke(cli, ["serve", target])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "tests._apps.raises_on_import:runtime",
+            "Error: importing tests._apps.raises_on_import failed: RuntimeError: this module fails",
+        ),
+        (
+            "tests._apps.targets:failing",
+            "Error: tests._apps.targets:failing() failed: RuntimeError: the factory failed",
+        ),
+    ],
+)
+def test_serve_reports_a_target_that_raises_as_an_error_not_a_traceback(
+    runner: CliRunner, target: str, message: str
+) -> None:
+    result = runner.invoke(cli, ["serve", target])
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert isinstance(result.exception, SystemExit)  # no traceback
+
+
+def test_serve_reports_a_port_in_use_as_an_error(runner: CliRunner) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(cli, ["serve", "tests._apps.targets:fresh", "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert "Error: the HTTP server did not start" in result.stderr
+    assert isinstance(result.exception, SystemExit)
 
 
 @pytest.mark.parametrize("var", ["NOEQUALS", "=value", "not-a-name=1"])

@@ -174,7 +174,8 @@ def serve(
     from stead.http.server import http_protocol
 
     variables = {**cfg.Config.from_env().vars, **var_items}
-    runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
+    with _logging_to_stderr(log_level):
+        runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
     _add_vars(runtime, variables)
     if not runtime.bindings and not runtime.use_plugins:
         raise click.UsageError(f"{target} has no bindings to serve")
@@ -273,8 +274,15 @@ def _load_target(target: str) -> Runtime:
             value = getattr(value, part)
     except (ImportError, AttributeError) as exc:
         raise click.BadParameter(f"cannot load {target}: {exc}", param_hint="TARGET") from exc
+    except Exception as exc:  # the module's own code raised while importing
+        logger.debug("importing %s failed", module_name, exc_info=exc)
+        raise click.ClickException(f"importing {module_name} failed: {_describe(exc)}") from None
     if pyinspect.isfunction(value) or pyinspect.ismethod(value):  # a factory
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            logger.debug("%s() failed", target, exc_info=exc)
+            raise click.ClickException(f"{target}() failed: {_describe(exc)}") from None
     if not isinstance(value, Runtime):
         kind = type(value).__name__
         raise click.BadParameter(f"{target} is a {kind}, not a stead.Runtime", param_hint="TARGET")
