@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 import stead
 from stead._core import Engine
-from stead.cli import cli, main
+from stead.cli import _run, cli, main
 from tests._apps.counter import Counter
 from tests._apps.serving import Server, child_env, stead_command
 from tests.test_plugins import make_distribution
@@ -228,6 +229,28 @@ def test_bench_refuses_a_data_dir_in_use(runner: CliRunner, data_dir: str) -> No
     assert result.exit_code == 1
     assert "Error: " in result.stderr and "locked by another process" in result.stderr
     assert isinstance(result.exception, SystemExit)  # no traceback
+
+
+def test_ctrl_c_cancels_the_running_coroutine_which_cleans_up_first() -> None:
+    cleaned: list[str] = []
+
+    async def work() -> None:
+        try:
+            # Ctrl+C while the coroutine waits (the loop runs the handler).
+            asyncio.get_running_loop().call_soon(signal.raise_signal, signal.SIGINT)
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0)  # cleanup that needs the loop (closing a runtime)
+            cleaned.append("done")
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(work())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert cleaned == ["done"]
 
 
 # -- inspect -----------------------------------------------------------------

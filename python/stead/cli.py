@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import datetime, timezone
@@ -434,13 +435,55 @@ async def _close(runtime: Runtime) -> None:
 
 
 def _run(coroutine: Coroutine[Any, Any, T], loop_factory: Callable[[], Any] | None = None) -> T:
-    # asyncio.run(loop_factory=) is Python 3.12+; this works on 3.10 too.
-    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    """``asyncio.run(coroutine)`` with uvicorn's loop factory (``loop_factory=`` is
+    Python 3.12+). As there, the first Ctrl+C cancels the coroutine, so it can clean
+    up (a runtime closes and releases its data dir), then raises KeyboardInterrupt."""
+    loop: asyncio.AbstractEventLoop = (
+        loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    )
+    task = loop.create_task(coroutine)
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        if interrupted or task.done():
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        interrupted = True
+        task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wake the loop up
+
+    cancel_on_sigint = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if cancel_on_sigint:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
-        return loop.run_until_complete(coroutine)
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
     finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        if cancel_on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    pending = asyncio.all_tasks(loop)
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    for task in pending:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a task failed while being cancelled", exc_info=task.exception())
 
 
 # -- plugins -----------------------------------------------------------------
@@ -723,6 +766,9 @@ async def _drive(
             latencies.append(time.perf_counter() - started)
             if len(latencies) % step == 0:
                 progress(step)
+                # Calls that never suspend (durability none) would otherwise keep
+                # one worker running to the end: no other worker, no Ctrl+C.
+                await asyncio.sleep(0)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, total))))
     progress(total % step)
