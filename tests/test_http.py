@@ -582,6 +582,41 @@ async def test_openapi_keeps_same_named_structs_apart(shop_openapi: dict[str, An
     assert schema_of("take", "thing") == {}  # no schema: any value
 
 
+async def test_openapi_before_the_runtime_started_is_503_and_not_kept(data_dir: str) -> None:
+    runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
+    async with client_for(create_app(runtime, token="")) as client:
+        assert error_of(await client.get("/openapi.json")) == (503, "NotStarted")
+        async with runtime:
+            document = (await client.get("/openapi.json")).json()
+    assert "/objects/COUNTER/{name}/rpc/increment" in document["paths"]
+
+
+async def test_openapi_declares_the_bearer_token_and_the_mount_prefix(
+    stead_runtime: stead.Runtime,
+) -> None:
+    host = Starlette(routes=[Mount("/stead", app=create_app(stead_runtime, token="t"))])
+    async with client_for(host) as client:
+        response = await client.get("/stead/openapi.json", headers={"Authorization": "Bearer t"})
+    document = response.json()
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["security"] == [{"bearer": []}]
+    assert document["paths"]["/healthz"]["get"]["security"] == []  # open
+    assert document["servers"] == [{"url": "/stead"}]
+    async with client_for(create_app(stead_runtime, token="")) as client:
+        open_document = (await client.get("/openapi.json")).json()
+    assert "security" not in open_document and "servers" not in open_document
+
+
+async def test_objects_without_a_binding_is_a_json_404(client: httpx.AsyncClient) -> None:
+    for path in ("/objects", "/objects/"):
+        assert error_of(await client.get(path)) == (404, "NotFound"), path
+
+
+async def test_a_negative_body_limit_is_refused(stead_runtime: stead.Runtime) -> None:
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        create_app(stead_runtime, max_body_bytes=-1)
+
+
 # -- auth ---------------------------------------------------------------------
 
 

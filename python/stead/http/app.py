@@ -59,6 +59,8 @@ def create_app(
     """
     config = Config.from_env()
     limit = config.max_body_bytes if max_body_bytes is None else max_body_bytes
+    if limit < 0:  # every body would be a 413
+        raise ValueError(f"max_body_bytes must be >= 0, not {limit}")
     secret = config.token if token is None else (token or None)
     metrics = HttpMetrics(runtime)
     objects = ObjectRoutes(
@@ -67,7 +69,7 @@ def create_app(
         hide_header="authorization" if secret else None,
         max_body_bytes=limit,
     )
-    routes = _builtin_routes(objects, metrics)
+    routes = _builtin_routes(objects, metrics, bearer=secret is not None)
     routes.extend(_plugin_routes(runtime, plugins))
     bearer = BearerToken(secret) if secret else None
     middleware = [
@@ -128,7 +130,9 @@ class SteadApp(Starlette):
         return stack if users else FastRpc(stack, self._objects, self._bearer)
 
 
-def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRoute]:
+def _builtin_routes(
+    objects: ObjectRoutes, metrics: HttpMetrics, *, bearer: bool
+) -> list[BaseRoute]:
     openapi: dict[str, Any] = {}
 
     async def healthz(request: Request) -> Response:
@@ -141,8 +145,16 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
     async def openapi_json(request: Request) -> Response:
         # Built on first use: plugin bindings are only known once the runtime started.
         if not openapi:
-            openapi.update(build_openapi(objects.signatures()))
-        return JSONResponse(openapi)
+            if not objects.runtime.started:
+                return HttpError(503, "NotStarted", "the runtime is not running").response()
+            openapi.update(build_openapi(objects.signatures(), bearer=bearer))
+        root = request.scope.get("root_path", "")
+        # Mounted under a prefix: the paths are relative to it.
+        return JSONResponse({**openapi, "servers": [{"url": root}]} if root else openapi)
+
+    async def no_binding(request: Request) -> Response:
+        message = "no such route; GET /objects/{binding} lists a binding's objects"
+        return HttpError(404, "NotFound", message).response()
 
     return [
         Route("/objects/{binding}/{name}/fetch/{path:path}", objects.fetch, methods=_ANY_METHOD),
@@ -152,6 +164,7 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/objects/{rest:path}", objects.not_found, methods=_ANY_METHOD),
+        Route("/objects", no_binding, methods=_ANY_METHOD),  # not a redirect to a 404
     ]
 
 

@@ -49,8 +49,11 @@ _NAME = {
 }
 
 
-def build_openapi(signatures: Mapping[str, Mapping[str, Signature]]) -> dict[str, Any]:
-    """The document for ``{binding: {method: Signature}}``."""
+def build_openapi(
+    signatures: Mapping[str, Mapping[str, Signature]], *, bearer: bool = False
+) -> dict[str, Any]:
+    """The document for ``{binding: {method: Signature}}``; with ``bearer``, every
+    operation but ``/healthz`` requires the bearer token."""
     hints = [
         hint
         for methods in signatures.values()
@@ -64,14 +67,20 @@ def build_openapi(signatures: Mapping[str, Mapping[str, Signature]]) -> dict[str
         for name, signature in sorted(methods.items()):
             path = f"/objects/{binding}/{{name}}/rpc/{name}"
             paths[path] = {"post": _rpc_operation(binding, signature, schema_of)}
-    paths["/healthz"] = {"get": _simple_operation("healthz", "Liveness", _HEALTH_SCHEMA)}
+    health = _simple_operation("healthz", "Liveness", _HEALTH_SCHEMA)
+    paths["/healthz"] = {"get": health}
     components["Error"] = _ERROR_SCHEMA
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "stead", "version": __version__},
         "paths": paths,
         "components": {"schemas": components},
     }
+    if bearer:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+        health["security"] = []  # open
+    return document
 
 
 _HEALTH_SCHEMA = {
