@@ -582,6 +582,40 @@ async def test_openapi_keeps_same_named_structs_apart(shop_openapi: dict[str, An
     assert schema_of("take", "thing") == {}  # no schema: any value
 
 
+class Binding(stead.DurableObject):
+    def mixed(self, a: int, /, b: int, *, c: int, d: int = 0) -> int:
+        return a + b + c + d
+
+
+BINDING_BODIES = [
+    {"args": [1, 2], "kwargs": {"c": 3}},
+    {"args": [1], "kwargs": {"b": 2, "c": 3, "d": 4}},
+    {},
+    {"args": [1, 2]},
+    {"args": [1, 2], "kwargs": {"b": 2, "c": 3}},
+    {"kwargs": {"b": 2, "c": 3}},
+    {"args": [1, 2, 3], "kwargs": {"c": 3}},
+]
+
+
+async def test_the_openapi_body_schema_accepts_exactly_what_the_server_does(
+    data_dir: str,
+) -> None:
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")  # with schemathesis (dev extra)
+    async with (
+        stead.Runtime({"BINDING": Binding}, data_dir=data_dir) as runtime,
+        client_for(create_app(runtime, token="")) as client,
+    ):
+        document = (await client.get("/openapi.json")).json()
+        operation = document["paths"]["/objects/BINDING/{name}/rpc/mixed"]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        validator = jsonschema_rs.Draft202012Validator(schema)
+        for body in BINDING_BODIES:
+            response = await client.post("/objects/BINDING/a/rpc/mixed", json=body)
+            assert response.status_code in (200, 400), response.text
+            assert validator.is_valid(body) is (response.status_code == 200), body
+
+
 async def test_openapi_before_the_runtime_started_is_503_and_not_kept(data_dir: str) -> None:
     runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
     async with client_for(create_app(runtime, token="")) as client:

@@ -145,11 +145,37 @@ def _body_schema(signature: Signature, schema_of: Callable[[Any], Any]) -> dict[
         args["items"] = schema_of(variadic[0].hint)
     else:
         args["maxItems"] = len(positional)
-    return {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {"args": args, "kwargs": _kwargs_schema(signature.parameters, schema_of)},
         "additionalProperties": False,
     }
+    rules = _binding_rules(signature.parameters)
+    if rules:
+        schema["allOf"] = rules
+    return schema
+
+
+def _binding_rules(parameters: list[Parameter]) -> list[dict[str, Any]]:
+    """How ``args`` and ``kwargs`` together must cover the parameters, as Python
+    binds them: a required one is given by position or by name, none twice."""
+    rules: list[dict[str, Any]] = []
+    positional = [p for p in parameters if p.positional]
+    for index, parameter in enumerate(positional):
+        covers = {"required": ["args"], "properties": {"args": {"minItems": index + 1}}}
+        if parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
+            if parameter.required:
+                rules.append(covers)
+            continue
+        named = {"required": ["kwargs"], "properties": {"kwargs": {"required": [parameter.name]}}}
+        if parameter.required:
+            rules.append({"anyOf": [covers, named]})
+        rules.append({"not": {"allOf": [covers, named]}})  # both: "multiple values"
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    required = [p.name for p in parameters if p.kind is keyword_only and p.required]
+    if required:
+        rules.append({"required": ["kwargs"], "properties": {"kwargs": {"required": required}}})
+    return rules
 
 
 def _kwargs_schema(parameters: list[Parameter], schema_of: Callable[[Any], Any]) -> dict[str, Any]:
