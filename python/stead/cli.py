@@ -172,7 +172,7 @@ def serve(
     import uvicorn
 
     from stead.http import create_app
-    from stead.http.server import http_protocol
+    from stead.http.server import http_protocol, uvicorn_server
 
     variables = {**cfg.Config.from_env().vars, **var_items}
     with _logging_to_stderr(log_level):
@@ -182,7 +182,7 @@ def serve(
         raise click.UsageError(f"{target} has no bindings to serve")
     with _logging_to_stderr(log_level):
         app = _create_app(create_app, runtime, max_body_bytes=max_body_bytes, token=token or "")
-    server = _uvicorn_server(
+    server = uvicorn_server(
         uvicorn.Config(
             app,
             host=host,
@@ -197,20 +197,6 @@ def serve(
     )
     with _logging_to_stderr(log_level):
         _run(_serve(runtime, server), _loop_factory(server.config))
-
-
-def _uvicorn_server(config: Any) -> Any:
-    """A ``uvicorn.Server`` that leaves SIGINT and SIGTERM to ``_StopSignals``."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn would install its own handlers for the duration of serve() and
-            # raise the signal again after it; _StopSignals covers start and close too.
-            yield
-
-    return Server(config)
 
 
 @contextlib.contextmanager
@@ -309,7 +295,9 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _serve(runtime: Runtime, server: Any) -> None:
-    stop = _StopSignals(runtime, server)
+    from stead.http.server import StopSignals
+
+    stop = StopSignals(runtime, server, say=lambda text: click.echo(f"stead: {text}", err=True))
     with stop.installed():
         await _start(runtime)
         stop.started()
@@ -318,7 +306,7 @@ async def _serve(runtime: Runtime, server: Any) -> None:
                 _print_bindings(runtime)
                 await _serve_http(server)
         finally:
-            await stop.close()
+            await stop.close(lambda: _close(runtime))
 
 
 async def _start(runtime: Runtime) -> None:
@@ -350,80 +338,6 @@ async def _serve_http(server: Any) -> None:
     except SystemExit as exc:  # uvicorn could not start: a port in use, a bad --host, ...
         message = f"the HTTP server did not start (uvicorn's error is above; status {exc.code})"
         raise click.ClickException(message) from None
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM during ``stead serve``: start, serve and close alike.
-
-    Handled through ``loop.add_signal_handler``, so a handler never raises (under
-    uvloop, an exception raised by a ``signal.signal`` handler while the loop waits
-    is logged and lost). The first signal stops uvicorn gracefully, or skips
-    serving if the runtime is still starting. A second one, or one while the
-    runtime closes, closes it now: the events still running are cancelled
-    (``close(grace=0)``), and their requests answered.
-    """
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, runtime: Runtime, server: Any) -> None:
-        self._runtime = runtime
-        self._server = server
-        self._count = 0
-        self._last = signal.SIGTERM
-        self._started = False  # the runtime: closing it early would race start()
-        self._closing = False
-        self._hurry: asyncio.Future[None] | None = None
-
-    @property
-    def requested(self) -> bool:
-        """Whether a signal arrived."""
-        return self._count > 0
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        previous = {sig: signal.getsignal(sig) for sig in self._SIGNALS}
-        for sig in self._SIGNALS:
-            loop.add_signal_handler(sig, self._received, sig)
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                loop.remove_signal_handler(sig)
-                if handler is not None:  # None: not set from Python; leave the default
-                    signal.signal(sig, handler)
-
-    def started(self) -> None:
-        """The runtime started: a second signal may close it from now on."""
-        self._started = True
-        if self._count > 1:
-            self._hurry_close()
-
-    def _received(self, sig: signal.Signals) -> None:
-        self._count += 1
-        self._last = sig
-        self._server.should_exit = True  # also if serve() is about to begin
-        if not self._started and self._count == 1:
-            name = signal.Signals(sig).name
-            click.echo(f"stead: {name} while starting: stopping once started", err=True)
-        if self._started and (self._count > 1 or self._closing):
-            self._hurry_close()
-
-    async def close(self) -> None:
-        """Close the runtime (hurried as the signals say)."""
-        self._closing = True
-        try:
-            await _close(self._runtime)
-        finally:
-            if self._hurry is not None:
-                with contextlib.suppress(Exception):  # _close() reports the same error
-                    await self._hurry
-
-    def _hurry_close(self) -> None:
-        if self._hurry is None:
-            name = signal.Signals(self._last).name
-            click.echo(f"stead: {name}: closing now, cancelling the events still running", err=True)
-            self._hurry = asyncio.ensure_future(self._runtime.close(grace=0))
 
 
 async def _close(runtime: Runtime) -> None:
