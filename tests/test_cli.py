@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 
 import stead
 from stead._core import Engine
-from stead.cli import cli, main
+from stead.cli import _run, cli, main
 from tests._apps.counter import Counter
 from tests._apps.serving import Server, child_env, stead_command
 from tests.test_plugins import make_distribution
@@ -95,6 +97,39 @@ def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str)
     result = runner.invoke(cli, ["serve", target])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "tests._apps.raises_on_import:runtime",
+            "Error: importing tests._apps.raises_on_import failed: RuntimeError: this module fails",
+        ),
+        (
+            "tests._apps.targets:failing",
+            "Error: tests._apps.targets:failing() failed: RuntimeError: the factory failed",
+        ),
+    ],
+)
+def test_serve_reports_a_target_that_raises_as_an_error_not_a_traceback(
+    runner: CliRunner, target: str, message: str
+) -> None:
+    result = runner.invoke(cli, ["serve", target])
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert isinstance(result.exception, SystemExit)  # no traceback
+
+
+def test_serve_reports_a_port_in_use_as_an_error(runner: CliRunner) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(cli, ["serve", "tests._apps.targets:fresh", "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert "Error: the HTTP server did not start" in result.stderr
+    assert isinstance(result.exception, SystemExit)
 
 
 @pytest.mark.parametrize("var", ["NOEQUALS", "=value", "not-a-name=1", "_bind=x"])
@@ -197,6 +232,28 @@ def test_bench_refuses_a_data_dir_in_use(runner: CliRunner, data_dir: str) -> No
     assert isinstance(result.exception, SystemExit)  # no traceback
 
 
+def test_ctrl_c_cancels_the_running_coroutine_which_cleans_up_first() -> None:
+    cleaned: list[str] = []
+
+    async def work() -> None:
+        try:
+            # Ctrl+C while the coroutine waits (the loop runs the handler).
+            asyncio.get_running_loop().call_soon(signal.raise_signal, signal.SIGINT)
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0)  # cleanup that needs the loop (closing a runtime)
+            cleaned.append("done")
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(work())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert cleaned == ["done"]
+
+
 # -- inspect -----------------------------------------------------------------
 
 
@@ -226,6 +283,30 @@ def test_inspect_shows_objects_keys_and_values(runner: CliRunner, stored: str) -
 
     unknown = runner.invoke(cli, ["inspect", stored], env={"STEAD_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert unknown.output.count("<prefix ") == 2  # binding names unknown without --binding
+
+
+class Odd(stead.DurableObject):
+    def put(self, key: str, kind: str) -> None:
+        values = {"tuple-keys": {(1, 2): "x", 3: "y"}, "nan": [float("nan"), -float("inf")]}
+        self.ctx.storage.put(key, values[kind])
+
+
+def test_inspect_json_is_strict_json_for_any_stored_value(runner: CliRunner, data_dir: str) -> None:
+    async def fill() -> None:
+        async with stead.Runtime({"ODD": Odd}, data_dir=data_dir) as runtime:
+            await runtime.env.ODD.get_by_name("a").put("k", "tuple-keys")
+            await runtime.env.ODD.get_by_name("b").put("k", "nan")
+
+    asyncio.run(fill())
+    result = runner.invoke(cli, ["inspect", data_dir, "--binding", "ODD", "--json"])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    views = [json.loads(line, parse_constant=refuse) for line in result.output.splitlines()]
+    values = {view["name"]: view["values"]["k"] for view in views}
+    assert values == {"a": {"(1, 2)": "x", "3": "y"}, "b": ["nan", "-inf"]}
 
 
 def test_inspect_does_not_change_the_data_dir(runner: CliRunner, stored: str) -> None:

@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 import stead
@@ -226,22 +229,47 @@ async def test_a_handler_raising_cancelled_error_is_a_json_500(
     assert "raised CancelledError" in caplog.text
 
 
-async def test_a_cancelled_request_stays_cancelled(data_dir: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/objects/COUNTER/a/rpc/hold"), ("GET", "/objects/COUNTER/a/fetch/hold")],
+)
+async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
+    data_dir: str, method: str, path: str
+) -> None:
     Counter.gate = asyncio.Event()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [], "server": ("test", 80), "client": ("c", 1),
+    }  # fmt: skip
     try:
         runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
-        async with runtime, client_for(create_app(runtime, token="")) as client:
-            request = asyncio.create_task(client.post("/objects/COUNTER/a/rpc/hold"))
+        async with runtime:
+            app = create_app(runtime, token="")
+            request = asyncio.create_task(app(scope, receive, send))
             for _ in range(100_000):  # yield until the handler runs
                 if runtime.stats()["running_events"] >= 1:
                     break
                 await asyncio.sleep(0)
-            request.cancel()
+            request.cancel()  # as uvicorn does at its graceful shutdown deadline
             with pytest.raises(asyncio.CancelledError):
-                await request  # not turned into a 500 answer
+                await request  # answered, but still cancelled (not a 500 of a handler)
             Counter.gate.set()
     finally:
         Counter.gate = None
+    assert sent[0]["status"] == 503
+    assert (b"connection", b"close") in sent[0]["headers"]
+    body = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
+    assert body["error"]["type"] == "ShuttingDown"
+    assert "may still complete" in body["error"]["message"]
 
 
 async def test_storage_failure_is_503_and_nothing_is_acknowledged(
@@ -322,6 +350,49 @@ async def test_fetch_forwards_the_request_and_returns_the_response_as_is(
     missing = await client.get("/objects/COUNTER/a/fetch/elsewhere")
     assert (missing.status_code, missing.text) == (404, "not here")
     assert missing.headers["content-type"] == "text/plain"
+
+
+async def test_fetch_joins_repeated_request_headers(client: httpx.AsyncClient) -> None:
+    headers = [
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Cookie", "session=abc"),
+        ("Cookie", "theme=dark"),
+        ("Accept", "text/html"),
+        ("Accept", "application/json;q=0.9"),
+        ("X-Once", "1"),
+    ]
+    seen = (await client.get("/objects/COUNTER/a/fetch/headers", headers=headers)).json()
+    assert seen["x-forwarded-for"] == "203.0.113.7, 10.0.0.1"  # RFC 9110 §5.3
+    assert seen["cookie"] == "session=abc; theme=dark"  # RFC 6265 §5.4: one line, "; "
+    assert seen["accept"] == "text/html, application/json;q=0.9"
+    assert seen["x-once"] == "1"
+
+
+@pytest.mark.parametrize("route", ["fetch/echo", "rpc/increment"])
+async def test_a_client_leaving_during_the_upload_is_a_quiet_400(
+    stead_runtime: stead.Runtime, caplog: pytest.LogCaptureFixture, route: str
+) -> None:
+    messages = iter([{"type": "http.request", "body": b"{", "more_body": True}])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    path = f"/objects/COUNTER/a/{route}"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [], "server": ("test", 80), "client": ("c", 1),
+    }  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        await create_app(stead_runtime, token="")(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["type"] == "Disconnected"
+    assert caplog.records == []
 
 
 @pytest.mark.parametrize("path", sorted(INVALID_RESPONSES))
@@ -415,6 +486,14 @@ async def test_metrics_count_requests_and_expose_runtime_gauges(
         assert name in text
 
 
+async def test_stead_keys_says_it_counts_internal_keys(client: httpx.AsyncClient) -> None:
+    await rpc(client, "increment")  # one key of its own, plus the name stead records
+    text = (await client.get("/metrics")).text
+    assert "stead_keys 2.0" in text
+    help_line = next(line for line in text.splitlines() if line.startswith("# HELP stead_keys"))
+    assert "internal ones included" in help_line
+
+
 async def test_fsync_latencies_reach_the_histogram(data_dir: str) -> None:
     runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir, durability="fsync")
     async with runtime, client_for(create_app(runtime, token="")) as client:
@@ -445,6 +524,131 @@ async def test_openapi_describes_rpc_methods_from_type_hints(client: httpx.Async
     assert "/objects/COUNTER/{name}/rpc/fetch" not in paths
     assert "/objects/PLAIN/{name}/rpc/ping" in paths
     assert set(increment["responses"]) >= {"200", "400", "404", "429", "500", "503"}
+
+
+# Two Structs called Item from two modules, and a hint msgspec has no schema for.
+SkuItem = msgspec.defstruct("Item", [("sku", str)], module="shop.a")
+QtyItem = msgspec.defstruct("Item", [("qty", int)], module="shop.b")
+
+
+class Opaque:
+    pass
+
+
+class Shop(stead.DurableObject):
+    def add(self, item: SkuItem) -> None:  # type: ignore[valid-type]
+        pass
+
+    def count(self, item: QtyItem) -> None:  # type: ignore[valid-type]
+        pass
+
+    def take(self, thing: Opaque) -> None:
+        pass
+
+    def list(self) -> int:  # a method named like the listing
+        return 0
+
+
+@pytest.fixture
+async def shop_openapi(data_dir: str) -> dict[str, Any]:
+    async with (
+        stead.Runtime({"SHOP": Shop}, data_dir=data_dir) as runtime,
+        client_for(create_app(runtime, token="")) as client,
+    ):
+        document: dict[str, Any] = (await client.get("/openapi.json")).json()
+    return document
+
+
+async def test_openapi_operation_ids_are_unique(shop_openapi: dict[str, Any]) -> None:
+    operations = [op for path in shop_openapi["paths"].values() for op in path.values()]
+    ids = [operation["operationId"] for operation in operations]
+    assert len(ids) == len(set(ids)), ids
+    assert "SHOP.list" in ids and "SHOP.__list__" in ids
+    listing = shop_openapi["paths"]["/objects/SHOP"]["get"]["parameters"]
+    assert listing[0]["schema"]["maximum"] == 1000
+
+
+async def test_openapi_keeps_same_named_structs_apart(shop_openapi: dict[str, Any]) -> None:
+    def schema_of(method: str, parameter: str) -> dict[str, Any]:
+        body = shop_openapi["paths"][f"/objects/SHOP/{{name}}/rpc/{method}"]["post"]
+        schema = body["requestBody"]["content"]["application/json"]["schema"]
+        found: dict[str, Any] = schema["properties"]["kwargs"]["properties"][parameter]
+        if "$ref" in found:
+            found = shop_openapi["components"]["schemas"][found["$ref"].rsplit("/", 1)[1]]
+        return found
+
+    assert set(schema_of("add", "item")["properties"]) == {"sku"}
+    assert set(schema_of("count", "item")["properties"]) == {"qty"}
+    assert schema_of("take", "thing") == {}  # no schema: any value
+
+
+class Binding(stead.DurableObject):
+    def mixed(self, a: int, /, b: int, *, c: int, d: int = 0) -> int:
+        return a + b + c + d
+
+
+BINDING_BODIES = [
+    {"args": [1, 2], "kwargs": {"c": 3}},
+    {"args": [1], "kwargs": {"b": 2, "c": 3, "d": 4}},
+    {},
+    {"args": [1, 2]},
+    {"args": [1, 2], "kwargs": {"b": 2, "c": 3}},
+    {"kwargs": {"b": 2, "c": 3}},
+    {"args": [1, 2, 3], "kwargs": {"c": 3}},
+]
+
+
+async def test_the_openapi_body_schema_accepts_exactly_what_the_server_does(
+    data_dir: str,
+) -> None:
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")  # with schemathesis (dev extra)
+    async with (
+        stead.Runtime({"BINDING": Binding}, data_dir=data_dir) as runtime,
+        client_for(create_app(runtime, token="")) as client,
+    ):
+        document = (await client.get("/openapi.json")).json()
+        operation = document["paths"]["/objects/BINDING/{name}/rpc/mixed"]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        validator = jsonschema_rs.Draft202012Validator(schema)
+        for body in BINDING_BODIES:
+            response = await client.post("/objects/BINDING/a/rpc/mixed", json=body)
+            assert response.status_code in (200, 400), response.text
+            assert validator.is_valid(body) is (response.status_code == 200), body
+
+
+async def test_openapi_before_the_runtime_started_is_503_and_not_kept(data_dir: str) -> None:
+    runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
+    async with client_for(create_app(runtime, token="")) as client:
+        assert error_of(await client.get("/openapi.json")) == (503, "NotStarted")
+        async with runtime:
+            document = (await client.get("/openapi.json")).json()
+    assert "/objects/COUNTER/{name}/rpc/increment" in document["paths"]
+
+
+async def test_openapi_declares_the_bearer_token_and_the_mount_prefix(
+    stead_runtime: stead.Runtime,
+) -> None:
+    host = Starlette(routes=[Mount("/stead", app=create_app(stead_runtime, token="t"))])
+    async with client_for(host) as client:
+        response = await client.get("/stead/openapi.json", headers={"Authorization": "Bearer t"})
+    document = response.json()
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["security"] == [{"bearer": []}]
+    assert document["paths"]["/healthz"]["get"]["security"] == []  # open
+    assert document["servers"] == [{"url": "/stead"}]
+    async with client_for(create_app(stead_runtime, token="")) as client:
+        open_document = (await client.get("/openapi.json")).json()
+    assert "security" not in open_document and "servers" not in open_document
+
+
+async def test_objects_without_a_binding_is_a_json_404(client: httpx.AsyncClient) -> None:
+    for path in ("/objects", "/objects/"):
+        assert error_of(await client.get(path)) == (404, "NotFound"), path
+
+
+async def test_a_negative_body_limit_is_refused(stead_runtime: stead.Runtime) -> None:
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        create_app(stead_runtime, max_body_bytes=-1)
 
 
 # -- auth ---------------------------------------------------------------------
@@ -511,6 +715,42 @@ async def test_mounts_inside_another_starlette_app(stead_runtime: stead.Runtime)
         assert (await client.post("/stead/objects/COUNTER/m/rpc/get")).status_code == 401
         fetched = await client.get("/stead/objects/COUNTER/m/fetch/count", headers=auth)
         assert fetched.json() == {"count": 1}
+
+
+class ApiKeyMiddleware:
+    """A user's auth middleware, added with ``app.add_middleware``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (b"x-api-key", b"k") not in scope["headers"]:
+            await PlainTextResponse("forbidden", status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def test_user_middleware_wraps_rpc_calls_too(stead_runtime: stead.Runtime) -> None:
+    app = create_app(stead_runtime, token="t")
+    app.add_middleware(ApiKeyMiddleware)
+    origin = "https://ui.example"
+    app.add_middleware(CORSMiddleware, allow_origins=[origin], allow_methods=["*"])
+    auth = {"Authorization": "Bearer t", "Origin": origin}
+    async with client_for(app) as client:
+        for path in ("/objects/COUNTER/a/rpc/increment", "/objects/COUNTER/a/fetch/count"):
+            refused = await client.post(path, headers=auth)
+            assert refused.status_code == 403, path
+            assert refused.headers["access-control-allow-origin"] == origin
+        allowed = await client.post(
+            "/objects/COUNTER/a/rpc/increment", headers={**auth, "X-Api-Key": "k"}
+        )
+        assert allowed.json() == {"result": 1}  # the refused call did not write
+        assert allowed.headers["access-control-allow-origin"] == origin
+        no_token = await client.post(
+            "/objects/COUNTER/a/rpc/get", headers={"Origin": origin, "X-Api-Key": "k"}
+        )
+        assert error_of(no_token) == (401, "Unauthorized")  # stead's own check still runs
+        assert no_token.headers["access-control-allow-origin"] == origin
 
 
 class RoutesPlugin:

@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -189,7 +190,7 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path) -> None:
 
             @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy())
-            def check(case: schemathesis.Case) -> None:
+            def check(case: Any) -> None:  # a schemathesis.Case
                 response = case.call()
                 if response.status_code >= 500:
                     failures.append(f"{case.method} {case.formatted_path}: {response.text}")
@@ -198,3 +199,41 @@ def test_schemathesis_finds_no_server_errors(tmp_path: Path) -> None:
             check()
         assert failures == []
         assert "Traceback" not in server.output
+
+
+# -- signals ------------------------------------------------------------------
+
+SIGNALS = [signal.SIGTERM, signal.SIGINT]
+
+
+def serve_signals(data_dir: Path, *, hold_start: bool = False) -> Server:
+    env = {"STEAD_TEST_DATA_DIR": str(data_dir), "STEAD_TEST_HOLD_START": str(int(hold_start))}
+    return Server(["serve", "tests._apps.signals:runtime"], env=env, wait_listening=not hold_start)
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda sig: sig.name)
+def test_a_signal_while_starting_stops_the_server_once_started(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    with serve_signals(tmp_path, hold_start=True) as server:
+        server.wait_for_output("holding start")
+        server.send_signal(sig)
+        server.wait_for_output(f"stead: {sig.name} while starting")
+        server.send_line("go on")
+        assert server.wait() == 0, server.output
+    assert "Uvicorn running" not in server.output
+    assert "Traceback" not in server.output
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda sig: sig.name)
+def test_a_second_signal_closes_the_runtime_now(tmp_path: Path, sig: signal.Signals) -> None:
+    with serve_signals(tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        assert client.post("/objects/LINGER/a/rpc/linger").json() == {"result": 1}
+        server.send_signal(sig)  # close() now waits for the lingering wait_until task
+        server.wait_for_output("Finished server process")
+        server.send_signal(sig)
+        server.wait_for_output(f"stead: {sig.name}: closing now")
+        assert server.wait() == 0, server.output
+    assert "Traceback" not in server.output
+    with serve_signals(tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        assert client.post("/objects/LINGER/a/rpc/linger").json() == {"result": 2}

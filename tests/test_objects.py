@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -75,3 +78,85 @@ def test_rpc_methods_know_which_can_suspend() -> None:
         "quick": False,
         "slow": True,
     }
+
+
+def _logged(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator as logging, metrics or retry decorators are written: a sync
+    wrapper that returns what the method returns (here a coroutine)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        Decorated.calls += 1
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _unwrapped(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The same without functools.wraps: nothing says the method is async."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+class Decorated(stead.DurableObject):
+    calls = 0
+
+    @_logged
+    async def add(self, by: int) -> int:
+        count: int = self.ctx.storage.get("count", 0) + by
+        self.ctx.storage.put("count", count)
+        return count
+
+    @_logged
+    async def quick(self) -> str:
+        return "quick"
+
+    @_unwrapped
+    async def hidden(self) -> int:
+        return 1
+
+
+def test_a_decorated_async_method_is_async_and_can_suspend() -> None:
+    methods = rpc_methods(Decorated)
+    assert methods["add"].is_async and methods["quick"].is_async
+    # The wrapper's code is not what runs: whether the method awaits is unknown.
+    assert methods["add"].suspends and methods["quick"].suspends
+
+
+@pytest.mark.anyio
+async def test_a_decorated_async_method_is_awaited() -> None:
+    async with stead.Runtime({"DECORATED": Decorated}, data_dir=None) as runtime:
+        stub = runtime.namespace("DECORATED").get_by_name("a")
+        assert await stub.add(2) == 2
+        assert await stub.add(3) == 5
+        assert await stub.quick() == "quick"
+    assert Decorated.calls == 3
+
+
+@pytest.mark.anyio
+async def test_an_async_method_hidden_by_a_decorator_is_a_clear_error() -> None:
+    async with stead.Runtime({"DECORATED": Decorated}, data_dir=None) as runtime:
+        stub = runtime.namespace("DECORATED").get_by_name("a")
+        with pytest.raises(TypeError, match=r"functools\.wraps"):
+            await stub.hidden()  # and no "coroutine was never awaited" warning
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="inspect.markcoroutinefunction is 3.12+")
+@pytest.mark.anyio
+async def test_a_method_marked_as_a_coroutine_function_is_awaited() -> None:
+    async def later(value: int) -> int:
+        await asyncio.sleep(0)
+        return value
+
+    def marked(self: stead.DurableObject, value: int) -> Any:
+        return later(value)
+
+    class Marked(stead.DurableObject):
+        echo = inspect.markcoroutinefunction(marked)  # type: ignore[attr-defined,unused-ignore]
+
+    assert rpc_methods(Marked)["echo"].suspends
+    async with stead.Runtime({"MARKED": Marked}, data_dir=None) as runtime:
+        assert await runtime.namespace("MARKED").get_by_name("a").echo(7) == 7

@@ -12,10 +12,12 @@ import importlib
 import inspect as pyinspect
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import datetime, timezone
@@ -170,16 +172,17 @@ def serve(
     import uvicorn
 
     from stead.http import create_app
-    from stead.http.server import http_protocol
+    from stead.http.server import http_protocol, uvicorn_server
 
     variables = {**cfg.Config.from_env().vars, **var_items}
-    runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
+    with _logging_to_stderr(log_level):
+        runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
     _add_vars(runtime, variables)
     if not runtime.bindings and not runtime.use_plugins:
         raise click.UsageError(f"{target} has no bindings to serve")
     with _logging_to_stderr(log_level):
         app = _create_app(create_app, runtime, max_body_bytes=max_body_bytes, token=token or "")
-    server = uvicorn.Server(
+    server = uvicorn_server(
         uvicorn.Config(
             app,
             host=host,
@@ -192,15 +195,8 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     )
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again.
-    previous = signal.signal(signal.SIGTERM, _stop_requested)
-    try:
-        with _logging_to_stderr(log_level):
-            _run(_serve(runtime, server), _loop_factory(server.config))
-    except (KeyboardInterrupt, _StopRequested):
-        pass  # a requested stop, after a clean shutdown: exit status 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with _logging_to_stderr(log_level):
+        _run(_serve(runtime, server), _loop_factory(server.config))
 
 
 @contextlib.contextmanager
@@ -231,14 +227,6 @@ def _loop_factory(config: Any) -> Callable[[], Any] | None:
         return factory
     config.setup_event_loop()  # older uvicorn: sets the event loop policy instead
     return None
-
-
-class _StopRequested(Exception):
-    """SIGTERM arrived; raised once uvicorn has shut down."""
-
-
-def _stop_requested(signum: int, frame: object) -> None:
-    raise _StopRequested
 
 
 def _plugin_runtime(data_dir: str, durability: str) -> Runtime:
@@ -273,8 +261,15 @@ def _load_target(target: str) -> Runtime:
             value = getattr(value, part)
     except (ImportError, AttributeError) as exc:
         raise click.BadParameter(f"cannot load {target}: {exc}", param_hint="TARGET") from exc
+    except Exception as exc:  # the module's own code raised while importing
+        logger.debug("importing %s failed", module_name, exc_info=exc)
+        raise click.ClickException(f"importing {module_name} failed: {_describe(exc)}") from None
     if pyinspect.isfunction(value) or pyinspect.ismethod(value):  # a factory
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            logger.debug("%s() failed", target, exc_info=exc)
+            raise click.ClickException(f"{target}() failed: {_describe(exc)}") from None
     if not isinstance(value, Runtime):
         kind = type(value).__name__
         raise click.BadParameter(f"{target} is a {kind}, not a stead.Runtime", param_hint="TARGET")
@@ -300,6 +295,21 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _serve(runtime: Runtime, server: Any) -> None:
+    from stead.http.server import StopSignals
+
+    stop = StopSignals(runtime, server, say=lambda text: click.echo(f"stead: {text}", err=True))
+    with stop.installed():
+        await _start(runtime)
+        stop.started()
+        try:
+            if not stop.requested:
+                _print_bindings(runtime)
+                await _serve_http(server)
+        finally:
+            await stop.close(lambda: _close(runtime))
+
+
+async def _start(runtime: Runtime) -> None:
     try:
         await runtime.start()
     except DataDirLockedError as exc:
@@ -309,18 +319,25 @@ async def _serve(runtime: Runtime, server: Any) -> None:
     except Exception as exc:  # a plugin's stead_startup hook raised (start() released all)
         logger.debug("starting the runtime failed", exc_info=exc)
         raise click.ClickException(f"starting the runtime failed: {_describe(exc)}") from None
+
+
+def _print_bindings(runtime: Runtime) -> None:
+    if runtime.bindings:
+        click.echo(f"stead: serving bindings {', '.join(sorted(runtime.bindings))}", err=True)
+    else:
+        click.echo(
+            "stead: warning: no bindings to serve; install a plugin "
+            "(pip install ./plugins/stead-patterns) or pass a TARGET",
+            err=True,
+        )
+
+
+async def _serve_http(server: Any) -> None:
     try:
-        if runtime.bindings:
-            click.echo(f"stead: serving bindings {', '.join(sorted(runtime.bindings))}", err=True)
-        else:
-            click.echo(
-                "stead: warning: no bindings to serve; install a plugin "
-                "(pip install ./plugins/stead-patterns) or pass a TARGET",
-                err=True,
-            )
         await server.serve()
-    finally:
-        await _close(runtime)
+    except SystemExit as exc:  # uvicorn could not start: a port in use, a bad --host, ...
+        message = f"the HTTP server did not start (uvicorn's error is above; status {exc.code})"
+        raise click.ClickException(message) from None
 
 
 async def _close(runtime: Runtime) -> None:
@@ -332,13 +349,55 @@ async def _close(runtime: Runtime) -> None:
 
 
 def _run(coroutine: Coroutine[Any, Any, T], loop_factory: Callable[[], Any] | None = None) -> T:
-    # asyncio.run(loop_factory=) is Python 3.12+; this works on 3.10 too.
-    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    """``asyncio.run(coroutine)`` with uvicorn's loop factory (``loop_factory=`` is
+    Python 3.12+). As there, the first Ctrl+C cancels the coroutine, so it can clean
+    up (a runtime closes and releases its data dir), then raises KeyboardInterrupt."""
+    loop: asyncio.AbstractEventLoop = (
+        loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    )
+    task = loop.create_task(coroutine)
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        if interrupted or task.done():
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        interrupted = True
+        task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wake the loop up
+
+    cancel_on_sigint = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if cancel_on_sigint:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
-        return loop.run_until_complete(coroutine)
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
     finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        if cancel_on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    pending = asyncio.all_tasks(loop)
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    for task in pending:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a task failed while being cancelled", exc_info=task.exception())
 
 
 # -- plugins -----------------------------------------------------------------
@@ -415,7 +474,7 @@ def inspect(
     try:
         views = _object_views(engine, bindings, binding, name, max_keys)
         for view in _take(views, limit):
-            click.echo(json.dumps(view, default=repr) if as_json else _render_object(view))
+            click.echo(_json_line(view) if as_json else _render_object(view))
     except SteadError as exc:
         raise click.ClickException(f"cannot read {data_dir}: {exc}") from None
     finally:
@@ -479,6 +538,25 @@ def _decode(raw: bytes) -> Any:
         return codec.decode(raw)
     except SteadError:
         return f"<{len(raw)} undecodable bytes>"
+
+
+def _json_line(view: dict[str, Any]) -> str:
+    """``view`` as strict JSON: what JSON has no form for (tuple keys, NaN, bytes)
+    is shown as its ``repr``."""
+    return json.dumps(_jsonable(view), default=repr, allow_nan=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key if isinstance(key, str) else repr(key): _jsonable(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # 'nan', 'inf', '-inf'
+    return value
 
 
 def _render_object(view: dict[str, Any]) -> str:
@@ -602,6 +680,9 @@ async def _drive(
             latencies.append(time.perf_counter() - started)
             if len(latencies) % step == 0:
                 progress(step)
+                # Calls that never suspend (durability none) would otherwise keep
+                # one worker running to the end: no other worker, no Ctrl+C.
+                await asyncio.sleep(0)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, total))))
     progress(total % step)

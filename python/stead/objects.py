@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from stead import codec
+from stead.errors import SerializationError
 from stead.messages import Request, Response
 
 if TYPE_CHECKING:
@@ -71,11 +72,12 @@ class RpcMethod:
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
         self.function = function
-        self.is_async = inspect.iscoroutinefunction(function)
+        self.is_async = _is_async_function(function)
         #: Whether a call can suspend midway (an async method whose body awaits).
         #: One that cannot runs on the caller's task like a sync method; one that
         #: can runs as a task of its own, so a caller giving up never interrupts it.
-        self.suspends = self.is_async and can_suspend(function)
+        #: A decorated method's own code is not the code that runs: it can.
+        self.suspends = self.is_async and (not _is_async_def(function) or can_suspend(function))
         hints = _type_hints(function)
         parameters = list(inspect.signature(function).parameters.values())[1:]  # skip self
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -102,7 +104,22 @@ class RpcMethod:
 
     def copy_result(self, result: Any) -> Any:
         """A codec copy of the result, decoded into the return type."""
-        return codec.copy(result, self.result_type)
+        try:
+            return codec.copy(result, self.result_type)
+        except SerializationError:
+            if inspect.isawaitable(result):
+                raise self._returned_awaitable(result) from None
+            raise
+
+    def _returned_awaitable(self, result: Any) -> TypeError:
+        # A sync method returning a coroutine: a decorator stead cannot see through.
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited, and no warning saying so
+        return TypeError(
+            f"RPC method {self.name!r} is not a coroutine function but returned "
+            f"{type(result).__name__}; a decorator around an async method must keep it "
+            "recognisable: functools.wraps, or inspect.markcoroutinefunction (Python 3.12+)"
+        )
 
 
 # The opcodes of every point where a coroutine can suspend: await (and the
@@ -119,6 +136,25 @@ async def call_maybe_async(fn: Callable[[], Any]) -> Any:
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+def _is_async_function(function: Callable[..., Any]) -> bool:
+    """Whether calling ``function`` gives a coroutine to await: an ``async def``,
+    one marked with ``inspect.markcoroutinefunction``, or a decorator's wrapper
+    (``functools.wraps``) around one of those."""
+    if inspect.iscoroutinefunction(function):
+        return True
+    try:
+        unwrapped = inspect.unwrap(function)
+    except ValueError:  # a __wrapped__ cycle
+        return False
+    return unwrapped is not function and inspect.iscoroutinefunction(unwrapped)
+
+
+def _is_async_def(function: Callable[..., Any]) -> bool:
+    """Whether ``function``'s own code is an ``async def`` body (not a sync wrapper)."""
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(code.co_flags & inspect.CO_COROUTINE)
 
 
 def can_suspend(function: Callable[..., Any]) -> bool:

@@ -83,6 +83,10 @@ class Counter(stead.DurableObject):
                 status=201,
                 headers={"x-from-object": "yes"},
             )
+        if request.path == "/headers":
+            return stead.Response.json(dict(request.headers))
+        if request.path == "/hold":
+            return stead.Response.json(await self.hold())
         if request.path == "/boom":
             raise RuntimeError("fetch exploded")
         return stead.Response(b"not here", status=404, headers={"content-type": "text/plain"})

@@ -39,11 +39,17 @@ class Server:
     """
 
     def __init__(
-        self, args: Sequence[str], env: Mapping[str, str] | None = None, *, exit_status: int = 0
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        exit_status: int = 0,
+        wait_listening: bool = True,
     ) -> None:
         self.args = [*stead_command(), *args, "--port", "0"]
         self.env = child_env(env)
         self.exit_status = exit_status
+        self.wait_listening = wait_listening  # False: return from ``with`` at once
         self.url = ""
         self.returncode: int | None = None
         self._lines: list[str] = []
@@ -58,11 +64,13 @@ class Server:
 
     def __enter__(self) -> Server:
         self._process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            self.args, cwd=ROOT, env=self.env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if not self.wait_listening:
+            return self
         try:
             match = _LISTENING.search(self.wait_for_output("Uvicorn running on"))
         except BaseException:
@@ -93,6 +101,26 @@ class Server:
             raise AssertionError(f"{text!r} not printed (done={done}); output:\n{output}")
         return output
 
+    def send_line(self, line: str) -> None:
+        """Write ``line`` and a newline to the process's stdin."""
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` (without waiting for the process to end)."""
+        assert self._process is not None
+        self._process.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        """The exit status, once the process ended by itself (``AssertionError`` after
+        ``timeout`` seconds, with the output so far)."""
+        assert self._process is not None
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout} s:\n{self.output}") from None
+
     def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 30) -> int:
         """Send ``sig`` and wait for the exit status."""
         assert self._process is not None and self._reader is not None
@@ -104,8 +132,9 @@ class Server:
             self._process.kill()
             code = self._process.wait()
         self._reader.join(timeout)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream is not None:
+                stream.close()
         return code
 
     def __exit__(

@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,17 +13,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from stead.config import Config
-from stead.http.auth import BearerAuthMiddleware, BearerToken, route_path
+from stead.http.auth import BearerAuthMiddleware, BearerToken
 from stead.http.body import BodyLimitMiddleware
-from stead.http.errors import (
-    HttpError,
-    error_response,
-    http_exception_handler,
-    server_error_handler,
-)
+from stead.http.cancel import ShutdownAnswerMiddleware
+from stead.http.errors import HttpError, http_exception_handler, server_error_handler
+from stead.http.fastpath import FastRpc
 from stead.http.metrics import CONTENT_TYPE, HttpMetrics
 from stead.http.openapi import build_openapi
 from stead.http.routes import ObjectRoutes
@@ -63,6 +59,8 @@ def create_app(
     """
     config = Config.from_env()
     limit = config.max_body_bytes if max_body_bytes is None else max_body_bytes
+    if limit < 0:  # every body would be a 413
+        raise ValueError(f"max_body_bytes must be >= 0, not {limit}")
     secret = config.token if token is None else (token or None)
     metrics = HttpMetrics(runtime)
     objects = ObjectRoutes(
@@ -71,85 +69,70 @@ def create_app(
         hide_header="authorization" if secret else None,
         max_body_bytes=limit,
     )
-    routes = _builtin_routes(objects, metrics)
+    routes = _builtin_routes(objects, metrics, bearer=secret is not None)
     routes.extend(_plugin_routes(runtime, plugins))
     bearer = BearerToken(secret) if secret else None
-    middleware = [Middleware(BodyLimitMiddleware, max_bytes=limit)]
+    middleware = [
+        Middleware(ShutdownAnswerMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=limit),
+    ]
     if bearer is not None:
-        middleware.insert(0, Middleware(BearerAuthMiddleware, token=bearer))
+        middleware.insert(1, Middleware(BearerAuthMiddleware, token=bearer))
     app = SteadApp(
+        own_middleware=middleware,
+        objects=objects,
+        bearer=bearer,
         routes=routes,
-        middleware=middleware,
         exception_handlers={HTTPException: http_exception_handler, Exception: server_error_handler},
         lifespan=_lifespan(runtime),
     )
-    app.fast_rpc(objects, bearer)
     app.state.runtime = runtime
     app.state.metrics = metrics
     return app
 
 
 class SteadApp(Starlette):
-    """A Starlette app whose RPC route skips the generic middleware and routing.
+    """A Starlette app whose RPC route skips Starlette's routing (``FastRpc``).
 
-    ``POST /objects/{binding}/{name}/rpc/{method}`` is the hot path; it is
-    recognised by splitting the path and served as raw ASGI, with the same
-    token check, body limit and error shape as every other route. Everything
-    else goes through Starlette as usual.
+    The fast path sits below the middleware added with ``add_middleware()``
+    and above stead's own middleware and the router, so user middleware
+    wraps every route, RPC included.
     """
 
-    _objects: ObjectRoutes | None = None
-    _bearer: BearerToken | None = None
-
-    def fast_rpc(self, objects: ObjectRoutes, bearer: BearerToken | None) -> None:
-        """Serve RPC calls with ``objects``, checking ``bearer`` first if given."""
-        self._objects, self._bearer = objects, bearer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "\ufffd" in scope["path"] and not _utf8_path(scope):
-            # Servers decode the path with errors="replace": %FF and %FE would both
-            # become U+FFFD and address one object under two names.
-            message = "the path is not valid UTF-8 once percent-decoded"
-            await HttpError(400, "InvalidName", message).response()(scope, receive, send)
-            return
-        objects = self._objects
-        if objects is not None and scope["type"] == "http" and scope["method"] == "POST":
-            parts = route_path(scope).split("/")
-            # ["", "objects", binding, name, "rpc", method], with a non-empty name
-            if len(parts) == 6 and parts[1] == "objects" and parts[4] == "rpc" and parts[3]:
-                await self._rpc(objects, scope, receive, send, parts)
-                return
-        await super().__call__(scope, receive, send)
-
-    async def _rpc(
-        self, objects: ObjectRoutes, scope: Scope, receive: Receive, send: Send, parts: list[str]
+    def __init__(
+        self,
+        *,
+        own_middleware: list[Middleware],
+        objects: ObjectRoutes,
+        bearer: BearerToken | None,
+        **options: Any,
     ) -> None:
-        refusal = None if self._bearer is None else self._bearer.refusal(scope)
-        if refusal is not None:
-            await refusal.response()(scope, receive, send)
-            return
+        super().__init__(**options)
+        self._own_middleware = own_middleware
+        self._objects = objects
+        self._bearer = bearer
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # Starlette builds ServerErrorMiddleware(user_middleware(ExceptionMiddleware(router)));
+        # the fast path and stead's own middleware go in just after the user's.
+        users = self.user_middleware
+        if not users:
+            # Nothing to wrap the fast path in: it goes first, which saves the
+            # ServerErrorMiddleware call per request (FastRpc answers its own 500s).
+            self.user_middleware = self._own_middleware
+        else:
+            fast = Middleware(FastRpc, objects=self._objects, bearer=self._bearer)
+            self.user_middleware = [*users, fast, *self._own_middleware]
         try:
-            await objects.rpc(scope, receive, send, parts[2], parts[3], parts[5])
-        except Exception as exc:  # a bug of ours: still no traceback for the client
-            logger.error("RPC %s failed", route_path(scope), exc_info=exc)
-            await error_response(500, "InternalServerError", "internal server error")(
-                scope, receive, send
-            )
+            stack = super().build_middleware_stack()
+        finally:
+            self.user_middleware = users
+        return stack if users else FastRpc(stack, self._objects, self._bearer)
 
 
-def _utf8_path(scope: Scope) -> bool:
-    """Whether the request path, as sent, percent-decodes to valid UTF-8."""
-    raw: bytes | None = scope.get("raw_path")
-    if raw is None:
-        return True  # the server gave no raw path: nothing else to go by
-    try:
-        unquote_to_bytes(raw.partition(b"?")[0]).decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRoute]:
+def _builtin_routes(
+    objects: ObjectRoutes, metrics: HttpMetrics, *, bearer: bool
+) -> list[BaseRoute]:
     openapi: dict[str, Any] = {}
 
     async def healthz(request: Request) -> Response:
@@ -162,8 +145,16 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
     async def openapi_json(request: Request) -> Response:
         # Built on first use: plugin bindings are only known once the runtime started.
         if not openapi:
-            openapi.update(build_openapi(objects.signatures()))
-        return JSONResponse(openapi)
+            if not objects.runtime.started:
+                return HttpError(503, "NotStarted", "the runtime is not running").response()
+            openapi.update(build_openapi(objects.signatures(), bearer=bearer))
+        root = request.scope.get("root_path", "")
+        # Mounted under a prefix: the paths are relative to it.
+        return JSONResponse({**openapi, "servers": [{"url": root}]} if root else openapi)
+
+    async def no_binding(request: Request) -> Response:
+        message = "no such route; GET /objects/{binding} lists a binding's objects"
+        return HttpError(404, "NotFound", message).response()
 
     return [
         Route("/objects/{binding}/{name}/fetch/{path:path}", objects.fetch, methods=_ANY_METHOD),
@@ -173,6 +164,7 @@ def _builtin_routes(objects: ObjectRoutes, metrics: HttpMetrics) -> list[BaseRou
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/objects/{rest:path}", objects.not_found, methods=_ANY_METHOD),
+        Route("/objects", no_binding, methods=_ANY_METHOD),  # not a redirect to a 404
     ]
 
 

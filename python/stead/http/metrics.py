@@ -44,7 +44,11 @@ _STATS = {
         False,
     ),
     "objects": ("stead_objects", "Objects with storage", False),
-    "keys": ("stead_keys", "Stored keys", False),
+    "keys": (
+        "stead_keys",
+        "Stored keys, stead's internal ones included (an object's name, an Agent's state)",
+        False,
+    ),
     "pending_alarms": ("stead_pending_alarms", "Alarms set and not yet run", False),
     "commits": ("stead_commits", "Turns whose writes were committed", True),
     "syncs": ("stead_syncs", "Group commits made durable (fsync or write)", True),

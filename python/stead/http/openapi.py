@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from stead._core import __version__
+from stead.http.routes import MAX_LIST_LIMIT
 from stead.http.signatures import Parameter, Signature
 
 __all__ = ["build_openapi"]
@@ -48,8 +49,11 @@ _NAME = {
 }
 
 
-def build_openapi(signatures: Mapping[str, Mapping[str, Signature]]) -> dict[str, Any]:
-    """The document for ``{binding: {method: Signature}}``."""
+def build_openapi(
+    signatures: Mapping[str, Mapping[str, Signature]], *, bearer: bool = False
+) -> dict[str, Any]:
+    """The document for ``{binding: {method: Signature}}``; with ``bearer``, every
+    operation but ``/healthz`` requires the bearer token."""
     hints = [
         hint
         for methods in signatures.values()
@@ -63,14 +67,20 @@ def build_openapi(signatures: Mapping[str, Mapping[str, Signature]]) -> dict[str
         for name, signature in sorted(methods.items()):
             path = f"/objects/{binding}/{{name}}/rpc/{name}"
             paths[path] = {"post": _rpc_operation(binding, signature, schema_of)}
-    paths["/healthz"] = {"get": _simple_operation("healthz", "Liveness", _HEALTH_SCHEMA)}
+    health = _simple_operation("healthz", "Liveness", _HEALTH_SCHEMA)
+    paths["/healthz"] = {"get": health}
     components["Error"] = _ERROR_SCHEMA
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "stead", "version": __version__},
         "paths": paths,
         "components": {"schemas": components},
     }
+    if bearer:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+        health["security"] = []  # open
+    return document
 
 
 _HEALTH_SCHEMA = {
@@ -81,21 +91,22 @@ _HEALTH_SCHEMA = {
 
 
 def _schemas(hints: list[Any]) -> tuple[Callable[[Any], Any], dict[str, Any]]:
-    """Schemas for every hint at once (shared components), or one by one if that fails."""
+    """Schemas for every hint in one call (shared components, and names made
+    unique: two ``Item`` Structs of two modules stay apart). Hints msgspec
+    cannot describe get the empty schema and leave the others in that call."""
     unique = list({id(hint): hint for hint in hints}.values())
-    try:
-        schemas, components = msgspec.json.schema_components(unique, ref_template=_REF)
-        table = {id(hint): schema for hint, schema in zip(unique, schemas, strict=True)}
-    except (TypeError, ValueError):
-        table, components = {}, {}
-        for hint in unique:
-            try:
-                (schema,), more = msgspec.json.schema_components([hint], ref_template=_REF)
-            except (TypeError, ValueError):
-                schema, more = {}, {}
-            table[id(hint)] = schema
-            components.update(more)
+    described = [hint for hint in unique if _describable(hint)]
+    schemas, components = msgspec.json.schema_components(described, ref_template=_REF)
+    table = {id(hint): schema for hint, schema in zip(described, schemas, strict=True)}
     return (lambda hint: table.get(id(hint), {})), dict(components)
+
+
+def _describable(hint: Any) -> bool:
+    try:
+        msgspec.json.schema_components([hint], ref_template=_REF)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _rpc_operation(
@@ -134,11 +145,37 @@ def _body_schema(signature: Signature, schema_of: Callable[[Any], Any]) -> dict[
         args["items"] = schema_of(variadic[0].hint)
     else:
         args["maxItems"] = len(positional)
-    return {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {"args": args, "kwargs": _kwargs_schema(signature.parameters, schema_of)},
         "additionalProperties": False,
     }
+    rules = _binding_rules(signature.parameters)
+    if rules:
+        schema["allOf"] = rules
+    return schema
+
+
+def _binding_rules(parameters: list[Parameter]) -> list[dict[str, Any]]:
+    """How ``args`` and ``kwargs`` together must cover the parameters, as Python
+    binds them: a required one is given by position or by name, none twice."""
+    rules: list[dict[str, Any]] = []
+    positional = [p for p in parameters if p.positional]
+    for index, parameter in enumerate(positional):
+        covers = {"required": ["args"], "properties": {"args": {"minItems": index + 1}}}
+        if parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
+            if parameter.required:
+                rules.append(covers)
+            continue
+        named = {"required": ["kwargs"], "properties": {"kwargs": {"required": [parameter.name]}}}
+        if parameter.required:
+            rules.append({"anyOf": [covers, named]})
+        rules.append({"not": {"allOf": [covers, named]}})  # both: "multiple values"
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    required = [p.name for p in parameters if p.kind is keyword_only and p.required]
+    if required:
+        rules.append({"required": ["kwargs"], "properties": {"kwargs": {"required": required}}})
+    return rules
 
 
 def _kwargs_schema(parameters: list[Parameter], schema_of: Callable[[Any], Any]) -> dict[str, Any]:
@@ -169,9 +206,11 @@ def _list_operation(binding: str) -> dict[str, Any]:
         },
         "required": ["ids", "next"],
     }
-    operation = _simple_operation(f"{binding}.list", f"List {binding} objects", listing)
+    # "__list__": no RPC method can have that name (a method "list" is BINDING.list).
+    operation = _simple_operation(f"{binding}.__list__", f"List {binding} objects", listing)
+    limit = {"type": "integer", "minimum": 0, "maximum": MAX_LIST_LIMIT}
     operation["parameters"] = [
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "limit", "in": "query", "schema": limit},
         {"name": "after", "in": "query", "schema": {"type": "string"}},
     ]
     operation["tags"] = [binding]

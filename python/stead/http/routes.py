@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from stead import codec
 from stead.errors import InvalidIdError, SerializationError, UnknownBindingError
 from stead.http.body import read_body
+from stead.http.cancel import request_cancelled, shutting_down
 from stead.http.errors import HttpError, handler_error
 from stead.http.responses import InvalidResponseError, http_response
 from stead.http.signatures import ArgumentError, Signature
@@ -40,6 +40,7 @@ MAX_NAME_BYTES = 2048
 MAX_LIST_LIMIT = 1000
 
 _JSON = b"application/json"
+_DISCONNECTED = "the client went away before sending the body"
 # Characters kept as they are when a decoded fetch path is re-encoded for the object.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -93,9 +94,15 @@ class ObjectRoutes:
         except Exception as exc:  # a bug of ours: still no traceback for the client
             logger.error("RPC %s.%s failed", binding, method, exc_info=exc)
             status, body = 500, _INTERNAL_ERROR_BODY
-        headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body)), *extra]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        except asyncio.CancelledError:  # the server cancelled the request (_rpc tells)
+            cut = shutting_down(f"{binding}.{method}")
+            await _send(send, cut.status, cut.body(), cut.raw_headers())
+            self._observe_rpc(binding, method, cut.status, started)
+            raise
+        await _send(send, status, body, extra)
+        self._observe_rpc(binding, method, status, started)
+
+    def _observe_rpc(self, binding: str, method: str, status: int, started: float) -> None:
         if (binding, method) not in self._signatures:
             binding = method = ""  # unknown names would give metrics unbounded cardinality
         self.metrics.observe("rpc", binding, method, status, time.perf_counter() - started)
@@ -112,7 +119,7 @@ class ObjectRoutes:
         except Exception as exc:
             raise self._call_failed(binding, method, exc) from None
         except asyncio.CancelledError:
-            if _request_cancelled():
+            if request_cancelled():
                 raise
             raise _handler_cancelled(binding, method) from None
         return _encode_result(result)
@@ -157,14 +164,18 @@ class ObjectRoutes:
         url = "/" + quote(path, safe=_PATH_SAFE)
         if request.url.query:
             url = f"{url}?{request.url.query}"
-        headers = {k: v for k, v in request.headers.items() if k != self._hide_header}
-        forwarded = ObjectRequest(request.method, url, headers, await request.body())
+        headers = _joined_headers(request.headers.raw, self._hide_header)
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # ordinary client behaviour, not an error of the server
+            raise HttpError(400, "Disconnected", _DISCONNECTED) from None
+        forwarded = ObjectRequest(request.method, url, headers, body)
         try:
             answer = await stub.fetch(forwarded)
         except Exception as exc:
             raise self._call_failed(binding, "fetch", exc) from None
         except asyncio.CancelledError:
-            if _request_cancelled():
+            if request_cancelled():
                 raise
             raise _handler_cancelled(binding, "fetch") from None
         try:
@@ -255,6 +266,27 @@ class ObjectRoutes:
         return namespace.get_by_name(name)
 
 
+async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [(b"content-type", _JSON), (b"content-length", b"%d" % len(body)), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _joined_headers(raw: list[tuple[bytes, bytes]], hidden: str | None) -> dict[str, str]:
+    """The request's headers, one value per name: repeated field lines joined with
+    ``", "`` (RFC 9110 §5.3), ``Cookie`` lines with ``"; "`` (RFC 6265 §5.4)."""
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        name = key.decode("latin-1").lower()
+        if name == hidden:
+            continue
+        text = value.decode("latin-1")
+        if name in headers:
+            text = headers[name] + ("; " if name == "cookie" else ", ") + text
+        headers[name] = text
+    return headers
+
+
 def _running(runtime: Runtime) -> bool:
     """Whether the runtime is started and not (being) closed."""
     return runtime.started and not runtime.dispatcher.closed
@@ -317,16 +349,6 @@ def _limit(text: str | None) -> int:
 def _log_handler_error(binding: str, method: str, exc: Exception) -> None:
     # The traceback stays here (and in the object's log); the client gets type and message.
     logger.debug("%s.%s raised %s", binding, method, type(exc).__name__, exc_info=exc)
-
-
-def _request_cancelled() -> bool:
-    """Whether the request's own task is being cancelled (a shutdown, say), as
-    opposed to a handler raising ``CancelledError`` or awaiting a cancelled task.
-    Python 3.10 cannot tell them apart: there, the cancellation is passed on."""
-    if sys.version_info < (3, 11):
-        return True
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
 
 
 def _handler_cancelled(binding: str, method: str) -> HttpError:
