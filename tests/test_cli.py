@@ -58,7 +58,9 @@ def test_plugins_lists_the_builtin_plugin(runner: CliRunner) -> None:
     ("variable", "value"),
     [
         ("STEAD_PORT", "abc"),
+        ("STEAD_PORT", "99999"),
         ("STEAD_MAX_BODY_BYTES", "1MB"),
+        ("STEAD_MAX_BODY_BYTES", "-1"),
         ("STEAD_DISABLE_PLUGIN_AUTOLOAD", "maybe"),
     ],
 )

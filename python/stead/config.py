@@ -70,7 +70,7 @@ class Config:
         return cls(
             data_dir=env.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR,
             host=env.get(ENV_HOST) or DEFAULT_HOST,
-            port=_int(env, ENV_PORT, DEFAULT_PORT),
+            port=_int(env, ENV_PORT, DEFAULT_PORT, high=65535),
             durability=env.get(ENV_DURABILITY) or "fsync",
             token=env.get(ENV_TOKEN) or None,
             max_body_bytes=_int(env, ENV_MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES),
@@ -106,14 +106,20 @@ def _vars(env: Mapping[str, str]) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None
+) -> int:
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ValueError(f"{name} must be an integer, not {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"{low} to {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, not {value}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
