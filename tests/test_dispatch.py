@@ -1905,3 +1905,139 @@ async def test_wait_until_works_in_the_constructor(data_dir: str) -> None:
         assert await rt.env.W.get_by_name("w").hello() == "hello"
     async with stead.Runtime({"W": WarmsUp}, data_dir=data_dir) as rt:
         assert await rt.env.W.get_by_name("w").warmed() == 1
+
+
+# -- sixth probe: call backs and the output gate, blocks run outside events ----------
+
+
+class Shipper(stead.DurableObject):
+    """C: records, when it runs, whether B's write behind the chain was durable."""
+
+    seen: ClassVar[list[bool]] = []
+
+    def ship(self, item: str) -> None:
+        rt = Shipper.runtime
+        b_key = rt.env.B.get_by_name("b").id.storage_key
+        storage = rt.dispatcher.hosts[b_key].storage
+        Shipper.seen.append(not storage.has_pending and storage.last_seq <= rt.engine.durable_seq())
+
+    runtime: ClassVar[Any] = None
+
+
+class Orders(stead.DurableObject):
+    """A: orders through B, which calls back A.confirm, which ships through C."""
+
+    async def order(self) -> str:
+        return str(await self.env.B.get_by_name("b").reserve())
+
+    async def confirm(self, item: str) -> str:
+        await self.env.C.get_by_name("c").ship(item)
+        return "confirmed"
+
+
+class Stock(stead.DurableObject):
+    async def reserve(self) -> str:
+        self.ctx.storage.put("reserved", "book")  # the write behind the call back
+        return str(await self.env.A.get_by_name("a").confirm("book"))
+
+
+async def test_a_call_back_passes_its_caller_s_output_gate(data_dir: str) -> None:
+    # A -> B -> A (call back) -> C: what A learns from B it may pass on at once,
+    # so B's write must be durable before its call back leaves (it was not even
+    # committed).
+    Shipper.seen = []
+    async with stead.Runtime(
+        {"A": Orders, "B": Stock, "C": Shipper}, data_dir=data_dir, durability="fsync"
+    ) as rt:
+        Shipper.runtime = rt
+        assert await rt.env.A.get_by_name("a").order() == "confirmed"
+    assert Shipper.seen == [True]
+
+
+class SchemaStore(stead.DurableObject):
+    """Work outside events (wait_until) that holds the object in a block."""
+
+    def migrate(self, abort: bool = False) -> None:
+        async def migration() -> None:
+            self.ctx.storage.put("schema", 2)
+            await asyncio.sleep(0.03)
+            if abort:
+                self.ctx.abort("the migration source is corrupt")
+
+        self.ctx.wait_until(self.ctx.block_concurrency_while(migration))
+
+    def bad_request(self) -> None:
+        self.ctx.storage.put("junk", 1)
+        self.ctx.abort("invalid request")
+
+    def schema(self) -> Any:
+        return self.ctx.storage.get("schema")
+
+
+class ReentrantSchemaStore(SchemaStore):
+    reentrant = True
+
+
+@pytest.mark.parametrize("binding", ["T", "R"])
+async def test_abort_in_a_block_outside_events_drops_its_writes(
+    data_dir: str, binding: str
+) -> None:
+    classes = {"T": SchemaStore, "R": ReentrantSchemaStore}
+    async with stead.Runtime(classes, data_dir=data_dir) as rt:
+        await rt.namespace(binding).get_by_name("x").migrate(abort=True)
+    # The turn-based object's block committed them as the runtime closed.
+    async with stead.Runtime(classes, data_dir=data_dir) as rt:
+        assert await rt.namespace(binding).get_by_name("x").schema() is None
+
+
+async def test_a_finished_block_s_writes_survive_the_next_event_s_abort(data_dir: str) -> None:
+    # They rode with the next event's batch, which its abort dropped.
+    async with stead.Runtime({"T": SchemaStore}, data_dir=data_dir) as rt:
+        store = rt.env.T.get_by_name("x")
+        await store.migrate()
+        await asyncio.sleep(0.01)  # the block holds the object now
+        with pytest.raises(stead.RemoteError, match="invalid request"):
+            await store.bad_request()  # queued behind the block
+        assert await store.schema() == 2
+
+
+class TimedMigration(stead.DurableObject):
+    built: ClassVar[int] = 0
+
+    def __init__(self, ctx: stead.ObjectContext, env: Any) -> None:
+        super().__init__(ctx, env)
+        TimedMigration.built += 1
+
+    def start(self) -> None:
+        async def migrate() -> None:
+            n = self.ctx.storage.get("n", 0)
+            await asyncio.sleep(0.2)
+            self.ctx.storage.put("n", n + 100)
+
+        # A timer: work outside any event and outside wait_until.
+        asyncio.get_running_loop().call_later(
+            0.01, lambda: asyncio.ensure_future(self.ctx.block_concurrency_while(migrate))
+        )
+
+    def incr(self) -> int:
+        n: int = self.ctx.storage.get("n", 0) + 1
+        self.ctx.storage.put("n", n)
+        return n
+
+
+class ReentrantTimedMigration(TimedMigration):
+    reentrant = True
+
+
+@pytest.mark.parametrize("binding", ["T", "R"])
+async def test_an_object_is_not_evicted_while_a_block_outside_events_runs(
+    data_dir: str, binding: str
+) -> None:
+    TimedMigration.built = 0
+    classes = {"T": TimedMigration, "R": ReentrantTimedMigration}
+    async with stead.Runtime(classes, data_dir=data_dir, idle_timeout=0.03) as rt:
+        counter = rt.namespace(binding).get_by_name("x")
+        await counter.start()
+        await asyncio.sleep(0.1)  # the block runs; the object would be idle by the clock
+        assert await counter.incr() == 101  # waited for the block, on the same instance
+        assert TimedMigration.built == 1

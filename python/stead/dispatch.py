@@ -271,11 +271,19 @@ class ObjectHost:
             finally:
                 self.block_node = 0
                 dispatcher.forget_wait(key, node)
+        except ObjectAborted:
+            dispatcher.reset(self)  # abort() in the block drops its writes, as in an event
+            raise
         finally:
             self.last_used = time.monotonic()
+            # Its writes go as a batch of their own before the next event starts:
+            # riding with that event's batch, an abort there would drop them.
+            if not self.broken and self.storage.has_pending:
+                try:
+                    dispatcher.commit(self, midway=True)  # resets the object if refused
+                except _REFUSED:
+                    logger.error("commit of %r's block failed", self.id, exc_info=True)
             dispatcher._hand_off(key)
-            # Its writes ride with the next event's batch, else go as their own.
-            dispatcher.commit_between_events(self)
 
     async def _close_gate(self, fn: Callable[[], Awaitable[T]], running: _Running, node: int) -> T:
         """A reentrant object's block: it closes the input gate, once no block of
@@ -483,8 +491,16 @@ class Dispatcher:
 
     def is_idle(self, host: ObjectHost) -> bool:
         """No event running or queued, nothing uncommitted."""
-        if host.inflight or host.nested or host.storage.has_pending or host.background:
-            # host.nested: a call back still runs after its turn was handed on.
+        if (
+            host.inflight
+            or host.nested
+            or host.blocking
+            or host.block_node
+            or host.storage.has_pending
+            or host.background
+        ):
+            # host.nested: a call back still runs after its turn was handed on;
+            # blocking/block_node: a block run outside events holds the input.
             return False
         return self.mailbox.state(host.key) == "idle"
 
@@ -723,11 +739,14 @@ class Dispatcher:
                 # output gate, in that runtime; here it is a call from outside.
                 await running.host._dispatcher._release_outbound(running.host)
             else:
+                # The output gate, for a call back along the chain too: the
+                # object called back may pass on what it learns (A -> B -> A ->
+                # C), so the caller's writes must be durable first.
+                await self._release_outbound(running.host)
                 if key in running.chain and self._waiting_events(running, key):
                     with contextlib.suppress(_NoLongerNested):
                         return await self._reenter(key, running, invoke)
                 # Not (or no longer) nested: a call like any other, queued.
-                await self._release_outbound(running.host)
                 caller = self.waiting_node(running)
                 if running.chain:
                     outer = running
