@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -229,18 +230,39 @@ async def test_a_handler_raising_cancelled_error_is_a_json_500(
     assert "raised CancelledError" in caplog.text
 
 
+async def _passing_through(request: Request, call_next: Any) -> Response:
+    response: Response = await call_next(request)
+    return response
+
+
+def _with_middleware(app: Starlette, kind: str) -> Starlette:
+    if kind == "base":  # runs the app below it in a task of its own
+        app.add_middleware(BaseHTTPMiddleware, dispatch=_passing_through)
+    elif kind == "cors":
+        app.add_middleware(CORSMiddleware, allow_origins=["*"])
+    return app
+
+
+@pytest.mark.parametrize("middleware", ["none", "cors", "base"])
 @pytest.mark.parametrize(
     ("method", "path"),
     [("POST", "/objects/COUNTER/a/rpc/hold"), ("GET", "/objects/COUNTER/a/fetch/hold")],
 )
-async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
-    data_dir: str, method: str, path: str
+async def test_a_request_the_server_cancels_gets_a_json_503_and_ends_quietly(
+    data_dir: str, caplog: pytest.LogCaptureFixture, method: str, path: str, middleware: str
 ) -> None:
     Counter.gate = asyncio.Event()
     sent: list[Message] = []
 
+    first = True
+
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # no disconnect: only the cancellation ends the request
+        raise AssertionError("unreachable")
 
     async def send(message: Message) -> None:
         sent.append(message)
@@ -248,20 +270,25 @@ async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "headers": [], "server": ("test", 80), "client": ("c", 1),
+        "query_string": b"", "headers": [(b"origin", b"http://o")], "server": ("test", 80),
+        "client": ("c", 1),
     }  # fmt: skip
     try:
         runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
         async with runtime:
-            app = create_app(runtime, token="")
+            app = _with_middleware(create_app(runtime, token=""), middleware)
             request = asyncio.create_task(app(scope, receive, send))
             for _ in range(100_000):  # yield until the handler runs
                 if runtime.stats()["running_events"] >= 1:
                     break
                 await asyncio.sleep(0)
-            request.cancel()  # as uvicorn does at its graceful shutdown deadline
-            with pytest.raises(asyncio.CancelledError):
-                await request  # answered, but still cancelled (not a 500 of a handler)
+            with caplog.at_level(logging.WARNING):
+                request.cancel()  # as uvicorn does at its graceful shutdown deadline
+                if sys.version_info >= (3, 11):
+                    await request  # answered: it ends, nothing for the server to log
+                else:
+                    with pytest.raises(asyncio.CancelledError):
+                        await request
             Counter.gate.set()
     finally:
         Counter.gate = None
@@ -270,6 +297,38 @@ async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
     body = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
     assert body["error"]["type"] == "ShuttingDown"
     assert "may still complete" in body["error"]["message"]
+    cut = [record for record in caplog.records if "was cancelled" in record.getMessage()]
+    assert len(cut) == 1 and cut[0].levelno == logging.WARNING and cut[0].exc_info is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/objects/COUNTER/a/rpc/hold"), ("GET", "/objects/COUNTER/a/fetch/hold")],
+)
+async def test_a_request_whose_event_close_cancels_gets_503_shutting_down(
+    data_dir: str, method: str, path: str
+) -> None:
+    # What a second SIGTERM does under `stead serve`: close() cancels the running event.
+    Counter.gate = asyncio.Event()  # never set: only the cancellation ends the handler
+    try:
+        runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
+        await runtime.start()
+        try:
+            async with client_for(create_app(runtime, token="")) as client:
+                request = asyncio.create_task(client.request(method, path))
+                for _ in range(100_000):  # yield until the handler runs
+                    if runtime.stats()["running_events"] >= 1:
+                        break
+                    await asyncio.sleep(0)
+                closing = asyncio.create_task(runtime.close(grace=0))
+                response = await request
+                await closing
+        finally:
+            await runtime.close()
+    finally:
+        Counter.gate = None
+    assert error_of(response) == (503, "ShuttingDown")
+    assert response.headers["connection"] == "close"
 
 
 async def test_storage_failure_is_503_and_nothing_is_acknowledged(
