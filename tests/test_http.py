@@ -590,6 +590,10 @@ SkuItem = msgspec.defstruct("Item", [("sku", str)], module="shop.a")
 QtyItem = msgspec.defstruct("Item", [("qty", int)], module="shop.b")
 
 
+# A user's Struct with the name of stead's error envelope.
+UserError = msgspec.defstruct("Error", [("code", int), ("detail", str)])
+
+
 class Opaque:
     pass
 
@@ -607,6 +611,9 @@ class Shop(stead.DurableObject):
     def list(self) -> int:  # a method named like the listing
         return 0
 
+    def report(self, error: UserError) -> UserError:  # type: ignore[valid-type]
+        return error
+
 
 @pytest.fixture
 async def shop_openapi(data_dir: str) -> dict[str, Any]:
@@ -616,6 +623,35 @@ async def shop_openapi(data_dir: str) -> dict[str, Any]:
     ):
         document: dict[str, Any] = (await client.get("/openapi.json")).json()
     return document
+
+
+async def test_openapi_errors_do_not_replace_a_users_struct_named_error(
+    shop_openapi: dict[str, Any],
+) -> None:
+    operation = shop_openapi["paths"]["/objects/SHOP/{name}/rpc/report"]["post"]
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    result = shop_openapi["components"]["schemas"][
+        ok["properties"]["result"]["$ref"].rsplit("/", 1)[1]
+    ]
+    assert set(result["properties"]) == {"code", "detail"}
+    failed = operation["responses"]["400"]["content"]["application/json"]["schema"]
+    envelope = shop_openapi["components"]["schemas"][failed["$ref"].rsplit("/", 1)[1]]
+    assert envelope["required"] == ["error"]
+    assert "ShuttingDown" in operation["responses"]["503"]["description"]
+
+
+async def test_openapi_requires_a_body_when_a_parameter_is_required(
+    shop_openapi: dict[str, Any], data_dir: str
+) -> None:
+    paths = shop_openapi["paths"]
+    assert paths["/objects/SHOP/{name}/rpc/add"]["post"]["requestBody"]["required"] is True
+    assert paths["/objects/SHOP/{name}/rpc/list"]["post"]["requestBody"]["required"] is False
+    async with (
+        stead.Runtime({"SHOP": Shop}, data_dir=data_dir) as runtime,
+        client_for(create_app(runtime, token="")) as client,
+    ):
+        assert error_of(await client.post("/objects/SHOP/a/rpc/add"))[0] == 400  # no body
+        assert (await client.post("/objects/SHOP/a/rpc/list")).json() == {"result": 0}
 
 
 async def test_openapi_operation_ids_are_unique(shop_openapi: dict[str, Any]) -> None:
@@ -636,6 +672,7 @@ async def test_openapi_keeps_same_named_structs_apart(shop_openapi: dict[str, An
             found = shop_openapi["components"]["schemas"][found["$ref"].rsplit("/", 1)[1]]
         return found
 
+    assert set(schema_of("report", "error")["properties"]) == {"code", "detail"}
     assert set(schema_of("add", "item")["properties"]) == {"sku"}
     assert set(schema_of("count", "item")["properties"]) == {"qty"}
     assert schema_of("take", "thing") == {}  # no schema: any value
