@@ -93,6 +93,8 @@ def test_the_console_script_reports_a_malformed_environment_variable(
         ("tests._apps.nothing_here:runtime", "cannot load"),
         ("tests._apps.counter:missing", "cannot load"),
         ("tests._apps.counter:Counter", "not a stead.Runtime"),
+        ("tests._apps.targets:made_async", "is an async function"),
+        ("tests._apps.targets:hides_async", "is a coroutine, not a stead.Runtime"),
     ],
 )
 def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str) -> None:
@@ -289,7 +291,11 @@ def test_inspect_shows_objects_keys_and_values(runner: CliRunner, stored: str) -
 
 class Odd(stead.DurableObject):
     def put(self, key: str, kind: str) -> None:
-        values = {"tuple-keys": {(1, 2): "x", 3: "y"}, "nan": [float("nan"), -float("inf")]}
+        values = {
+            "tuple-keys": {(1, 2): "x", 3: "y"},
+            "nan": [float("nan"), -float("inf")],
+            "colliding": {1: "int", "1": "str", None: "none", "None": "str none"},
+        }
         self.ctx.storage.put(key, values[kind])
 
 
@@ -298,6 +304,7 @@ def test_inspect_json_is_strict_json_for_any_stored_value(runner: CliRunner, dat
         async with stead.Runtime({"ODD": Odd}, data_dir=data_dir) as runtime:
             await runtime.env.ODD.get_by_name("a").put("k", "tuple-keys")
             await runtime.env.ODD.get_by_name("b").put("k", "nan")
+            await runtime.env.ODD.get_by_name("c").put("k", "colliding")
 
     asyncio.run(fill())
     result = runner.invoke(cli, ["inspect", data_dir, "--binding", "ODD", "--json"])
@@ -308,7 +315,9 @@ def test_inspect_json_is_strict_json_for_any_stored_value(runner: CliRunner, dat
 
     views = [json.loads(line, parse_constant=refuse) for line in result.output.splitlines()]
     values = {view["name"]: view["values"]["k"] for view in views}
-    assert values == {"a": {"(1, 2)": "x", "3": "y"}, "b": ["nan", "-inf"]}
+    # Keys that would collide once turned into strings: [key, value] pairs, none lost.
+    colliding = [[1, "int"], ["1", "str"], [None, "none"], ["None", "str none"]]
+    assert values == {"a": {"(1, 2)": "x", "3": "y"}, "b": ["nan", "-inf"], "c": colliding}
 
 
 def test_inspect_does_not_change_the_data_dir(runner: CliRunner, stored: str) -> None:

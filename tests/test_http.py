@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -229,18 +230,39 @@ async def test_a_handler_raising_cancelled_error_is_a_json_500(
     assert "raised CancelledError" in caplog.text
 
 
+async def _passing_through(request: Request, call_next: Any) -> Response:
+    response: Response = await call_next(request)
+    return response
+
+
+def _with_middleware(app: Starlette, kind: str) -> Starlette:
+    if kind == "base":  # runs the app below it in a task of its own
+        app.add_middleware(BaseHTTPMiddleware, dispatch=_passing_through)
+    elif kind == "cors":
+        app.add_middleware(CORSMiddleware, allow_origins=["*"])
+    return app
+
+
+@pytest.mark.parametrize("middleware", ["none", "cors", "base"])
 @pytest.mark.parametrize(
     ("method", "path"),
     [("POST", "/objects/COUNTER/a/rpc/hold"), ("GET", "/objects/COUNTER/a/fetch/hold")],
 )
-async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
-    data_dir: str, method: str, path: str
+async def test_a_request_the_server_cancels_gets_a_json_503_and_ends_quietly(
+    data_dir: str, caplog: pytest.LogCaptureFixture, method: str, path: str, middleware: str
 ) -> None:
     Counter.gate = asyncio.Event()
     sent: list[Message] = []
 
+    first = True
+
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # no disconnect: only the cancellation ends the request
+        raise AssertionError("unreachable")
 
     async def send(message: Message) -> None:
         sent.append(message)
@@ -248,20 +270,25 @@ async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "headers": [], "server": ("test", 80), "client": ("c", 1),
+        "query_string": b"", "headers": [(b"origin", b"http://o")], "server": ("test", 80),
+        "client": ("c", 1),
     }  # fmt: skip
     try:
         runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
         async with runtime:
-            app = create_app(runtime, token="")
+            app = _with_middleware(create_app(runtime, token=""), middleware)
             request = asyncio.create_task(app(scope, receive, send))
             for _ in range(100_000):  # yield until the handler runs
                 if runtime.stats()["running_events"] >= 1:
                     break
                 await asyncio.sleep(0)
-            request.cancel()  # as uvicorn does at its graceful shutdown deadline
-            with pytest.raises(asyncio.CancelledError):
-                await request  # answered, but still cancelled (not a 500 of a handler)
+            with caplog.at_level(logging.WARNING):
+                request.cancel()  # as uvicorn does at its graceful shutdown deadline
+                if sys.version_info >= (3, 11):
+                    await request  # answered: it ends, nothing for the server to log
+                else:
+                    with pytest.raises(asyncio.CancelledError):
+                        await request
             Counter.gate.set()
     finally:
         Counter.gate = None
@@ -270,6 +297,38 @@ async def test_a_request_the_server_cancels_gets_a_json_503_and_stays_cancelled(
     body = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
     assert body["error"]["type"] == "ShuttingDown"
     assert "may still complete" in body["error"]["message"]
+    cut = [record for record in caplog.records if "was cancelled" in record.getMessage()]
+    assert len(cut) == 1 and cut[0].levelno == logging.WARNING and cut[0].exc_info is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/objects/COUNTER/a/rpc/hold"), ("GET", "/objects/COUNTER/a/fetch/hold")],
+)
+async def test_a_request_whose_event_close_cancels_gets_503_shutting_down(
+    data_dir: str, method: str, path: str
+) -> None:
+    # What a second SIGTERM does under `stead serve`: close() cancels the running event.
+    Counter.gate = asyncio.Event()  # never set: only the cancellation ends the handler
+    try:
+        runtime = stead.Runtime({"COUNTER": Counter}, data_dir=data_dir)
+        await runtime.start()
+        try:
+            async with client_for(create_app(runtime, token="")) as client:
+                request = asyncio.create_task(client.request(method, path))
+                for _ in range(100_000):  # yield until the handler runs
+                    if runtime.stats()["running_events"] >= 1:
+                        break
+                    await asyncio.sleep(0)
+                closing = asyncio.create_task(runtime.close(grace=0))
+                response = await request
+                await closing
+        finally:
+            await runtime.close()
+    finally:
+        Counter.gate = None
+    assert error_of(response) == (503, "ShuttingDown")
+    assert response.headers["connection"] == "close"
 
 
 async def test_storage_failure_is_503_and_nothing_is_acknowledged(
@@ -531,6 +590,10 @@ SkuItem = msgspec.defstruct("Item", [("sku", str)], module="shop.a")
 QtyItem = msgspec.defstruct("Item", [("qty", int)], module="shop.b")
 
 
+# A user's Struct with the name of stead's error envelope.
+UserError = msgspec.defstruct("Error", [("code", int), ("detail", str)])
+
+
 class Opaque:
     pass
 
@@ -548,6 +611,9 @@ class Shop(stead.DurableObject):
     def list(self) -> int:  # a method named like the listing
         return 0
 
+    def report(self, error: UserError) -> UserError:  # type: ignore[valid-type]
+        return error
+
 
 @pytest.fixture
 async def shop_openapi(data_dir: str) -> dict[str, Any]:
@@ -557,6 +623,35 @@ async def shop_openapi(data_dir: str) -> dict[str, Any]:
     ):
         document: dict[str, Any] = (await client.get("/openapi.json")).json()
     return document
+
+
+async def test_openapi_errors_do_not_replace_a_users_struct_named_error(
+    shop_openapi: dict[str, Any],
+) -> None:
+    operation = shop_openapi["paths"]["/objects/SHOP/{name}/rpc/report"]["post"]
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    result = shop_openapi["components"]["schemas"][
+        ok["properties"]["result"]["$ref"].rsplit("/", 1)[1]
+    ]
+    assert set(result["properties"]) == {"code", "detail"}
+    failed = operation["responses"]["400"]["content"]["application/json"]["schema"]
+    envelope = shop_openapi["components"]["schemas"][failed["$ref"].rsplit("/", 1)[1]]
+    assert envelope["required"] == ["error"]
+    assert "ShuttingDown" in operation["responses"]["503"]["description"]
+
+
+async def test_openapi_requires_a_body_when_a_parameter_is_required(
+    shop_openapi: dict[str, Any], data_dir: str
+) -> None:
+    paths = shop_openapi["paths"]
+    assert paths["/objects/SHOP/{name}/rpc/add"]["post"]["requestBody"]["required"] is True
+    assert paths["/objects/SHOP/{name}/rpc/list"]["post"]["requestBody"]["required"] is False
+    async with (
+        stead.Runtime({"SHOP": Shop}, data_dir=data_dir) as runtime,
+        client_for(create_app(runtime, token="")) as client,
+    ):
+        assert error_of(await client.post("/objects/SHOP/a/rpc/add"))[0] == 400  # no body
+        assert (await client.post("/objects/SHOP/a/rpc/list")).json() == {"result": 0}
 
 
 async def test_openapi_operation_ids_are_unique(shop_openapi: dict[str, Any]) -> None:
@@ -577,6 +672,7 @@ async def test_openapi_keeps_same_named_structs_apart(shop_openapi: dict[str, An
             found = shop_openapi["components"]["schemas"][found["$ref"].rsplit("/", 1)[1]]
         return found
 
+    assert set(schema_of("report", "error")["properties"]) == {"code", "detail"}
     assert set(schema_of("add", "item")["properties"]) == {"sku"}
     assert set(schema_of("count", "item")["properties"]) == {"qty"}
     assert schema_of("take", "thing") == {}  # no schema: any value

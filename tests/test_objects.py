@@ -144,6 +144,39 @@ async def test_an_async_method_hidden_by_a_decorator_is_a_clear_error() -> None:
             await stub.hidden()  # and no "coroutine was never awaited" warning
 
 
+def _memoized(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A memoizing decorator: a coroutine on a miss, the value itself on a hit."""
+    cache: dict[str, Any] = {}
+
+    @functools.wraps(function)
+    def wrapper(self: Any, key: str) -> Any:
+        if key in cache:
+            return cache[key]
+
+        async def fill() -> Any:
+            cache[key] = value = await function(self, key)
+            return value
+
+        return fill()
+
+    return wrapper
+
+
+class Memoized(stead.DurableObject):
+    @_memoized
+    async def lookup(self, key: str) -> str:
+        await asyncio.sleep(0)
+        return key.upper()
+
+
+@pytest.mark.anyio
+async def test_a_decorated_async_method_may_return_a_plain_value() -> None:
+    async with stead.Runtime({"MEMO": Memoized}, data_dir=None) as runtime:
+        stub = runtime.namespace("MEMO").get_by_name("a")
+        assert await stub.lookup("k") == "K"  # a miss: the wrapper returns a coroutine
+        assert await stub.lookup("k") == "K"  # a hit: the value itself, not awaited
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="inspect.markcoroutinefunction is 3.12+")
 @pytest.mark.anyio
 async def test_a_method_marked_as_a_coroutine_function_is_awaited() -> None:
@@ -160,3 +193,19 @@ async def test_a_method_marked_as_a_coroutine_function_is_awaited() -> None:
     assert rpc_methods(Marked)["echo"].suspends
     async with stead.Runtime({"MARKED": Marked}, data_dir=None) as runtime:
         assert await runtime.namespace("MARKED").get_by_name("a").echo(7) == 7
+
+
+class Labelled(stead.DurableObject):
+    def tag(self, a: int, /, *rest: int, **labels: str) -> dict[str, str]:
+        return labels
+
+
+@pytest.mark.anyio
+async def test_a_keyword_named_like_a_positional_only_parameter_goes_to_kwargs() -> None:
+    # Python's own rule: tag(1, a="x") gives labels={"a": "x"}, decoded with **labels' hint.
+    assert Labelled.tag(Labelled.__new__(Labelled), 1, a="x") == {"a": "x"}
+    async with stead.Runtime({"L": Labelled}, data_dir=None) as runtime:
+        stub = runtime.namespace("L").get_by_name("a")
+        assert await stub.tag(1, a="x", rest="y") == {"a": "x", "rest": "y"}
+        with pytest.raises(stead.errors.SerializationError):
+            await stub.tag(1, other=2)  # **labels: str still checks the extra keywords

@@ -264,6 +264,10 @@ def _load_target(target: str) -> Runtime:
     except Exception as exc:  # the module's own code raised while importing
         logger.debug("importing %s failed", module_name, exc_info=exc)
         raise click.ClickException(f"importing {module_name} failed: {_describe(exc)}") from None
+    if pyinspect.iscoroutinefunction(value):
+        # Not called: the runtime it made would belong to a loop of its own.
+        message = f"{target} is an async function; a TARGET factory must be a plain function"
+        raise click.BadParameter(message, param_hint="TARGET")
     if pyinspect.isfunction(value) or pyinspect.ismethod(value):  # a factory
         try:
             value = value()
@@ -271,6 +275,8 @@ def _load_target(target: str) -> Runtime:
             logger.debug("%s() failed", target, exc_info=exc)
             raise click.ClickException(f"{target}() failed: {_describe(exc)}") from None
     if not isinstance(value, Runtime):
+        if pyinspect.iscoroutine(value):
+            value.close()  # a factory hiding its async def: no "never awaited" warning
         kind = type(value).__name__
         raise click.BadParameter(f"{target} is a {kind}, not a stead.Runtime", param_hint="TARGET")
     return value
@@ -548,15 +554,21 @@ def _json_line(view: dict[str, Any]) -> str:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            key if isinstance(key, str) else repr(key): _jsonable(item)
-            for key, item in value.items()
-        }
+        return _jsonable_dict(value)
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)  # 'nan', 'inf', '-inf'
     return value
+
+
+def _jsonable_dict(value: dict[Any, Any]) -> Any:
+    """A JSON object, keys not ``str`` as their ``repr``; a list of ``[key,
+    value]`` pairs if two keys would then meet (``1`` and ``"1"``): none is lost."""
+    named = {key if isinstance(key, str) else repr(key): item for key, item in value.items()}
+    if len(named) == len(value):
+        return {key: _jsonable(item) for key, item in named.items()}
+    return [[_jsonable(key), _jsonable(item)] for key, item in value.items()]
 
 
 def _render_object(view: dict[str, Any]) -> str:

@@ -388,7 +388,7 @@ async def _invoke_rpc(
     method: RpcMethod, args: Sequence[Any], kwargs: Mapping[str, Any], host: ObjectHost
 ) -> Any:
     result = method.function(host.instance, *args, **kwargs)
-    if method.is_async:
+    if method.is_async and (method.async_def or inspect.isawaitable(result)):
         result = await result
     return method.copy_result(result)
 
@@ -679,7 +679,7 @@ class Dispatcher:
                     result = method.function(host.instance, *args, **kwargs)
                 else:
                     result = method.function(host.instance)
-                if method.is_async:
+                if method.is_async and (method.async_def or inspect.isawaitable(result)):
                     result = await result  # returns without suspending
                 result_class = result.__class__
                 if result_class in method.passthrough_results and (

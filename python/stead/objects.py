@@ -59,6 +59,7 @@ class RpcMethod:
     """
 
     __slots__ = (
+        "async_def",
         "function",
         "is_async",
         "keyword_types",
@@ -73,6 +74,11 @@ class RpcMethod:
         self.name = name
         self.function = function
         self.is_async = _is_async_function(function)
+        #: Whether the result is always a coroutine (the method's own code is an
+        #: ``async def``). A decorator's sync wrapper around an async method may
+        #: also return a plain value (a cache hit, say): the dispatcher awaits
+        #: the result of such a method only if it is awaitable.
+        self.async_def = self.is_async and _is_async_def(function)
         #: Whether a call can suspend midway (an async method whose body awaits).
         #: One that cannot runs on the caller's task like a sync method; one that
         #: can runs as a task of its own, so a caller giving up never interrupts it.
@@ -84,7 +90,7 @@ class RpcMethod:
         self.positional_types = [
             _decodable(hints.get(p.name)) for p in parameters if p.kind in positional
         ]
-        self.keyword_types = {p.name: _decodable(hints.get(p.name)) for p in parameters}
+        self.keyword_types = _keyword_types(parameters, hints)
         self.result_type = _decodable(hints.get("return"))
         # Result classes whose codec copy is the value itself (ints only within
         # MessagePack's range): the dispatcher's hot path skips the copy call.
@@ -99,7 +105,8 @@ class RpcMethod:
             codec.copy(value, types[i] if i < len(types) else None) for i, value in enumerate(args)
         ]
         keywords = self.keyword_types
-        named = {key: codec.copy(value, keywords.get(key)) for key, value in kwargs.items()}
+        extra = keywords.get(_EXTRA_KEYWORDS)  # the **kwargs hint, for names it takes
+        named = {key: codec.copy(value, keywords.get(key, extra)) for key, value in kwargs.items()}
         return copied, named
 
     def copy_result(self, result: Any) -> Any:
@@ -120,6 +127,22 @@ class RpcMethod:
             f"{type(result).__name__}; a decorator around an async method must keep it "
             "recognisable: functools.wraps, or inspect.markcoroutinefunction (Python 3.12+)"
         )
+
+
+_EXTRA_KEYWORDS = "*"  # keyword_types' key for the **kwargs hint: no parameter's name
+
+
+def _keyword_types(parameters: list[inspect.Parameter], hints: dict[str, Any]) -> dict[str, Any]:
+    """Parameter name -> type for what a keyword argument can fill; only the
+    parameters a keyword can name (a positional-only parameter's name or a
+    ``*args`` name given as a keyword goes into ``**kwargs``), plus the
+    ``**kwargs`` hint under ``_EXTRA_KEYWORDS``."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    types = {p.name: _decodable(hints.get(p.name)) for p in parameters if p.kind in named}
+    for p in parameters:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            types[_EXTRA_KEYWORDS] = _decodable(hints.get(p.name))
+    return types
 
 
 # The opcodes of every point where a coroutine can suspend: await (and the

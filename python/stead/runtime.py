@@ -304,6 +304,12 @@ class Runtime:
         return self._engine is not None
 
     @property
+    def closing(self) -> bool:
+        """Whether ``close()`` is under way: set before it cancels the events
+        still running, so a caller they fail can tell a shutdown from a bug."""
+        return self._closing is not None
+
+    @property
     def plugins(self) -> Plugins | None:
         """The loaded plugins (``plugins=True``, once started), else ``None``."""
         return self._plugins

@@ -13,3 +13,12 @@ def fresh() -> stead.Runtime:
 
 def failing() -> stead.Runtime:
     raise RuntimeError("the factory failed on purpose")
+
+
+async def made_async() -> stead.Runtime:
+    return stead.Runtime({"PLAIN": Plain}, data_dir=None)
+
+
+def hides_async() -> object:
+    """A factory that returns a coroutine: refused, with no "never awaited" warning."""
+    return made_async()

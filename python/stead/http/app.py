@@ -72,12 +72,9 @@ def create_app(
     routes = _builtin_routes(objects, metrics, bearer=secret is not None)
     routes.extend(_plugin_routes(runtime, plugins))
     bearer = BearerToken(secret) if secret else None
-    middleware = [
-        Middleware(ShutdownAnswerMiddleware),
-        Middleware(BodyLimitMiddleware, max_bytes=limit),
-    ]
+    middleware = [Middleware(BodyLimitMiddleware, max_bytes=limit)]
     if bearer is not None:
-        middleware.insert(1, Middleware(BearerAuthMiddleware, token=bearer))
+        middleware.insert(0, Middleware(BearerAuthMiddleware, token=bearer))
     app = SteadApp(
         own_middleware=middleware,
         objects=objects,
@@ -96,7 +93,9 @@ class SteadApp(Starlette):
 
     The fast path sits below the middleware added with ``add_middleware()``
     and above stead's own middleware and the router, so user middleware
-    wraps every route, RPC included.
+    wraps every route, RPC included. A ``ShutdownAnswerMiddleware`` also sits
+    above the user's middleware: a ``BaseHTTPMiddleware`` runs the app below
+    it in a task of its own, whose answer is lost once the request is cancelled.
     """
 
     def __init__(
@@ -116,18 +115,24 @@ class SteadApp(Starlette):
         # Starlette builds ServerErrorMiddleware(user_middleware(ExceptionMiddleware(router)));
         # the fast path and stead's own middleware go in just after the user's.
         users = self.user_middleware
+        # The 503 for a cancelled request: the outermost layer (the one whose
+        # ``send`` is the server's) also ends the request quietly (stead.http.cancel).
+        outer = Middleware(ShutdownAnswerMiddleware, outermost=True)
         if not users:
             # Nothing to wrap the fast path in: it goes first, which saves the
             # ServerErrorMiddleware call per request (FastRpc answers its own 500s).
-            self.user_middleware = self._own_middleware
+            self.user_middleware = [outer, *self._own_middleware]
         else:
+            inner = Middleware(ShutdownAnswerMiddleware)  # its answer reaches user middleware
             fast = Middleware(FastRpc, objects=self._objects, bearer=self._bearer)
-            self.user_middleware = [*users, fast, *self._own_middleware]
+            self.user_middleware = [outer, *users, fast, inner, *self._own_middleware]
         try:
             stack = super().build_middleware_stack()
         finally:
             self.user_middleware = users
-        return stack if users else FastRpc(stack, self._objects, self._bearer)
+        if users:
+            return stack
+        return FastRpc(stack, self._objects, self._bearer, outermost=True)
 
 
 def _builtin_routes(

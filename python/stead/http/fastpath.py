@@ -32,10 +32,18 @@ class FastRpc:
     percent-decoded.
     """
 
-    def __init__(self, app: ASGIApp, objects: ObjectRoutes, bearer: BearerToken | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        objects: ObjectRoutes,
+        bearer: BearerToken | None,
+        *,
+        outermost: bool = False,
+    ) -> None:
         self.app = app
         self._objects = objects
         self._bearer = bearer
+        self._outermost = outermost  # no user middleware above: ``send`` is the server's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -59,7 +67,9 @@ class FastRpc:
             await refusal.response()(scope, receive, send)
             return
         try:
-            await self._objects.rpc(scope, receive, send, parts[2], parts[3], parts[5])
+            await self._objects.rpc(
+                scope, receive, send, parts[2], parts[3], parts[5], outermost=self._outermost
+            )
         except Exception as exc:  # a bug of ours: still no traceback for the client
             logger.error("RPC %s failed", route_path(scope), exc_info=exc)
             await error_response(500, "InternalServerError", "internal server error")(

@@ -27,8 +27,16 @@ _ERROR_STATUSES = {
     "413": "Body over the limit",
     "429": "The object is overloaded; retry after Retry-After seconds",
     "500": "The handler raised",
-    "503": "Storage failed; nothing was acknowledged",
+    "503": (
+        "StorageError: storage failed, nothing was acknowledged. "
+        "NotStarted: the runtime is not running. "
+        "ShuttingDown: the server stopped waiting for the call, which may still complete "
+        "or have partly completed: check before retrying a call that is not idempotent"
+    ),
 }
+# No Struct's component can be named so (msgspec uses the class name, or its
+# module-qualified name on a clash, and stead defines no Struct named Error).
+_ERROR_NAME = "stead.Error"
 _ERROR_SCHEMA = {
     "type": "object",
     "properties": {
@@ -69,7 +77,7 @@ def build_openapi(
             paths[path] = {"post": _rpc_operation(binding, signature, schema_of)}
     health = _simple_operation("healthz", "Liveness", _HEALTH_SCHEMA)
     paths["/healthz"] = {"get": health}
-    components["Error"] = _ERROR_SCHEMA
+    components[_ERROR_NAME] = _ERROR_SCHEMA
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "stead", "version": __version__},
@@ -118,7 +126,8 @@ def _rpc_operation(
         "tags": [binding],
         "parameters": [_NAME],
         "requestBody": {
-            "required": False,
+            # No body is {"args": [], "kwargs": {}}: fine unless a parameter is required.
+            "required": any(p.required for p in signature.parameters),
             "content": {"application/json": {"schema": _body_schema(signature, schema_of)}},
         },
         "responses": {
@@ -230,5 +239,5 @@ def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error_responses() -> dict[str, Any]:
-    error = {"$ref": "#/components/schemas/Error"}
+    error = {"$ref": _REF.format(name=_ERROR_NAME)}
     return {status: _json_response(text, error) for status, text in _ERROR_STATUSES.items()}

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from stead import codec
 from stead.errors import InvalidIdError, SerializationError, UnknownBindingError
 from stead.http.body import read_body
-from stead.http.cancel import request_cancelled, shutting_down
+from stead.http.cancel import request_cancelled, settle_cancelled, shutting_down
 from stead.http.errors import HttpError, handler_error
 from stead.http.responses import InvalidResponseError, http_response
 from stead.http.signatures import ArgumentError, Signature
@@ -77,12 +77,21 @@ class ObjectRoutes:
     # -- RPC -----------------------------------------------------------------
 
     async def rpc(
-        self, scope: Scope, receive: Receive, send: Send, binding: str, name: str, method: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        binding: str,
+        name: str,
+        method: str,
+        *,
+        outermost: bool = False,
     ) -> None:
         """``POST /objects/{binding}/{name}/rpc/{method}``, as raw ASGI.
 
         The hot path of the frontend: it skips Starlette's request and
         response objects (see ``SteadApp``), so it checks the body limit itself.
+        ``outermost``: ``send`` is the server's own (see ``stead.http.cancel``).
         """
         started = time.perf_counter()
         extra: list[tuple[bytes, bytes]] = []
@@ -95,9 +104,11 @@ class ObjectRoutes:
             logger.error("RPC %s.%s failed", binding, method, exc_info=exc)
             status, body = 500, _INTERNAL_ERROR_BODY
         except asyncio.CancelledError:  # the server cancelled the request (_rpc tells)
-            cut = shutting_down(f"{binding}.{method}")
+            cut = shutting_down(f"{binding}.{method}", scope)
             await _send(send, cut.status, cut.body(), cut.raw_headers())
             self._observe_rpc(binding, method, cut.status, started)
+            if outermost and settle_cancelled():
+                return
             raise
         await _send(send, status, body, extra)
         self._observe_rpc(binding, method, status, started)
@@ -254,8 +265,11 @@ class ObjectRoutes:
 
     def _call_failed(self, binding: str, method: str, exc: Exception) -> HttpError:
         """The answer for an RPC or fetch call that raised ``exc``."""
-        if isinstance(exc, RuntimeError) and not _running(self.runtime):
-            return _not_started()  # the runtime closed while the request was on its way
+        if isinstance(exc, RuntimeError):
+            if self.runtime.closing:  # close() cancelled the event (a second signal, say)
+                return _cut_at_close()
+            if not _running(self.runtime):
+                return _not_started()  # the runtime closed while the request was on its way
         _log_handler_error(binding, method, exc)
         return handler_error(exc)
 
@@ -294,6 +308,11 @@ def _running(runtime: Runtime) -> bool:
 
 def _not_started() -> HttpError:
     return HttpError(503, "NotStarted", "the runtime is not running")
+
+
+def _cut_at_close() -> HttpError:
+    message = "the server is shutting down and cancelled this call; what it wrote before is kept"
+    return HttpError(503, "ShuttingDown", message, {"Connection": "close"})
 
 
 def _not_allowed(http_method: str, allowed: str) -> HttpError:
