@@ -2041,3 +2041,48 @@ async def test_an_object_is_not_evicted_while_a_block_outside_events_runs(
         await asyncio.sleep(0.1)  # the block runs; the object would be idle by the clock
         assert await counter.incr() == 101  # waited for the block, on the same instance
         assert TimedMigration.built == 1
+
+
+class TimerMigration(stead.DurableObject):
+    """A block started from a plain task (a timer), not from wait_until."""
+
+    def start(self) -> None:
+        async def migrate() -> None:
+            self.ctx.storage.put("m1", 1)
+            await asyncio.sleep(0.2)
+            self.ctx.storage.put("m2", 1)
+
+        asyncio.get_running_loop().call_soon(
+            lambda: asyncio.ensure_future(self.ctx.block_concurrency_while(migrate))
+        )
+
+    def incr(self) -> int:
+        n: int = self.ctx.storage.get("n", 0) + 1
+        self.ctx.storage.put("n", n)
+        return n
+
+    def dump(self) -> dict[str, Any]:
+        return dict(self.ctx.storage.list())
+
+
+class ReentrantTimerMigration(TimerMigration):
+    reentrant = True
+
+
+@pytest.mark.parametrize("binding", ["T", "R"])
+async def test_close_waits_for_a_block_run_from_a_plain_task(data_dir: str, binding: str) -> None:
+    # close() returned at once: the block's last write was lost, and the calls
+    # queued behind it failed after close returned ("the engine is closed").
+    classes = {"T": TimerMigration, "R": ReentrantTimerMigration}
+    rt = stead.Runtime(classes, data_dir=data_dir)
+    await rt.start()
+    store = rt.namespace(binding).get_by_name("x")
+    await store.start()
+    await asyncio.sleep(0.02)  # the block runs
+    queued = [asyncio.ensure_future(store.incr()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(rt.close(grace=2), 5)
+    assert sorted(await asyncio.gather(*queued)) == [1, 2]
+    async with stead.Runtime(classes, data_dir=data_dir) as reopened:
+        stored = await reopened.namespace(binding).get_by_name("x").dump()
+    assert stored == {"m1": 1, "m2": 1, "n": 2}

@@ -239,6 +239,13 @@ class ObjectHost:
         assert isinstance(node, int)
         if node == self.block_node:
             return await fn()  # nested in the block holding the input
+        # close() waits for the block as for wait_until work (and cancels it at
+        # its deadline): run from a plain task or a timer, nothing else tracks it.
+        task = asyncio.current_task()
+        tracked = task is not None and task not in dispatcher.background
+        if tracked:
+            assert task is not None
+            dispatcher.background.add(task)
         token = _running.set(running)
         try:
             if self.reentrant:
@@ -246,6 +253,9 @@ class ObjectHost:
             return await self._hold_input(fn, node)
         finally:
             _running.reset(token)
+            if tracked:
+                assert task is not None
+                dispatcher.background.discard(task)
 
     async def _hold_input(self, fn: Callable[[], Awaitable[T]], node: int) -> T:
         """A turn-based object's block run outside its events: it claims the
