@@ -509,18 +509,16 @@ fn a_torn_tail_followed_by_a_segment_with_a_valid_record_is_corruption() {
     assert!(segs.iter().all(|s| s.exists()));
 }
 
-/// A hint load reads no record checksum: each value's checksum, kept in the
-/// hint file, is checked when the value is read (by a get, a list or the
-/// next compaction, which must not copy damage into a fresh segment).
-#[test]
-fn damage_in_a_hint_loaded_compacted_segment_is_refused_on_read() {
-    let dir = tempfile::tempdir().unwrap();
+/// 40 puts to object `o` (`k000` = `good-value-000`, ...) in 4 KiB segments,
+/// compacted into one segment with a hint file, the engine closed; the options
+/// used, and that segment.
+fn compacted_puts(dir: &Path) -> (Options, PathBuf) {
     let opts = Options {
         segment_bytes: 4096,
         compaction: false,
         ..options()
     };
-    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
+    let engine = Engine::open(Some(dir), opts.clone()).unwrap();
     for i in 0..40 {
         let (key, value) = (format!("k{i:03}"), format!("good-value-{i:03}"));
         engine
@@ -529,7 +527,20 @@ fn damage_in_a_hint_loaded_compacted_segment_is_refused_on_read() {
     }
     engine.compact().unwrap();
     engine.close().unwrap();
-    let seg = segments(dir.path()).pop().unwrap();
+    let seg = segments(dir)
+        .into_iter()
+        .find(|seg| seg.with_extension("hint").exists())
+        .expect("a compacted segment with its hint file");
+    (opts, seg)
+}
+
+/// A hint load reads no record checksum: each value's checksum, kept in the
+/// hint file, is checked when the value is read (by a get, a list or the
+/// next compaction, which must not copy damage into a fresh segment).
+#[test]
+fn damage_in_a_hint_loaded_compacted_segment_is_refused_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, seg) = compacted_puts(dir.path());
     let mut bytes = fs::read(&seg).unwrap();
     let at = bytes
         .windows(14)
@@ -574,24 +585,7 @@ fn damage_in_a_hint_loaded_compacted_segment_is_refused_on_read() {
 #[test]
 fn a_truncated_compacted_segment_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        segment_bytes: 4096,
-        compaction: false,
-        ..options()
-    };
-    let engine = Engine::open(Some(dir.path()), opts.clone()).unwrap();
-    for i in 0..40 {
-        let (key, value) = (format!("k{i:03}"), format!("value-{i:03}"));
-        engine
-            .commit(b"o", &[Op::Put(key.as_bytes(), value.as_bytes())])
-            .unwrap();
-    }
-    engine.compact().unwrap();
-    engine.close().unwrap();
-    let seg = segments(dir.path())
-        .into_iter()
-        .find(|seg| seg.with_extension("hint").exists())
-        .expect("a compacted segment with its hint file");
+    let (opts, seg) = compacted_puts(dir.path());
     let cut = data_end(&seg) - 100;
     fs::OpenOptions::new()
         .write(true)
