@@ -517,8 +517,13 @@ class Storage:
         raw = self._raw(INTERNAL_PREFIX + key)
         return default if raw is None else codec.decode(raw, type)
 
-    def put_internal(self, key: bytes, value: Any) -> None:
-        self._write(INTERNAL_PREFIX + key, self._encode_value(value))
+    def put_internal(self, key: bytes, value: Any, *, limited: bool = True) -> None:
+        """Write one of stead's own records. ``limited``: the user's
+        ``max_value_bytes`` applies (records holding user values: Agent state,
+        schedule payloads); stead's fixed-size bookkeeping passes ``False``, so
+        a small limit cannot break it (the engine's own limit still applies)."""
+        raw = self._encode_value(value) if limited else codec.encode(value)
+        self._write(INTERNAL_PREFIX + key, raw)
 
     def delete_internal(self, key: bytes) -> None:
         self._write(INTERNAL_PREFIX + key, None)
