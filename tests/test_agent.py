@@ -818,3 +818,26 @@ async def test_a_schedule_id_that_is_not_a_str_is_a_type_error(data_dir: str) ->
         with pytest.raises(TypeError, match="schedule id"):
             await agent.cancel(None)
         assert await agent.get("no-such-id") is None
+
+
+class Wiped(stead.Agent):
+    def add(self) -> str:
+        return self.schedule(3600, "tick").id
+
+    def cancel_and_wipe(self, schedule_id: str) -> None:
+        self.cancel_schedule(schedule_id)
+        self.ctx.storage.delete_all()
+
+    def tick(self, payload: Any) -> None:
+        pass
+
+
+async def test_cancel_then_delete_all_leaves_nothing_stored(data_dir: str) -> None:
+    # cancel_schedule's re-arm runs as the turn commits, after delete_all():
+    # it must not store anything (an index marker) in the wiped agent.
+    async with stead.Runtime({"W": Wiped}, data_dir=data_dir) as rt:
+        agent = rt.env.W.get_by_name("w")
+        await agent.cancel_and_wipe(await agent.add())
+        key = rt.env.W.id_from_name("w").storage_key
+        assert rt.engine.list(key) == []
+        assert rt.engine.get_alarm(key) is None

@@ -280,7 +280,12 @@ class Agent(DurableObject):
         storage = self.ctx.storage
         if storage.get_internal(_INDEXED_KEY) is not None:
             return
-        for entry in storage.list_internal(_SCHEDULE_PREFIX, type=Schedule):
+        entries = storage.list_internal(_SCHEDULE_PREFIX, type=Schedule)
+        if not entries:
+            # Nothing to index: no marker either, which would leave a key stored
+            # in an agent just wiped by delete_all() (its re-arm runs at commit).
+            return
+        for entry in entries:
             try:
                 _alarm_ms(entry.time)
             except ValueError:  # stored by a version that did not check the time
