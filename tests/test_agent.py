@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
+import msgspec
 import pytest
 
 import stead
+import stead.storage
 from tests.test_alarms import eventually
 
 pytestmark = pytest.mark.anyio
@@ -536,3 +539,305 @@ async def test_schedules_stored_without_the_time_index_still_run_in_order(
         await asyncio.sleep(0.1)
         assert Chrono.runs == [1, 2, 0]
         assert await agent.schedules() == []
+
+
+class Overlap(stead.Agent):
+    """Reentrant: ``work`` waits for ``release`` (an HTTP call, an LLM request)."""
+
+    reentrant = True
+    runs: ClassVar[list[str]] = []
+    started: asyncio.Event
+    release: asyncio.Event
+
+    def setup(self) -> list[str]:
+        at = datetime.fromtimestamp(time.time() + 0.02, timezone.utc)
+        return [self.schedule(at, "work", "first").id, self.schedule(at, "work", "second").id]
+
+    def cancel(self, schedule_id: str) -> bool:
+        return self.cancel_schedule(schedule_id)
+
+    def left(self) -> int:
+        return len(self.get_schedules())
+
+    async def work(self, payload: str) -> None:
+        Overlap.runs.append(payload)
+        Overlap.started.set()
+        await Overlap.release.wait()
+
+
+async def test_a_reentrant_agent_runs_a_schedule_once_when_another_is_cancelled(
+    data_dir: str,
+) -> None:
+    # cancel_schedule() re-armed the alarm for the earliest schedule: the one whose
+    # callback was running. A second alarm() run started beside the first and
+    # ran that callback again, concurrently.
+    Overlap.runs, Overlap.started, Overlap.release = [], asyncio.Event(), asyncio.Event()
+    async with stead.Runtime({"O": Overlap}, data_dir=data_dir) as rt:
+        agent = rt.env.O.get_by_name("o")
+        ids = await agent.setup()
+        await asyncio.wait_for(Overlap.started.wait(), 5)
+        waiting = ids[1] if Overlap.runs == ["first"] else ids[0]
+        assert await agent.cancel(waiting) is True
+        await asyncio.sleep(0.2)  # a second run would have started by now
+        assert len(Overlap.runs) == 1
+        Overlap.release.set()
+
+        async def done() -> bool:
+            return bool(await agent.left() == 0)
+
+        await eventually(done)
+        assert len(Overlap.runs) == 1
+
+
+class Cancelled(stead.Agent):
+    """``cb`` awaits, on its first run, a task that something else cancels."""
+
+    runs: ClassVar[list[Any]] = []
+
+    def plan(self) -> None:
+        self.schedule(0, "cb", "first")
+        self.schedule(0.1, "cb", "second")
+
+    def left(self) -> list[Any]:
+        return [entry.payload for entry in self.get_schedules()]
+
+    async def cb(self, payload: Any) -> None:
+        Cancelled.runs.append(payload)
+        if Cancelled.runs == ["first"]:
+            task = asyncio.ensure_future(asyncio.sleep(10))
+            asyncio.get_running_loop().call_soon(task.cancel)
+            await task  # CancelledError, though the alarm run was not cancelled
+
+
+async def test_a_callback_raising_a_stray_cancelled_error_is_retried(data_dir: str) -> None:
+    # The alarm was lost until a restart: no schedule of the agent ran again.
+    Cancelled.runs = []
+    async with stead.Runtime({"C": Cancelled}, data_dir=data_dir, alarm_retry_base=0.02) as rt:
+        agent = rt.env.C.get_by_name("c")
+        await agent.plan()
+
+        async def all_ran() -> bool:
+            return bool(await agent.left() == [])
+
+        await eventually(all_ran, timeout=3)
+        assert sorted(Cancelled.runs) == ["first", "first", "second"]
+
+
+class Many(stead.Agent):
+    def add(self, count: int) -> list[float]:
+        return [self.schedule(3600 + i, "tick", i).time for i in range(count)]
+
+    def cancel_all_but(self, keep: int) -> float | None:
+        for entry in self.get_schedules()[: len(self.get_schedules()) - keep]:
+            self.cancel_schedule(entry.id)
+        return self.ctx.storage.get_alarm()
+
+    def alarm_time(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    def tick(self, payload: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+async def test_cancelling_many_schedules_in_one_turn_reads_the_index_once(
+    data_dir: str, monkeypatch: pytest.MonkeyPatch, keep: int
+) -> None:
+    # Every cancel of the earliest schedule looked for the next one, listing
+    # through all the turn's pending deletes: 2000 cancels took 7 s, 4000 30 s.
+    listings = 0
+    list_internal = stead.storage.Storage.list_internal
+
+    def counted(self: stead.storage.Storage, *args: Any, **kwargs: Any) -> Any:
+        nonlocal listings
+        listings += 1
+        return list_internal(self, *args, **kwargs)
+
+    count = 1000
+    async with stead.Runtime({"M": Many}, data_dir=data_dir, durability="none") as rt:
+        agent = rt.env.M.get_by_name("m")
+        times = await agent.add(count)
+        monkeypatch.setattr(stead.storage.Storage, "list_internal", counted)
+        await agent.cancel_all_but(keep)
+        assert listings <= 4  # get_schedules() twice, one re-arm as the turn commits
+        expected = None if keep == 0 else times[-1]
+        assert await agent.alarm_time() == (None if expected is None else pytest.approx(expected))
+
+
+class Stranded(stead.Agent):
+    """``flaky`` aborts until ``fix()``: its alarm is dropped after the retry limit."""
+
+    runs: ClassVar[list[str]] = []
+
+    async def flaky(self, payload: str) -> None:
+        Stranded.runs.append(payload)
+        if self.state is None:
+            self.ctx.abort("not yet")
+
+    def fix(self) -> None:
+        self.set_state("fixed")
+
+    def plan(self) -> str:
+        self.schedule(0, "flaky", "stranded")
+        return self.schedule(7200, "flaky", "spare").id
+
+    def plan_later(self) -> str:
+        return self.schedule(3600, "flaky", "later").id
+
+    def cancel(self, schedule_id: str) -> bool:
+        return self.cancel_schedule(schedule_id)
+
+    def alarm_time(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+
+@pytest.mark.parametrize("rearm", ["schedule", "cancel_schedule"])
+async def test_schedules_stranded_by_a_dropped_alarm_are_rearmed(data_dir: str, rearm: str) -> None:
+    # schedule() only ever lowered the alarm: with none set it armed for the new
+    # schedule (an hour away), not for the overdue one left without an alarm;
+    # cancel_schedule() of a later schedule left them without any alarm.
+    Stranded.runs = []
+    async with stead.Runtime(
+        {"S": Stranded}, data_dir=data_dir, alarm_retry_base=0.02, alarm_retry_limit=1
+    ) as rt:
+        agent = rt.env.S.get_by_name("s")
+        spare = await agent.plan()
+
+        async def dropped() -> bool:
+            return len(Stranded.runs) == 2 and await agent.alarm_time() is None
+
+        await eventually(dropped, timeout=3)
+        await agent.fix()
+        if rearm == "schedule":
+            await agent.plan_later()
+        else:
+            assert await agent.cancel(spare) is True
+
+        async def ran() -> bool:
+            return len(Stranded.runs) == 3
+
+        await eventually(ran, timeout=3)
+        assert Stranded.runs == ["stranded"] * 3
+
+
+class Counter(msgspec.Struct):
+    count: int = 0
+
+
+@dataclasses.dataclass
+class Tally:
+    count: int = 0
+
+
+class Item(msgspec.Struct):
+    name: str
+
+
+class TypedStates(stead.Agent):
+    told: ClassVar[list[str]] = []
+
+    def bump(self) -> int:
+        state = self.state
+        self.set_state(type(state)(count=state.count + 1))
+        return int(self.state.count)
+
+    def type_name(self) -> str:
+        return type(self.state).__name__
+
+    def on_state_update(self, state: Any, source: str) -> None:
+        TypedStates.told.append(type(state).__name__)
+
+
+class StructState(TypedStates):
+    initial_state = Counter()
+
+
+class DataclassState(TypedStates):
+    initial_state = Tally()
+
+
+class ListState(stead.Agent):
+    state_model = list[Item]
+    initial_state: ClassVar[Any] = []
+
+    def add(self, name: str) -> list[str]:
+        self.set_state([*self.state, Item(name)])
+        return [item.name for item in self.state]
+
+    def set_raw(self, value: Any) -> None:
+        self.set_state(value)
+
+
+@pytest.mark.parametrize("cls", [StructState, DataclassState])
+async def test_a_struct_or_dataclass_state_keeps_its_type(
+    data_dir: str, cls: type[TypedStates]
+) -> None:
+    # It came back as a dict after the first set_state: state.count raised.
+    TypedStates.told = []
+    expected = type(cls.initial_state).__name__
+    async with stead.Runtime({"T": cls}, data_dir=data_dir) as rt:
+        agent = rt.env.T.get_by_name("t")
+        assert await agent.bump() == 1
+        assert await agent.bump() == 2
+        assert await agent.type_name() == expected
+
+        async def told() -> bool:
+            return TypedStates.told == [expected, expected]
+
+        await eventually(told)
+    async with stead.Runtime({"T": cls}, data_dir=data_dir) as rt:
+        assert await rt.env.T.get_by_name("t").bump() == 3
+
+
+async def test_state_model_decodes_the_state_and_refuses_what_does_not_fit(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime({"L": ListState}, data_dir=data_dir) as rt:
+        agent = rt.env.L.get_by_name("l")
+        assert await agent.add("a") == ["a"]
+        assert await agent.add("b") == ["a", "b"]
+        with pytest.raises(stead.SerializationError):
+            await agent.set_raw({"not": "a list"})
+        assert await agent.add("c") == ["a", "b", "c"]
+
+
+class AnyId(stead.Agent):
+    def get(self, schedule_id: Any) -> Any:
+        return self.get_schedule(schedule_id)
+
+    def cancel(self, schedule_id: Any) -> bool:
+        return self.cancel_schedule(schedule_id)
+
+
+async def test_a_schedule_id_that_is_not_a_str_is_a_type_error(data_dir: str) -> None:
+    # AttributeError ('int' object has no attribute 'encode') before.
+    async with stead.Runtime({"A": AnyId}, data_dir=data_dir) as rt:
+        agent = rt.env.A.get_by_name("a")
+        with pytest.raises(TypeError, match="schedule id"):
+            await agent.get(123)
+        with pytest.raises(TypeError, match="schedule id"):
+            await agent.cancel(None)
+        assert await agent.get("no-such-id") is None
+
+
+class Wiped(stead.Agent):
+    def add(self) -> str:
+        return self.schedule(3600, "tick").id
+
+    def cancel_and_wipe(self, schedule_id: str) -> None:
+        self.cancel_schedule(schedule_id)
+        self.ctx.storage.delete_all()
+
+    def tick(self, payload: Any) -> None:
+        pass
+
+
+async def test_cancel_then_delete_all_leaves_nothing_stored(data_dir: str) -> None:
+    # cancel_schedule's re-arm runs as the turn commits, after delete_all():
+    # it must not store anything (an index marker) in the wiped agent.
+    async with stead.Runtime({"W": Wiped}, data_dir=data_dir) as rt:
+        agent = rt.env.W.get_by_name("w")
+        await agent.cancel_and_wipe(await agent.add())
+        key = rt.env.W.id_from_name("w").storage_key
+        assert rt.engine.list(key) == []
+        assert rt.engine.get_alarm(key) is None

@@ -713,3 +713,138 @@ async def test_an_alarm_handler_may_be_a_plain_method(data_dir: str) -> None:
         await eventually(ran)
         await asyncio.sleep(0.2)  # a failed run would be retried by now
         assert PlainAlarm.runs == [0]
+
+
+class Overlapping(stead.DurableObject):
+    """Reentrant: alarm() waits for ``release``; counts runs in progress."""
+
+    reentrant = True
+    runs: ClassVar[list[float]] = []
+    running = 0
+    most_running = 0
+    in_alarm: asyncio.Event
+    release: asyncio.Event
+
+    def arm(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Overlapping.runs.append(info.scheduled_time)
+        Overlapping.running += 1
+        Overlapping.most_running = max(Overlapping.most_running, Overlapping.running)
+        try:
+            Overlapping.in_alarm.set()
+            await Overlapping.release.wait()
+        finally:
+            Overlapping.running -= 1
+
+
+async def test_a_reentrant_objects_alarm_runs_one_at_a_time(data_dir: str) -> None:
+    # An alarm set (due) by another event while alarm() awaited started a second
+    # alarm() beside the first; it must wait for the first run, then run.
+    Overlapping.runs, Overlapping.running, Overlapping.most_running = [], 0, 0
+    Overlapping.in_alarm, Overlapping.release = asyncio.Event(), asyncio.Event()
+    async with stead.Runtime({"O": Overlapping}, data_dir=data_dir) as rt:
+        obj = rt.env.O.get_by_name("o")
+        await obj.arm(time.time())
+        await asyncio.wait_for(Overlapping.in_alarm.wait(), 5)
+        again = time.time()
+        await obj.arm(again)  # acknowledged, due at once
+        await asyncio.sleep(0.2)  # the wheel fires for it meanwhile
+        assert len(Overlapping.runs) == 1
+        Overlapping.release.set()
+
+        async def second_run() -> bool:
+            return len(Overlapping.runs) == 2
+
+        await eventually(second_run, timeout=5)
+        assert Overlapping.most_running == 1
+        assert Overlapping.runs[1] == pytest.approx(again, abs=0.002)
+
+
+class StrayCancel(stead.DurableObject):
+    """The first alarm run awaits a task that something else cancels."""
+
+    runs: ClassVar[list[int]] = []
+
+    def arm(self) -> None:
+        self.ctx.storage.set_alarm(time.time())
+
+    def get(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        StrayCancel.runs.append(info.retry_count)
+        if len(StrayCancel.runs) == 1:
+            task = asyncio.ensure_future(asyncio.sleep(10))
+            asyncio.get_running_loop().call_soon(task.cancel)
+            await task  # CancelledError, though this run was not cancelled
+
+
+async def test_a_handler_raising_a_stray_cancelled_error_is_retried(data_dir: str) -> None:
+    # It left the alarm stored but off the wheel: never retried until a restart.
+    StrayCancel.runs = []
+    async with stead.Runtime({"S": StrayCancel}, data_dir=data_dir, alarm_retry_base=0.02) as rt:
+        obj = rt.env.S.get_by_name("s")
+        await obj.arm()
+
+        async def retried() -> bool:
+            return StrayCancel.runs == [0, 1] and await obj.get() is None
+
+        await eventually(retried, timeout=3)
+
+
+class FailsWhileChanged(stead.DurableObject):
+    """Reentrant: the first alarm run waits for ``release``, then raises."""
+
+    reentrant = True
+    runs: ClassVar[list[stead.AlarmInfo]] = []
+    in_alarm: asyncio.Event
+    release: asyncio.Event
+
+    def arm(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    def cancel(self) -> None:
+        self.ctx.storage.delete_alarm()
+
+    def get(self) -> float | None:
+        return self.ctx.storage.get_alarm()
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        FailsWhileChanged.runs.append(info)
+        if len(FailsWhileChanged.runs) == 1:
+            FailsWhileChanged.in_alarm.set()
+            await FailsWhileChanged.release.wait()
+            raise RuntimeError("transient failure")
+
+
+@pytest.mark.parametrize("change", ["set", "delete"])
+async def test_a_failed_run_keeps_an_alarm_changed_while_it_ran(data_dir: str, change: str) -> None:
+    # The retry overwrote the alarm another event set or deleted while the run
+    # awaited: the acknowledged time never fired, a deleted alarm ran again.
+    FailsWhileChanged.runs = []
+    FailsWhileChanged.in_alarm, FailsWhileChanged.release = asyncio.Event(), asyncio.Event()
+    async with stead.Runtime(
+        {"F": FailsWhileChanged}, data_dir=data_dir, alarm_retry_base=0.02
+    ) as rt:
+        obj = rt.env.F.get_by_name("f")
+        await obj.arm(time.time())
+        await asyncio.wait_for(FailsWhileChanged.in_alarm.wait(), 5)
+        new = time.time() + 0.4
+        await (obj.arm(new) if change == "set" else obj.cancel())
+        FailsWhileChanged.release.set()
+        await asyncio.sleep(0.2)  # a retry would have run by now
+        assert len(FailsWhileChanged.runs) == 1
+        if change == "delete":
+            assert await obj.get() is None
+            return
+        assert await obj.get() == pytest.approx(new, abs=0.002)
+
+        async def ran_again() -> bool:
+            return len(FailsWhileChanged.runs) == 2
+
+        await eventually(ran_again, timeout=5)
+        second = FailsWhileChanged.runs[1]
+        assert (second.retry_count, second.is_retry) == (0, False)
+        assert second.scheduled_time == pytest.approx(new, abs=0.002)

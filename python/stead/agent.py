@@ -14,7 +14,9 @@ back or strands the others.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import dataclasses
 import inspect
 import logging
 import math
@@ -28,7 +30,7 @@ import msgspec
 from croniter import croniter
 
 from stead import codec
-from stead.alarms import AlarmInfo, retry_policy
+from stead.alarms import AlarmInfo, _cancel_requested, retry_policy
 from stead.errors import StorageError
 from stead.messages import Request, Response
 from stead.objects import DurableObject
@@ -76,6 +78,8 @@ def _index_tail(entry: Schedule) -> str:
 
 
 def _schedule_key(schedule_id: str) -> bytes:
+    if not isinstance(schedule_id, str):
+        raise TypeError(f"a schedule id is a str, not {type(schedule_id).__name__}")
     return _SCHEDULE_PREFIX + schedule_id.encode()
 
 
@@ -89,25 +93,48 @@ class Agent(DurableObject):
 
     #: The state before the first ``set_state`` (deep-copied per object).
     initial_state: ClassVar[Any] = None
+    #: The type the stored state is decoded into (any type msgspec decodes, as
+    #: ``storage.get(type=...)`` takes). ``None``: that of ``initial_state`` when it
+    #: is a ``msgspec.Struct`` or a dataclass, else untyped (builtins).
+    state_model: ClassVar[Any] = None
+
+    # Set while a re-arm for the earliest schedule waits for the turn's commit.
+    _rearm_pending = False
 
     # -- state ---------------------------------------------------------------
+
+    @classmethod
+    def _state_decode_type(cls) -> Any:
+        if cls.state_model is not None:
+            return cls.state_model
+        initial = cls.initial_state
+        if isinstance(initial, msgspec.Struct) or (
+            dataclasses.is_dataclass(initial) and not isinstance(initial, type)
+        ):
+            return type(initial)
+        return None
 
     @property
     def state(self) -> Any:
         """The current state (``initial_state`` until the first ``set_state``)."""
-        stored = self.ctx.storage.get_internal(_STATE_KEY, _MISSING)
+        stored = self.ctx.storage.get_internal(_STATE_KEY, _MISSING, type=self._state_decode_type())
         if stored is _MISSING:
             return copy.deepcopy(self.initial_state)
         return stored
 
     def set_state(self, state: Any) -> None:
         """Replace the state (persisted with this turn); ``on_state_update`` is
-        called once it is durable."""
+        called once it is durable. ``SerializationError`` if the state does not
+        fit ``state_model``."""
         storage = self.ctx.storage
+        state_type = self._state_decode_type()
+        if state_type is not None:
+            # Refused now, not by every later read; the stored form, as read back.
+            state = codec.copy(state, state_type)
         storage.put_internal(_STATE_KEY, state)
         if type(self).on_state_update is not Agent.on_state_update:
             # What was stored, not the caller's object (it may change later).
-            storage.after_commit(partial(self._state_committed, codec.copy(state)))
+            storage.after_commit(partial(self._state_committed, codec.copy(state, state_type)))
 
     def on_state_update(self, state: Any, source: str) -> Any:
         """Called for every ``set_state`` once the turn's writes are durable (never
@@ -172,9 +199,13 @@ class Agent(DurableObject):
             raise TypeError("when is a delay in seconds (>= 0), a datetime, or a cron string")
         _alarm_ms(entry.time)  # ValueError (before anything is stored) past the year 9999
         self._put_schedule(entry)
-        # Only ever lowers the alarm: O(1), however many schedules exist.
         alarm = self.ctx.storage.get_alarm()
-        if alarm is None or entry.time < alarm:
+        if alarm is None:
+            # Schedules may be stored without an alarm (it was dropped after an
+            # aborted run's last retry): arm for the earliest, not just this one.
+            self._arm()
+        elif entry.time < alarm:
+            # Only ever lowers the alarm: O(1), however many schedules exist.
             self.ctx.storage.set_alarm(entry.time)
         return entry
 
@@ -196,9 +227,26 @@ class Agent(DurableObject):
             return False
         self._delete_schedule(entry)
         alarm = self.ctx.storage.get_alarm()
-        if alarm is not None and _alarm_ms(entry.time) <= round(alarm * 1000):
-            self._arm()  # it may have been the earliest
+        if alarm is None or _alarm_ms(entry.time) <= round(alarm * 1000):
+            # It may have been the earliest (or schedules were stranded without an
+            # alarm). Re-armed once, as the turn commits: finding the earliest
+            # schedule per cancel made cancelling N schedules in a turn O(N^2 log N).
+            # Until then the alarm is early, never late: it only lost a schedule.
+            self._rearm_at_commit()
         return True
+
+    def _rearm_at_commit(self) -> None:
+        if not self._rearm_pending:
+            self._rearm_pending = True
+            self.ctx.storage.settle_alarm_before_commit(self._rearm_now)
+
+    def _rearm_now(self) -> None:
+        # Called from inside the commit: it must not raise.
+        self._rearm_pending = False
+        try:
+            self._arm()
+        except Exception:  # the alarm stays early: its run re-arms
+            logger.exception("alarm of %r not re-armed after cancel_schedule", self.ctx.id)
 
     def _put_schedule(self, entry: Schedule, replaced: Schedule | None = None) -> None:
         storage = self.ctx.storage
@@ -232,7 +280,12 @@ class Agent(DurableObject):
         storage = self.ctx.storage
         if storage.get_internal(_INDEXED_KEY) is not None:
             return
-        for entry in storage.list_internal(_SCHEDULE_PREFIX, type=Schedule):
+        entries = storage.list_internal(_SCHEDULE_PREFIX, type=Schedule)
+        if not entries:
+            # Nothing to index: no marker either, which would leave a key stored
+            # in an agent just wiped by delete_all() (its re-arm runs at commit).
+            return
+        for entry in entries:
             try:
                 _alarm_ms(entry.time)
             except ValueError:  # stored by a version that did not check the time
@@ -260,15 +313,20 @@ class Agent(DurableObject):
         self._arm()
 
     async def _run_schedule(self, due: Schedule) -> None:
-        # Only the callback's Exceptions: ctx.abort() (ObjectAborted) and
-        # cancellation end the whole alarm run, as in any alarm handler.
-        failure: Exception | None = None
+        # Only the callback's failures: ctx.abort() (ObjectAborted) and this
+        # task's cancellation (shutdown) end the whole alarm run, as in any
+        # alarm handler.
+        failure: BaseException | None = None
         try:
             result = getattr(self, due.callback)(due.payload)
             if inspect.isawaitable(result):
                 await result
         except Exception as error:
             failure = error
+        except asyncio.CancelledError as error:
+            if _cancel_requested():
+                raise
+            failure = error  # it awaited something cancelled elsewhere
         if self.get_schedule(due.id) is None:
             return  # the callback cancelled its own schedule
         if failure is not None and due.retry_count < retry_policy().limit:
@@ -286,7 +344,7 @@ class Agent(DurableObject):
             )
         self._finish_schedule(due)
 
-    def _retry_schedule(self, due: Schedule, failure: Exception) -> None:
+    def _retry_schedule(self, due: Schedule, failure: BaseException) -> None:
         """Re-time only ``due``, with the runtime's alarm backoff."""
         delay = retry_policy().delay(due.retry_count)
         logger.warning(

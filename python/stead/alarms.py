@@ -96,6 +96,15 @@ class _Run:
         self.aborted: tuple[int, float, int] | None = None
 
 
+def _cancel_requested() -> bool:
+    """Whether the running task was asked to cancel, so that a ``CancelledError``
+    caught now is its own, not one raised by something it awaited that was
+    cancelled elsewhere. Python 3.10 cannot tell: always its own there."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -125,6 +134,11 @@ class AlarmScheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Keys whose alarm event is being delivered (queued, running, or waiting
+        # for its writes to be durable), and those of them whose wheel fired
+        # meanwhile: one alarm() run at a time per object, as on Cloudflare.
+        self._delivering: set[bytes] = set()
+        self._deferred: set[bytes] = set()
         self._closed = False
         # Deliveries of a key that failed in a row (not counting handler errors).
         self._failed_deliveries: dict[bytes, int] = {}
@@ -182,11 +196,39 @@ class AlarmScheduler:
         # little early just re-arms.
         for token in self._wheel.advance(self._now_ms()):
             key = self._key_of.get(token)
-            if key is not None:
-                task = asyncio.create_task(self._deliver(key))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if key is None:
+                continue
+            if key in self._delivering:
+                # A reentrant object would run a second alarm() beside the first
+                # (and an Agent the same schedule twice): delivered once it ends.
+                self._deferred.add(key)
+            else:
+                self._spawn(key)
         self._rearm()
+
+    def _spawn(self, key: bytes) -> None:
+        self._delivering.add(key)
+        task = asyncio.create_task(self._deliver_once(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_once(self, key: bytes) -> None:
+        try:
+            await self._deliver(key)
+        finally:
+            self._delivering.discard(key)
+            if key in self._deferred:
+                self._deferred.discard(key)
+                self._deliver_deferred(key)
+
+    def _deliver_deferred(self, key: bytes) -> None:
+        """The wheel fired for ``key`` while its alarm event was delivered: deliver
+        again (``_run`` re-reads the stored alarm), unless the alarm was deleted
+        or the wheel holds a time for it again (a later time, a redelivery)."""
+        token = self._token_of.get(key)
+        if token is None or self._closed or self._stopped or self._wheel.get(token) is not None:
+            return
+        self._spawn(key)
 
     async def _deliver(self, key: bytes) -> None:
         object_id = self._ids.from_storage_key(key, None)
@@ -201,6 +243,14 @@ class AlarmScheduler:
         try:
             # This task is the alarm event's own: no caller can give up on it.
             await self._dispatcher.deliver(object_id, partial(self._run, run=run), detach=False)
+        except asyncio.CancelledError:
+            if self._closed or _cancel_requested():
+                raise
+            # Not this task's cancellation: a stray CancelledError (on_start
+            # awaited something cancelled elsewhere). The alarm is off the wheel
+            # now, so it must be put back, as for an object that cannot start.
+            logger.exception("alarm of %r could not run (cancelled); trying again", object_id)
+            self._redeliver_soon(key, _FAILED_START_DELAY_MS)
         except Exception as error:
             if self._engine_failed():
                 return  # the run's writes cannot commit; it runs again after a restart
@@ -297,9 +347,13 @@ class AlarmScheduler:
             run.aborted = (count, scheduled, round(current * 1000))
             raise
         except asyncio.CancelledError:
-            raise
+            if self._closed or _cancel_requested():
+                raise  # shutdown: the alarm stays set and runs after a restart
+            # The handler awaited something cancelled elsewhere: a failed run.
+            self._retry_failed_run(host, current_ms, count, scheduled, retry)
+            return
         except Exception:
-            self._schedule_retry(host, count, scheduled, "raised")
+            self._retry_failed_run(host, current_ms, count, scheduled, retry)
             return
         finally:
             _policy.reset(policy)
@@ -310,6 +364,31 @@ class AlarmScheduler:
         after = storage.get_alarm()
         if not storage.alarm_changed and after is not None and round(after * 1000) == current_ms:
             storage.delete_alarm()
+        if retry:
+            storage.delete_internal(RETRY_KEY)
+
+    def _retry_failed_run(
+        self,
+        host: ObjectHost,
+        current_ms: int,
+        count: int,
+        scheduled: float,
+        retry: _RetryState | None,
+    ) -> None:
+        """The handler raised: retry, unless the alarm was set or deleted since it
+        fired (by the handler, or by another event of a reentrant object): that
+        change stands, as after an abort, and a new alarm starts afresh."""
+        storage = host.storage
+        after = storage.get_alarm()
+        if after is not None and round(after * 1000) == current_ms:
+            self._schedule_retry(host, count, scheduled, "raised")
+            return
+        logger.warning(
+            "alarm of %r raised; not retried: the alarm was %s since it fired",
+            host.id,
+            "deleted" if after is None else "set again",
+            exc_info=True,
+        )
         if retry:
             storage.delete_internal(RETRY_KEY)
 

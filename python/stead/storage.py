@@ -218,6 +218,7 @@ class Storage:
     # One per resident object: slots keep it small and out of the GC's dict scans.
     __slots__ = (
         "_alarm",
+        "_alarm_settlers",
         "_cache",
         "_cache_bytes",
         "_cleared",
@@ -270,6 +271,8 @@ class Storage:
         # Open transaction() blocks, outermost first (a tuple: no list per object).
         self._savepoints: tuple[_Savepoint, ...] = ()
         self._alarm: AlarmChange | None = None
+        # Called before the next full commit to set the alarm (settle_alarm_before_commit).
+        self._alarm_settlers: tuple[Callable[[], None], ...] = ()
         # Told the seq of the batch that commits the writes made before they
         # were added (see after_commit); a tuple: no list per object.
         self._committed_callbacks: tuple[Callable[[int], None], ...] = ()
@@ -589,6 +592,21 @@ class Storage:
             self._note_alarm_write(None)
         self._alarm = AlarmChange(None)
 
+    def settle_alarm_before_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, just before the next commit of all pending
+        writes with no ``transaction()`` block open (the end of the turn, or a
+        mid-turn one): it sets the alarm from what the
+        turn wrote, once per turn rather than once per write (an ``Agent``
+        re-arms for its earliest schedule so). It may write; it must not raise.
+        Meant for changes that can only leave the alarm early, never late: a
+        commit before it runs stores the alarm as it was."""
+        self._alarm_settlers = (*self._alarm_settlers, callback)
+
+    def _settle_alarm(self) -> None:
+        settlers, self._alarm_settlers = self._alarm_settlers, ()
+        for settle in settlers:
+            settle()
+
     @property
     def alarm_changed(self) -> bool:
         """Whether this turn set or deleted the alarm (not yet committed)."""
@@ -671,6 +689,8 @@ class Storage:
         If the engine refuses the batch, the pending writes stay and the error
         propagates (the runtime then resets the object).
         """
+        if self._alarm_settlers and not self._savepoints:
+            self._settle_alarm()
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
         if self._savepoints:
             # Open blocks' writes go too (see commit_outside_transactions): their
