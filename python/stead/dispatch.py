@@ -87,7 +87,8 @@ class _Running(NamedTuple):
     host: ObjectHost
     # The waits-for node charged with what this context waits for: a reentrant
     # object's event, wait_until work, a nested call back (its caller's node);
-    # None for a turn, whose node is its key.
+    # None for a turn, whose node is its event token (its object's key waits for
+    # it while it runs, see ``_turn``).
     node: Node | None
 
 
@@ -887,11 +888,15 @@ class Dispatcher:
     def waiting_node(self, running: _Running) -> Node | None:
         """The waits-for node charged with what ``running``'s context waits for: its
         reentrant event or wait_until work, else the innermost turn on its chain
-        while that turn runs (None for a context that outlived its turn)."""
+        while that turn runs (None for a context that outlived its turn).
+
+        A turn's node is its event, not its object's key: a call that outlives the
+        turn (from a task it spawned, or shielded and given up on) stays charged to
+        the finished turn, which nothing waits for, not to the object's later turns."""
         if running.node is not None:
             return running.node
         if running.events and running.events[-1] in self._live_events:
-            return running.chain[-1]
+            return running.events[-1]
         return None
 
     def forget_wait(self, caller: Node, key: Node) -> None:
@@ -926,6 +931,9 @@ class Dispatcher:
         token = _running.set(_extended(origin, host, event, None))
         self._live_events.add(event)
         host.turn = event
+        # Callers queued for the object wait for this turn, and through it for
+        # what it calls (see ``waiting_node``).
+        self.add_wait(host.key, event)
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
@@ -933,6 +941,7 @@ class Dispatcher:
                 await self._nested_ended(host)
             seq = self._end_turn(host, failed)
         finally:
+            self.forget_wait(host.key, event)
             host.turn = 0
             self._live_events.discard(event)
             _running.reset(token)
