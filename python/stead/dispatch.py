@@ -484,14 +484,27 @@ class Dispatcher:
         # Registered before its constructor runs, which may use ctx.wait_until;
         # an instance whose constructor raises is discarded.
         self.hosts[host.key] = host
-        try:
-            host.build(cls)
-        except BaseException:
-            self.reset(host)
-            raise
+        failure = self._build(host, cls)
+        if failure is not None:
+            raise failure
         if self.max_resident is not None and len(self.hosts) > self.max_resident:
             self._evict_over_bound(keep=host)
         return host
+
+    def _build(self, host: ObjectHost, cls: type[DurableObject]) -> BaseException | None:
+        """Construct ``host``'s instance; if the constructor raised, the host is
+        discarded and this is the error its caller gets, as for a handler's:
+        logged and copied, ``ctx.abort(reason)`` as ``RemoteError("Aborted", reason)``
+        (returned, not raised here: it must not chain the original)."""
+        try:
+            host.build(cls)
+        except (ObjectAborted, Exception) as error:
+            self.reset(host)
+            return self._failure(host, error, "its constructor")
+        except BaseException:
+            self.reset(host)  # cancelled or interrupted
+            raise
+        return None
 
     def _with_stored_name(self, object_id: ObjectId) -> ObjectId:
         raw = self.engine.get(object_id.storage_key, NAME_KEY)
@@ -1029,8 +1042,11 @@ class Dispatcher:
                     self.commit(host)
             raise
 
-    def _failure(self, host: ObjectHost, error: BaseException) -> BaseException:
-        """What the caller sees for an error raised by an event's handler."""
+    def _failure(
+        self, host: ObjectHost, error: BaseException, where: str = "a handler"
+    ) -> BaseException:
+        """What the caller sees for an error raised by an event's handler (or the
+        object's constructor, ``where``)."""
         if isinstance(error, ObjectAborted):
             self.reset(host)
         elif type(error) in _OWN_ERRORS:
@@ -1038,7 +1054,7 @@ class Dispatcher:
         elif isinstance(error, SteadError):
             pass  # a handler's own subclass: copied like any exception, but not logged
         else:
-            logger.info("%r raised in a handler", host.id, exc_info=True)
+            logger.info("%r raised in %s", host.id, where, exc_info=True)
         return rebuild_exception(error)
 
     def _end_turn(self, host: ObjectHost, failed: bool, *, midway: bool = False) -> int:
