@@ -1311,6 +1311,15 @@ class Dispatcher:
 
     # -- shutdown ------------------------------------------------------------
 
+    def drains_current_task(self) -> bool:
+        """Whether ``drain`` waits for the code running now: an event, code it
+        awaits, or ``wait_until`` work (which therefore cannot wait for a drain)."""
+        task = asyncio.current_task()
+        if task in self.events or task in self.background:
+            return True
+        running = _running.get()
+        return running is not None and running.host._dispatcher is self and self.in_event(running)
+
     def _cancelling_at_close(self) -> None:
         self._cancelled_at_close = True
 
