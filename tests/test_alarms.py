@@ -161,10 +161,16 @@ async def test_raising_alarm_is_retried_with_backoff(data_dir: str) -> None:
         assert len(Flaky.runs) == 3  # cleared after the success
 
 
-async def test_alarm_is_dropped_after_the_retry_limit(data_dir: str) -> None:
+# A small max_value_bytes limits users' values, never stead's own retry count.
+@pytest.mark.parametrize("max_value_bytes", [stead.runtime.MAX_VALUE_BYTES, 16])
+async def test_alarm_is_dropped_after_the_retry_limit(data_dir: str, max_value_bytes: int) -> None:
     Flaky.runs, Flaky.failures = [], 100
     async with stead.Runtime(
-        {"F": Flaky}, data_dir=data_dir, alarm_retry_base=0.01, alarm_retry_limit=3
+        {"F": Flaky},
+        data_dir=data_dir,
+        alarm_retry_base=0.01,
+        alarm_retry_limit=3,
+        max_value_bytes=max_value_bytes,
     ) as rt:
         await rt.env.F.get_by_name("f").arm(time.time())
 

@@ -203,7 +203,14 @@ async def test_limits_raise_before_anything_is_written(
 class Unencodable(stead.DurableObject):
     def put_each(self, kind: str) -> str:
         self.ctx.storage.put("before", 1)
-        value = {"object": object(), "huge int": 2**70, "set of objects": {object()}}[kind]
+        cycle: dict[str, Any] = {}
+        cycle["self"] = cycle
+        value = {
+            "object": object(),
+            "huge int": 2**70,
+            "set of objects": {object()},
+            "self-referencing": cycle,
+        }[kind]
         try:
             self.ctx.storage.put("bad", value)
         except stead.SerializationError as error:
@@ -214,7 +221,7 @@ class Unencodable(stead.DurableObject):
         return self.ctx.storage.get(key)
 
 
-@pytest.mark.parametrize("kind", ["object", "huge int", "set of objects"])
+@pytest.mark.parametrize("kind", ["object", "huge int", "set of objects", "self-referencing"])
 async def test_unencodable_values_raise_serialization_error_and_write_nothing(
     data_dir: str, kind: str
 ) -> None:

@@ -97,6 +97,10 @@ async def test_non_encodable_arguments_and_results_raise_serialization_error(
             await shop.echo(object())
         with pytest.raises(stead.SerializationError):
             await shop.echo(2**70)
+        cycle: list[Any] = []
+        cycle.append(cycle)
+        with pytest.raises(stead.SerializationError, match="contains itself"):
+            await shop.echo(cycle)
         with pytest.raises(stead.SerializationError):
             await shop.give_unencodable()
         assert isinstance(stead.SerializationError("x"), TypeError)

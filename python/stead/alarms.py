@@ -345,7 +345,8 @@ class AlarmScheduler:
         storage.set_alarm(self._now_ms() / 1000 + delay)
         retry_at = storage.get_alarm()
         assert retry_at is not None
-        storage.put_internal(RETRY_KEY, _RetryState(count + 1, scheduled, round(retry_at * 1000)))
+        retry = _RetryState(count + 1, scheduled, round(retry_at * 1000))
+        storage.put_internal(RETRY_KEY, retry, limited=False)
 
     @property
     def pending(self) -> int:

@@ -48,6 +48,10 @@ def encode(value: Any) -> bytes:
         return _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as error:
         raise SerializationError(f"cannot encode {type(value).__name__}: {error}") from None
+    except RecursionError:  # a value that contains itself is the usual cause
+        raise SerializationError(
+            f"cannot encode {type(value).__name__}: it contains itself, or is nested too deeply"
+        ) from None
 
 
 def decode(data: bytes, type: Any = None) -> Any:

@@ -124,6 +124,10 @@ _DEFAULT_ON_START = DurableObject.on_start
 AlarmListener = Callable[[bytes, "int | None"], None]
 
 
+# The writer of an inline turn (see ObjectHost.current_writer).
+_INLINE_TURN = object()
+
+
 class _NoLongerNested(Exception):
     """A call back waited to nest, and no event on its chain waits for it any more."""
 
@@ -146,6 +150,7 @@ class ObjectHost:
         "gate_node",
         "id",
         "inflight",
+        "inline",
         "instance",
         "key",
         "last_used",
@@ -157,6 +162,7 @@ class ObjectHost:
         "started",
         "storage",
         "turn",
+        "turn_over",
     )
 
     def __init__(self, dispatcher: Dispatcher, object_id: ObjectId, cls: type[DurableObject]):
@@ -172,7 +178,7 @@ class ObjectHost:
             syncer=dispatcher.sync_storage,
             on_alarm_committed=dispatcher.on_alarm_change,
             # A write's writer (for transaction() blocks): the running event's context.
-            writer=_running.get,
+            writer=self.current_writer,
         )
         # What a new instance reads may stand on batches committed but not yet
         # durable (its previous instance's last, if evicted or reset before they
@@ -194,11 +200,18 @@ class ObjectHost:
         # The running turn's event token, and the nested call backs running in it,
         # innermost last, with the nodes that wait for them (see _reenter).
         self.turn = 0
+        # Set when a turn, call back or block that held the object ends: what
+        # work outside its events waits for before committing (see flush).
+        self.turn_over: asyncio.Event | None = None
         self.nested: tuple[int, ...] = ()  # a tuple: no list per object
         self.nested_ended: asyncio.Event | None = None
         # The gate's node in the waits-for graph (see block_concurrency_while).
         self.gate_node = next(dispatcher.tokens) if self.reentrant else 0
         self.inflight = 0
+        # A handler runs inline (Dispatcher.call's fast path): its writes are the
+        # turn's, not those of tasks an earlier inline turn spawned, which run
+        # under the same context (see current_writer).
+        self.inline = False
         self.broken = False
         # wait_until tasks still running (a count: no set per resident object).
         self.background = 0
@@ -211,6 +224,10 @@ class ObjectHost:
         # Built by Dispatcher.host once the host is registered: the constructor
         # may use ctx.wait_until.
         self.instance: DurableObject
+
+    def current_writer(self) -> object:
+        """Who writes now, for ``transaction()`` blocks (see ``Storage``)."""
+        return _INLINE_TURN if self.inline else _running.get()
 
     def build(self, cls: type[DurableObject]) -> None:
         """Construct the instance (the host is registered: its ctx works)."""
@@ -282,6 +299,7 @@ class ObjectHost:
             finally:
                 self.block_node = 0
                 dispatcher.forget_wait(key, node)
+                dispatcher._turn_ended(self)
         except ObjectAborted:
             dispatcher.reset(self)  # abort() in the block drops its writes, as in an event
             raise
@@ -528,11 +546,20 @@ class Dispatcher:
             return False
         return self.mailbox.state(host.key) == "idle"
 
-    def evict(self, host: ObjectHost) -> None:
-        """Drop the instance and its cache; storage stays in the engine."""
+    def evict(self, host: ObjectHost, *, why: str = "evicted") -> None:
+        """Drop the instance and its cache; storage stays in the engine.
+
+        Code of the dropped instance that still runs (a task a turn spawned, a
+        timer) can no longer write: nothing would commit it, and a newer
+        instance may hold newer values.
+        """
         if self.hosts.get(host.key) is host:
             del self.hosts[host.key]
         host.outside = None  # the host's reference cycle: freed at once
+        host.storage.detach(
+            f"this instance of {host.id!r} was {why}: its writes are not kept "
+            "(code that outlives its event should run as ctx.wait_until work)"
+        )
 
     def _evict_over_bound(self, keep: ObjectHost) -> None:
         # ``keep`` is the instance just built for an event: idle until that event
@@ -584,7 +611,7 @@ class Dispatcher:
     def reset(self, host: ObjectHost) -> None:
         """Discard the instance after a failed commit or an abort."""
         host.broken = True
-        self.evict(host)
+        self.evict(host, why="reset (aborted, or a commit failed)")
 
     # -- commits -------------------------------------------------------------
 
@@ -609,7 +636,9 @@ class Dispatcher:
         if host is not None and host.storage is storage:
             await self.flush(host)
         elif storage.has_pending:
-            raise StorageError("the object was reset; its writes since its last commit were lost")
+            raise StorageError(
+                "the object was reset or evicted; its writes since its last commit were lost"
+            )
         elif storage.last_seq:  # evicted while idle: only its last batch may be in flight
             await self.waiter.wait(storage.last_seq)
 
@@ -621,9 +650,51 @@ class Dispatcher:
         A reentrant object's events share one storage, and an open block may be
         another event's: all its writes go, or this event's own would be held back.
         """
-        seq = self.commit(host, midway=not host.reentrant)
+        running = _running.get()
+        if not host.reentrant:
+            await self._wait_for_turn(host, running)
+        midway = not host.reentrant and not self._outside_block_open(host, running)
+        seq = self.commit(host, midway=midway)
         if seq:
             await self._await_durable(host, seq)
+
+    async def _wait_for_turn(self, host: ObjectHost, running: _Running | None) -> None:
+        """Work outside a turn-based object's events (``wait_until`` work, a task
+        that outlived its turn, a timer) commits only between them: a turn
+        running now takes the work's writes with its own batch, and is never
+        split by the work's ``sync()`` or calls."""
+        while self._held_by_another(host, running):
+            turn_over = host.turn_over = host.turn_over or asyncio.Event()
+            turn_over.clear()
+            await turn_over.wait()
+        if self.hosts.get(host.key) is not host:
+            raise StorageError(
+                f"this instance of {host.id!r} was evicted or reset while its work "
+                "waited for the running turn to commit"
+            )
+
+    def _held_by_another(self, host: ObjectHost, running: _Running | None) -> bool:
+        if not (host.turn or host.nested or host.block_node):
+            return False
+        if running is None or running.host is not host:
+            return True
+        if self.in_event(running):
+            return False  # the turn itself, a call back nested in it, a task it spawned
+        return running.node is None or running.node != host.block_node
+
+    def _outside_block_open(self, host: ObjectHost, running: _Running | None) -> bool:
+        """Whether a transaction() block of work outside the object's events (not
+        the caller's own) is open: a mid-turn commit that left its writes pending
+        would hold back the caller's own writes made since it opened."""
+        return any(
+            opener is not running and isinstance(opener, _Running) and not opener.chain
+            for opener in host.storage.block_openers
+        )
+
+    @staticmethod
+    def _turn_ended(host: ObjectHost) -> None:
+        if host.turn_over is not None:
+            host.turn_over.set()
 
     async def _release(self, host: ObjectHost, seq: int, outcome: Any, failed: bool) -> Any:
         """The output gate: hand the caller its result (or error) once ``seq`` is durable."""
@@ -695,6 +766,7 @@ class Dispatcher:
                     return await self._run_event(host, turn, False, on_never_run)
         seq = 0
         context = _running.set(host.outside)
+        host.inline = True
         try:
             try:
                 # The class's function, not getattr(instance, name): no bound
@@ -725,6 +797,7 @@ class Dispatcher:
                     raise
         finally:
             _running.reset(context)
+            host.inline = False
             host.last_used = time.monotonic()
             if claimed:
                 next_token = self.mailbox.finish(key)
@@ -837,6 +910,13 @@ class Dispatcher:
             # Reset (aborted, or a commit failed) while this event or work ran on:
             # the writes behind the call are gone, so the call must not leave.
             raise StorageError("the calling object was reset; its outbound calls are dropped")
+        if self.hosts.get(caller.key) is not caller:
+            # Evicted (or the runtime closed) while a task of it ran on: a newer
+            # instance may hold newer values than the ones behind the call.
+            raise StorageError(
+                f"this instance of {caller.id!r} was evicted; calls from code that "
+                "outlives its event are dropped (run it as ctx.wait_until work)"
+            )
         if caller.storage.has_pending or not self.waiter.is_durable(caller.storage.last_seq):
             await self.flush(caller)
 
@@ -960,6 +1040,7 @@ class Dispatcher:
             _running.reset(token)
             host.last_used = time.monotonic()
             self._hand_off(host.key)
+            self._turn_ended(host)
         return outcome, failed, seq
 
     def _detached(
@@ -1180,6 +1261,7 @@ class Dispatcher:
             host.nested = tuple(entry for entry in host.nested if entry != nested)
             if host.nested_ended is not None:
                 host.nested_ended.set()
+            self._turn_ended(host)
         host.last_used = time.monotonic()
 
     async def _wait_to_nest(
@@ -1326,9 +1408,8 @@ class Dispatcher:
     def close(self) -> None:
         """After ``drain``: drop every instance; later calls raise ``RuntimeError``."""
         self.closed = True
-        for host in self.hosts.values():
-            host.outside = None
-        self.hosts.clear()
+        for host in list(self.hosts.values()):
+            self.evict(host, why="closed with its runtime")
 
     async def drain(self, deadline: Callable[[], float]) -> None:
         """Wait for background work and running events (cancelling what still runs

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from stead import codec
 from stead._core import Engine
 from stead.codec import fast_decode, fast_encode
-from stead.errors import LimitError
+from stead.errors import LimitError, StorageError
 
 __all__ = ["INTERNAL_PREFIX", "MAX_KEY_BYTES", "AlarmChange", "RollbackWatch", "Storage"]
 
@@ -51,12 +51,28 @@ class RollbackWatch:
         self.hit = False
 
 
+# A savepoint's alarm slot before its opener changed the alarm: not changed yet.
+_UNCHANGED = object()
+
+
 class _Savepoint:
     """The storage as an open ``transaction()`` block found it: what a rollback
-    restores, and (for the outermost block) what a mid-turn commit may send."""
+    restores, and (for the outermost block) what a mid-turn commit may send.
+
+    Two ways back. While only the opener wrote and nothing was committed, the
+    snapshot taken at the start is exact. Once another writer wrote (their
+    writes may have been acknowledged since) or a commit sent the block's
+    writes to the engine, only the keys the opener wrote go back, each to the
+    value it had without the block's writes (``before``, or a later write of
+    another writer, ``others``), as pending writes: they reach the engine with
+    the next commit, so memory and disk agree again.
+    """
 
     __slots__ = (
         "alarm",
+        "alarm_before",
+        "alarm_others",
+        "before",
         "cache",
         "cache_bytes",
         "cleared",
@@ -65,14 +81,24 @@ class _Savepoint:
         "delete_alls",
         "foreign",
         "opener",
+        "others",
+        "overtaken",
         "pending",
     )
 
     def __init__(self, storage: Storage) -> None:
-        # Who opened the block, and whether another writer wrote while it was
-        # open (its rollback drops their writes too).
+        # Who opened the block, whether another writer wrote while it was open,
+        # and whether a commit sent writes made in it to the engine.
         self.opener = storage.current_writer()
         self.foreign = False
+        self.overtaken = False
+        # Raw value of each key the opener wrote, as it was before its first
+        # write in the block; the last value another writer wrote to it since.
+        self.before: dict[bytes, bytes | None] = {}
+        self.others: dict[bytes, bytes | None] = {}
+        # The same for the alarm (epoch ms or None; _UNCHANGED: not written).
+        self.alarm_before: object = _UNCHANGED
+        self.alarm_others: object = _UNCHANGED
         self.pending = dict(storage._pending)
         self.cache = dict(storage._cache)
         self.cache_bytes = storage._cache_bytes
@@ -198,6 +224,7 @@ class Storage:
         "_committed_callbacks",
         "_delete_all",
         "_delete_alls",
+        "_detached",
         "_engine",
         "_max_value_bytes",
         "_name",
@@ -258,6 +285,8 @@ class Storage:
         # writers whose rollbacks are watched.
         self._writer = writer
         self._watches: tuple[RollbackWatch, ...] = ()
+        # Why writes are refused (see ``detach``); None while the instance is live.
+        self._detached: str | None = None
 
     # -- reads ---------------------------------------------------------------
 
@@ -378,17 +407,41 @@ class Storage:
         return raw
 
     def _write(self, key: bytes, raw: bytes | None) -> None:
+        if self._detached is not None:
+            raise StorageError(self._detached)
+        if self._savepoints:
+            self._note_write(key, raw)
         self._pending[key] = raw
         self._remember(key, raw)
-        if self._savepoints:
-            self._note_write()
 
-    def _note_write(self) -> None:
-        """A write with blocks open: mark the blocks another writer opened."""
+    def _note_write(self, key: bytes, raw: bytes | None) -> None:
+        """A write about to happen with blocks open: what each block's rollback
+        needs to take back only its own writes (see ``_Savepoint``)."""
         writer = self.current_writer()
         for savepoint in self._savepoints:
-            if savepoint.opener is not writer:
+            if savepoint.opener is writer:
+                if key not in savepoint.before:
+                    savepoint.before[key] = self._raw(key)
+            else:
                 savepoint.foreign = True
+                savepoint.others[key] = raw
+
+    def _note_alarm_write(self, when_ms: int | None) -> None:
+        writer = self.current_writer()
+        for savepoint in self._savepoints:
+            if savepoint.opener is writer:
+                if savepoint.alarm_before is _UNCHANGED:
+                    savepoint.alarm_before = self._visible_alarm_ms()
+            else:
+                savepoint.foreign = True
+                savepoint.alarm_others = when_ms
+
+    def _note_delete_all(self) -> None:
+        """delete_all() with blocks open: a write of every key and the alarm."""
+        entries = self._merged_entries(_Bounds.raw(b""), False, None)
+        for key, _ in entries:
+            self._note_write(key, None)
+        self._note_alarm_write(None)
 
     def current_writer(self) -> object:
         """Who writes now (see ``writer``); None if the storage has one writer."""
@@ -406,9 +459,11 @@ class Storage:
             raw = codec.encode(value)  # raises SerializationError with the reason
         if len(raw) > self._max_value_bytes:
             self._encode_value(value)  # raises LimitError with the message
-        self._pending[encoded] = raw
+        if self._detached is not None:
+            raise StorageError(self._detached)
         if self._savepoints:
-            self._note_write()
+            self._note_write(encoded, raw)
+        self._pending[encoded] = raw
         if self._cache_bytes > _CACHE_BUDGET:
             self._remember(encoded, raw)
         else:  # _remember, inlined: put is the hot path of most handlers
@@ -443,6 +498,10 @@ class Storage:
 
     def delete_all(self) -> None:
         """Delete every key of the object and its alarm."""
+        if self._detached is not None:
+            raise StorageError(self._detached)
+        if self._savepoints:
+            self._note_delete_all()
         self._pending.clear()
         self._cache.clear()
         self._cache_bytes = 0
@@ -451,8 +510,6 @@ class Storage:
         self._delete_alls += 1
         self._alarm = AlarmChange(None)
         self._name_recorded = False
-        if self._savepoints:
-            self._note_write()
 
     @contextmanager
     def transaction(self) -> Iterator[Storage]:
@@ -468,13 +525,16 @@ class Storage:
         try:
             yield self
         except BaseException:
-            self._pending = savepoint.pending
-            self._cache = savepoint.cache
-            self._cache_bytes = savepoint.cache_bytes
-            self._delete_all = savepoint.delete_all
-            self._cleared = savepoint.cleared
-            self._alarm = savepoint.alarm
-            self._delete_alls = savepoint.delete_alls
+            if (savepoint.foreign or savepoint.overtaken) and self._detached is None:
+                self._take_back(savepoint)
+            else:
+                self._pending = savepoint.pending
+                self._cache = savepoint.cache
+                self._cache_bytes = savepoint.cache_bytes
+                self._delete_all = savepoint.delete_all
+                self._cleared = savepoint.cleared
+                self._alarm = savepoint.alarm
+                self._delete_alls = savepoint.delete_alls
             self._committed_callbacks = savepoint.committed_callbacks
             for watch in self._watches:
                 if savepoint.opener is not watch.writer or savepoint.foreign:
@@ -484,27 +544,50 @@ class Storage:
             # By identity: blocks of a reentrant object's events may end out of order.
             self._savepoints = tuple(s for s in self._savepoints if s is not savepoint)
 
+    def _take_back(self, savepoint: _Savepoint) -> None:
+        """Roll back only the writes the block's opener made in it: other writers'
+        stay, and what was committed is overwritten by the next commit."""
+        # Out of the savepoints first: these writes are the rollback's own.
+        self._savepoints = tuple(s for s in self._savepoints if s is not savepoint)
+        others = savepoint.others
+        for key, before in savepoint.before.items():
+            self._write(key, others.get(key, before))
+        if savepoint.alarm_before is not _UNCHANGED:
+            others_alarm = savepoint.alarm_others
+            when = savepoint.alarm_before if others_alarm is _UNCHANGED else others_alarm
+            assert when is None or isinstance(when, int)
+            self._alarm = AlarmChange(when)
+        # A delete_all() of the block's stays pending if not committed: every
+        # key it deleted (the alarm too) is written back above, after it.
+
     # -- alarms --------------------------------------------------------------
 
     def get_alarm(self) -> float | None:
         """The alarm time in epoch seconds, or ``None``."""
-        if self._alarm is not None:
-            when = self._alarm.when_ms
-        else:
-            when = self._engine.get_alarm(self._object_key)
+        when = self._visible_alarm_ms()
         return None if when is None else when / 1000
+
+    def _visible_alarm_ms(self) -> int | None:
+        if self._alarm is not None:
+            return self._alarm.when_ms
+        return self._engine.get_alarm(self._object_key)
 
     def set_alarm(self, when: float | datetime) -> None:
         """Run ``alarm()`` at (or after) ``when``: epoch seconds or a ``datetime``."""
-        self._alarm = AlarmChange(_alarm_ms(when))
+        when_ms = _alarm_ms(when)
+        if self._detached is not None:
+            raise StorageError(self._detached)
         if self._savepoints:
-            self._note_write()
+            self._note_alarm_write(when_ms)
+        self._alarm = AlarmChange(when_ms)
 
     def delete_alarm(self) -> None:
         """Cancel the alarm, if any."""
-        self._alarm = AlarmChange(None)
+        if self._detached is not None:
+            raise StorageError(self._detached)
         if self._savepoints:
-            self._note_write()
+            self._note_alarm_write(None)
+        self._alarm = AlarmChange(None)
 
     @property
     def alarm_changed(self) -> bool:
@@ -517,8 +600,13 @@ class Storage:
         raw = self._raw(INTERNAL_PREFIX + key)
         return default if raw is None else codec.decode(raw, type)
 
-    def put_internal(self, key: bytes, value: Any) -> None:
-        self._write(INTERNAL_PREFIX + key, self._encode_value(value))
+    def put_internal(self, key: bytes, value: Any, *, limited: bool = True) -> None:
+        """Write one of stead's own records. ``limited``: the user's
+        ``max_value_bytes`` applies (records holding user values: Agent state,
+        schedule payloads); stead's fixed-size bookkeeping passes ``False``, so
+        a small limit cannot break it (the engine's own limit still applies)."""
+        raw = self._encode_value(value) if limited else codec.encode(value)
+        self._write(INTERNAL_PREFIX + key, raw)
 
     def delete_internal(self, key: bytes) -> None:
         self._write(INTERNAL_PREFIX + key, None)
@@ -557,6 +645,17 @@ class Storage:
         """Whether a ``transaction()`` block is open."""
         return bool(self._savepoints)
 
+    def detach(self, reason: str) -> None:
+        """Refuse every later write with ``StorageError(reason)``: the instance was
+        evicted or reset, and nothing would ever commit what it wrote."""
+        self._detached = reason
+        self._writer = None  # the runtime's, which may refer back to this storage
+
+    @property
+    def block_openers(self) -> tuple[object, ...]:
+        """The writers of the open ``transaction()`` blocks, outermost first."""
+        return tuple(savepoint.opener for savepoint in self._savepoints)
+
     @property
     def has_pending(self) -> bool:
         """Whether there are writes not yet handed to the engine."""
@@ -573,6 +672,11 @@ class Storage:
         propagates (the runtime then resets the object).
         """
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
+        if self._savepoints:
+            # Open blocks' writes go too (see commit_outside_transactions): their
+            # rollbacks must now write back what they take back.
+            for savepoint in self._savepoints:
+                savepoint.overtaken = True
         if alarm is None and not delete_all and not self._committed_callbacks:
             if not pending:
                 return self.last_seq
