@@ -774,3 +774,61 @@ async def test_a_second_close_with_a_shorter_grace_brings_the_deadline_forward(
     assert time.monotonic() - started < 2
     with pytest.raises(RuntimeError, match="closed before the event finished"):
         await stuck
+
+
+async def test_close_from_another_event_loop_is_refused_and_leaves_the_runtime_as_it_was(
+    data_dir: str,
+) -> None:
+    rt = await stead.Runtime({"C": Counter}, data_dir=data_dir).start()
+    assert await rt.env.C.get_by_name("a").increment() == 1
+
+    def teardown_in_a_thread() -> str:  # a sync test teardown, say
+        try:
+            asyncio.run(rt.close())
+        except RuntimeError as error:
+            return str(error)
+        return "no error"
+
+    assert "run_coroutine_threadsafe" in await asyncio.to_thread(teardown_in_a_thread)
+    assert rt.started and not rt.closing
+    assert await rt.env.C.get_by_name("a").increment() == 2  # still serving
+    await asyncio.wait_for(rt.close(), 5)  # closes on its own loop
+    assert not rt.started
+    async with stead.Runtime({"C": Counter}, data_dir=data_dir) as reopened:  # lock released
+        assert await reopened.env.C.get_by_name("a").increment() == 3
+
+
+class Admin(stead.DurableObject):
+    """Shuts its own runtime down from an RPC method, or from its wait_until work."""
+
+    runtime: ClassVar[stead.Runtime]
+
+    async def shutdown(self) -> str:
+        await self.runtime.close(grace=30)
+        self.ctx.storage.put("said", "bye")  # the event goes on, and is drained
+        return "closing"
+
+    def shutdown_in_background(self) -> None:
+        self.ctx.wait_until(self.runtime.close(grace=30))
+
+    def said(self) -> Any:
+        return self.ctx.storage.get("said")
+
+
+async def test_close_from_inside_an_event_starts_the_shutdown_and_returns(data_dir: str) -> None:
+    # The shutdown waits for the event that asked for it: close() cannot wait for
+    # the shutdown there (it waited out its whole grace, then cancelled its caller).
+    rt = Admin.runtime = await stead.Runtime({"A": Admin}, data_dir=data_dir).start()
+    assert await asyncio.wait_for(rt.env.A.get_by_name("a").shutdown(), 5) == "closing"
+    assert rt.closing
+    await asyncio.wait_for(rt.close(), 5)  # the same shutdown, not 30 s
+    assert not rt.started
+    async with stead.Runtime({"A": Admin}, data_dir=data_dir) as reopened:
+        assert await reopened.env.A.get_by_name("a").said() == "bye"
+
+
+async def test_close_from_wait_until_work_starts_the_shutdown_and_returns(data_dir: str) -> None:
+    rt = Admin.runtime = await stead.Runtime({"A": Admin}, data_dir=data_dir).start()
+    await rt.env.A.get_by_name("a").shutdown_in_background()
+    await asyncio.wait_for(rt.close(), 5)  # not the 30 s grace
+    assert not rt.started

@@ -87,7 +87,8 @@ class _Running(NamedTuple):
     host: ObjectHost
     # The waits-for node charged with what this context waits for: a reentrant
     # object's event, wait_until work, a nested call back (its caller's node);
-    # None for a turn, whose node is its key.
+    # None for a turn, whose node is its event token (its object's key waits for
+    # it while it runs, see ``_turn``).
     node: Node | None
 
 
@@ -501,14 +502,27 @@ class Dispatcher:
         # Registered before its constructor runs, which may use ctx.wait_until;
         # an instance whose constructor raises is discarded.
         self.hosts[host.key] = host
-        try:
-            host.build(cls)
-        except BaseException:
-            self.reset(host)
-            raise
+        failure = self._build(host, cls)
+        if failure is not None:
+            raise failure
         if self.max_resident is not None and len(self.hosts) > self.max_resident:
             self._evict_over_bound(keep=host)
         return host
+
+    def _build(self, host: ObjectHost, cls: type[DurableObject]) -> BaseException | None:
+        """Construct ``host``'s instance; if the constructor raised, the host is
+        discarded and this is the error its caller gets, as for a handler's:
+        logged and copied, ``ctx.abort(reason)`` as ``RemoteError("Aborted", reason)``
+        (returned, not raised here: it must not chain the original)."""
+        try:
+            host.build(cls)
+        except (ObjectAborted, Exception) as error:
+            self.reset(host)
+            return self._failure(host, error, "its constructor")
+        except BaseException:
+            self.reset(host)  # cancelled or interrupted
+            raise
+        return None
 
     def _with_stored_name(self, object_id: ObjectId) -> ObjectId:
         raw = self.engine.get(object_id.storage_key, NAME_KEY)
@@ -967,11 +981,15 @@ class Dispatcher:
     def waiting_node(self, running: _Running) -> Node | None:
         """The waits-for node charged with what ``running``'s context waits for: its
         reentrant event or wait_until work, else the innermost turn on its chain
-        while that turn runs (None for a context that outlived its turn)."""
+        while that turn runs (None for a context that outlived its turn).
+
+        A turn's node is its event, not its object's key: a call that outlives the
+        turn (from a task it spawned, or shielded and given up on) stays charged to
+        the finished turn, which nothing waits for, not to the object's later turns."""
         if running.node is not None:
             return running.node
         if running.events and running.events[-1] in self._live_events:
-            return running.chain[-1]
+            return running.events[-1]
         return None
 
     def forget_wait(self, caller: Node, key: Node) -> None:
@@ -1006,6 +1024,9 @@ class Dispatcher:
         token = _running.set(_extended(origin, host, event, None))
         self._live_events.add(event)
         host.turn = event
+        # Callers queued for the object wait for this turn, and through it for
+        # what it calls (see ``waiting_node``).
+        self.add_wait(host.key, event)
         seq = 0
         try:
             outcome, failed = await self._invoke(host, invoke)
@@ -1013,6 +1034,7 @@ class Dispatcher:
                 await self._nested_ended(host)
             seq = self._end_turn(host, failed)
         finally:
+            self.forget_wait(host.key, event)
             host.turn = 0
             self._live_events.discard(event)
             _running.reset(token)
@@ -1101,8 +1123,11 @@ class Dispatcher:
                     self.commit(host)
             raise
 
-    def _failure(self, host: ObjectHost, error: BaseException) -> BaseException:
-        """What the caller sees for an error raised by an event's handler."""
+    def _failure(
+        self, host: ObjectHost, error: BaseException, where: str = "a handler"
+    ) -> BaseException:
+        """What the caller sees for an error raised by an event's handler (or the
+        object's constructor, ``where``)."""
         if isinstance(error, ObjectAborted):
             self.reset(host)
         elif type(error) in _OWN_ERRORS:
@@ -1110,7 +1135,7 @@ class Dispatcher:
         elif isinstance(error, SteadError):
             pass  # a handler's own subclass: copied like any exception, but not logged
         else:
-            logger.info("%r raised in a handler", host.id, exc_info=True)
+            logger.info("%r raised in %s", host.id, where, exc_info=True)
         return rebuild_exception(error)
 
     def _end_turn(self, host: ObjectHost, failed: bool, *, midway: bool = False) -> int:
@@ -1367,6 +1392,15 @@ class Dispatcher:
             self.forget_wait(node, host.gate_node)
 
     # -- shutdown ------------------------------------------------------------
+
+    def drains_current_task(self) -> bool:
+        """Whether ``drain`` waits for the code running now: an event, code it
+        awaits, or ``wait_until`` work (which therefore cannot wait for a drain)."""
+        task = asyncio.current_task()
+        if task in self.events or task in self.background:
+            return True
+        running = _running.get()
+        return running is not None and running.host._dispatcher is self and self.in_event(running)
 
     def _cancelling_at_close(self) -> None:
         self._cancelled_at_close = True

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from stead._core import Engine
 from stead.alarms import AlarmScheduler
-from stead.dispatch import Dispatcher
+from stead.dispatch import Dispatcher, context_outside_turns
 from stead.durability import CommitWaiter
 from stead.errors import StorageError, UnknownBindingError
 from stead.ids import MAX_NAME_BYTES, IdFactory, load_or_create_secret
@@ -115,6 +115,8 @@ class Runtime:
         self._opening: asyncio.Future[None] | None = None
         self._closing: asyncio.Future[None] | None = None
         self._close_deadline = 0.0  # loop time; the earliest any close() asked for
+        # The loop start() ran on: the only one close() can shut the runtime down from.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Whether the stead_startup hooks all ran (stead_shutdown runs only then).
         self._hooks_started = False
 
@@ -124,8 +126,9 @@ class Runtime:
         """Open the data dir, recover, load alarms and plugins."""
         if self._engine is not None or self._opening is not None:
             raise RuntimeError("runtime already started")
+        loop = self._loop = asyncio.get_running_loop()
         # A close() meanwhile waits for the engine to be open, then closes it.
-        opening = self._opening = asyncio.get_running_loop().create_future()
+        opening = self._opening = loop.create_future()
         try:
             if self.use_plugins:
                 self._load_plugins()
@@ -215,9 +218,14 @@ class Runtime:
         """Finish running events and background work, commit what is pending,
         release the data dir. Events and ``wait_until`` tasks still running after
         ``grace`` seconds are cancelled (what they wrote so far is committed, as
-        for a handler that raised)."""
+        for a handler that raised).
+
+        Awaited from inside an object's event or ``wait_until`` work (which the
+        shutdown waits for, so it cannot wait for the shutdown), it starts the
+        shutdown and returns at once; the event then finishes as part of it."""
         if not grace >= 0:
             raise ValueError(f"grace is seconds >= 0, not {grace!r}")
+        self._check_loop()
         if self._closing is None and self._opening is not None:
             await asyncio.shield(self._opening)  # a start() under way: close what it opens
         deadline = asyncio.get_running_loop().time() + grace
@@ -228,10 +236,25 @@ class Runtime:
             if self._engine is None:
                 return
             self._close_deadline = deadline
-            self._closing = asyncio.ensure_future(self._close())
+            # Not part of any event, even when an event asked for it.
+            self._closing = context_outside_turns().run(asyncio.ensure_future, self._close())
+        if self._dispatcher is not None and self._dispatcher.drains_current_task():
+            return  # the shutdown waits for this caller: it cannot wait for the shutdown
         # Shielded: a caller cancelled while waiting does not stop the shutdown
         # other callers (and the data dir's next user) wait for.
         await asyncio.shield(self._closing)
+
+    def _check_loop(self) -> None:
+        """The runtime (its engine, sweeper, events) lives on the loop it started
+        on: a close() from another loop would fail half-way and wedge it."""
+        if (
+            self._engine is not None or self._opening is not None or self._closing is not None
+        ) and asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(
+                "this runtime lives on the event loop it was started on; await close() on "
+                "that loop (from another thread: asyncio.run_coroutine_threadsafe(rt.close(), "
+                "loop))"
+            )
 
     async def _close(self) -> None:
         hook_error = self._shutdown_hooks()
