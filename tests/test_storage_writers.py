@@ -136,10 +136,10 @@ class Notified(stead.DurableObject):
         super().__init__(ctx, env)
         self.seen: list[Any] = []
 
-    def notify(self, caller_key: bytes | None) -> None:
-        # What the engine holds of the caller's `x` as the call arrives.
+    def notify(self, caller_key: bytes | None, key: bytes = b"x") -> None:
+        # What the engine holds of the caller's `key` as the call arrives.
         if caller_key is not None:
-            self.seen.append(self.ctx.storage._engine.get(caller_key, b"x"))
+            self.seen.append(self.ctx.storage._engine.get(caller_key, key))
 
 
 class Payer(stead.DurableObject):
@@ -188,7 +188,9 @@ async def test_turn_call_leaves_after_its_writes_while_background_block_is_open(
         assert notified.seen == [stead.codec.encode("paid")]
 
 
-async def test_background_call_waits_for_the_running_turn(data_dir: str) -> None:
+async def test_background_call_sends_its_writes_while_the_turn_holds_a_block(
+    data_dir: str,
+) -> None:
     async with stead.Runtime({"A": Payer, "B": Notified}, data_dir=data_dir) as rt:
         await rt.env.A.get_by_name("a").pay_in_background()
         notified = rt.dispatcher.hosts[rt.env.B.id_from_name("b").storage_key]
@@ -196,7 +198,7 @@ async def test_background_call_waits_for_the_running_turn(data_dir: str) -> None
             if notified.instance.seen:  # type: ignore[attr-defined]
                 break
             await asyncio.sleep(0.01)
-        # The work's call left once its write was committed with the turn's batch.
+        # The work's call left once its own write was committed.
         assert notified.instance.seen == [stead.codec.encode("paid")]  # type: ignore[attr-defined]
 
 
@@ -249,18 +251,265 @@ async def test_evicted_instance_cannot_write_over_its_successor(
         assert await rt.env.R.get_by_name("r").incr() == 5
 
 
-@pytest.mark.crash
-def test_background_call_never_splits_a_running_turn(data_dir: str) -> None:
-    from tests._children.background_caller import Account, Ledger
-    from tests.crashing import kill_after, start_child
+class Overlap(stead.DurableObject):
+    """Blocks of several writers open at once on `k` (wait_until work and events)."""
 
-    child = start_child("tests._children.background_caller", data_dir)
-    lines = kill_after(child, 3.0)
-    # The work's call waits for the turn, which never ends before the kill.
-    assert "reported\n" not in lines
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        self.go = asyncio.Event()
+        self.job_open = asyncio.Event()
+        self.job_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def books() -> dict[str, int]:
-        async with stead.Runtime({"A": Account, "LEDGER": Ledger}, data_dir=data_dir) as rt:
-            return await rt.env.A.get_by_name("acct").books()
+    def setup(self) -> None:
+        self.ctx.storage.put("k", "orig")
 
-    assert asyncio.run(books()) == {}
+    def start_job(self, write: str) -> None:
+        async def job() -> None:
+            storage = self.ctx.storage
+            try:
+                with storage.transaction():
+                    if write == "put":
+                        storage.put("k", "job")
+                    else:
+                        storage.delete("k")
+                    self.job_open.set()
+                    await self.go.wait()
+                    raise ValueError("the job failed")
+            except ValueError:
+                pass
+            self.job_done.set_result(None)
+
+        self.ctx.wait_until(job())
+
+    async def wait_job_open(self) -> None:
+        await self.job_open.wait()
+
+    def event_block(self) -> None:
+        with self.ctx.storage.transaction():
+            self.ctx.storage.put("k", "rolled back by the event")
+            raise KeyError("the event failed")
+
+    def wipe(self) -> None:
+        self.ctx.storage.delete_all()
+
+    def touch(self) -> None:
+        self.ctx.storage.put("t", 1)  # its batch carries the job's open block too
+
+    async def fail_job(self, then_abort: bool) -> None:
+        self.go.set()
+        await self.job_done
+        if then_abort:
+            self.ctx.abort("unrelated")
+
+    def read(self) -> dict[str, Any]:
+        return dict(self.ctx.storage.list())
+
+
+async def _reopened(data_dir: str, cls: type[stead.DurableObject]) -> dict[str, Any]:
+    async with stead.Runtime({"O": cls}, data_dir=data_dir) as rt:
+        return await rt.env.O.get_by_name("o").read()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+async def test_a_rolled_back_write_never_comes_back_with_another_block(
+    data_dir: str, reentrant: bool
+) -> None:
+    cls = type("OverlapR" if reentrant else "OverlapT", (Overlap,), {"reentrant": reentrant})
+    async with stead.Runtime({"O": cls}, data_dir=data_dir) as rt:
+        stub = rt.env.O.get_by_name("o")
+        await stub.setup()
+        await stub.start_job("put")
+        await stub.wait_job_open()
+        with pytest.raises(KeyError):
+            await stub.event_block()
+        await stub.fail_job(False)
+        assert await stub.read() == {"k": "orig"}
+    assert await _reopened(data_dir, cls) == {"k": "orig"}
+
+
+@pytest.mark.parametrize("write", ["put", "delete"])
+async def test_a_rollback_never_undoes_a_later_delete_all_of_another_writer(
+    data_dir: str, write: str
+) -> None:
+    async with stead.Runtime({"O": Overlap}, data_dir=data_dir) as rt:
+        stub = rt.env.O.get_by_name("o")
+        await stub.setup()
+        await stub.start_job(write)
+        await stub.wait_job_open()
+        await stub.wipe()  # acknowledged
+        await stub.fail_job(False)
+        assert await stub.read() == {}
+    assert await _reopened(data_dir, Overlap) == {}
+
+
+async def test_a_rollbacks_write_back_is_not_lost_with_an_aborted_event(data_dir: str) -> None:
+    async with stead.Runtime({"O": Overlap}, data_dir=data_dir) as rt:
+        stub = rt.env.O.get_by_name("o")
+        await stub.setup()
+        await stub.start_job("put")
+        await stub.wait_job_open()
+        await stub.touch()  # commits the job's k="job" with its own batch
+        with pytest.raises(stead.RemoteError):
+            await stub.fail_job(True)  # the job rolls back, then this event aborts
+        assert await stub.read() == {"k": "orig", "t": 1}
+    assert await _reopened(data_dir, Overlap) == {"k": "orig", "t": 1}
+
+
+class Reentrant(stead.DurableObject):
+    reentrant = True
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        self.first_open = asyncio.Event()
+        self.second_open = asyncio.Event()
+        self.first_done = asyncio.Event()
+
+    def setup(self) -> None:
+        self.ctx.storage.put("k", "orig")
+
+    async def first(self) -> None:
+        storage = self.ctx.storage
+        try:
+            with storage.transaction():
+                storage.put("k", "first, rolled back")
+                self.first_open.set()
+                await self.second_open.wait()
+                raise ValueError
+        except ValueError:
+            pass
+        self.first_done.set()
+
+    async def second(self) -> None:
+        storage = self.ctx.storage
+        await self.first_open.wait()
+        try:
+            with storage.transaction():  # opened while the first block is open
+                self.second_open.set()
+                await self.first_done.wait()
+                storage.put("unrelated", 1)
+                raise ValueError
+        except ValueError:
+            pass
+
+    def read(self) -> dict[str, Any]:
+        return dict(self.ctx.storage.list())
+
+
+async def test_a_block_opened_inside_another_events_block_never_restores_its_writes(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime({"O": Reentrant}, data_dir=data_dir) as rt:
+        stub = rt.env.O.get_by_name("o")
+        await stub.setup()
+        await asyncio.gather(stub.first(), stub.second())
+        assert await stub.read() == {"k": "orig"}
+    assert await _reopened(data_dir, Reentrant) == {"k": "orig"}
+
+
+class Loader(stead.DurableObject):
+    """A shared loader: the first caller starts it as wait_until work and awaits it."""
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        self.loading: asyncio.Future[int] | None = None
+
+    async def _load(self, how: str) -> None:
+        assert self.loading is not None
+        if how == "call":
+            await self.env.B.get_by_name("b").notify(None)
+        else:
+            self.ctx.storage.put("loaded", True)
+            await self.ctx.storage.sync()
+        self.loading.set_result(42)
+
+    async def get(self, how: str) -> int:
+        self.ctx.storage.put("hits", self.ctx.storage.get("hits", 0) + 1)
+        if self.loading is None:
+            self.loading = asyncio.get_running_loop().create_future()
+            self.ctx.wait_until(self._load(how))
+        return await self.loading
+
+
+@pytest.mark.parametrize("how", ["call", "sync"])
+async def test_a_turn_awaiting_its_wait_until_work_does_not_hang(data_dir: str, how: str) -> None:
+    async with stead.Runtime({"L": Loader, "B": Notified}, data_dir=data_dir) as rt:
+        assert await asyncio.wait_for(rt.env.L.get_by_name("l").get(how), 10) == 42
+
+
+class Orders(stead.DurableObject):
+    """The docs' order() shape, while unrelated wait_until work holds a block open."""
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        self.release = asyncio.Event()
+
+    def start_background_block(self) -> None:
+        async def job() -> None:
+            with self.ctx.storage.transaction():
+                self.ctx.storage.put("bg", 1)
+                await self.release.wait()
+
+        self.ctx.wait_until(job())
+
+    async def order(self, item: str) -> None:
+        storage = self.ctx.storage
+        storage.put("last_seen", item)
+        with storage.transaction():
+            storage.put(f"order:{item}", "placed")
+            await self.env.B.get_by_name("b").notify(self.ctx.id.storage_key, b"order:cake")
+        self.release.set()
+
+
+async def test_a_turns_call_inside_its_block_never_sends_the_block(data_dir: str) -> None:
+    async with stead.Runtime({"O": Orders, "B": Notified}, data_dir=data_dir) as rt:
+        orders = rt.env.O.get_by_name("o")
+        await orders.start_background_block()
+        await orders.order("cake")
+        notified = rt.dispatcher.hosts[rt.env.B.id_from_name("b").storage_key].instance
+        assert isinstance(notified, Notified)
+        # The block's write stayed in memory while its call was out (a crash then
+        # would have left nothing of it), as docs/storage.md promises.
+        assert notified.seen == [None]
+
+
+class Stateful(stead.Agent):
+    initial_state = {"v": 0}
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        self.go = asyncio.Event()
+        self.updates: list[Any] = []
+
+    def on_state_update(self, state: Any, source: Any) -> None:
+        self.updates.append(state)
+
+    def start_job(self) -> None:
+        async def job() -> None:
+            try:
+                with self.ctx.storage.transaction():
+                    self.ctx.storage.put("job", 1)
+                    await self.go.wait()
+                    raise ValueError("the job failed")
+            except ValueError:
+                pass
+
+        self.ctx.wait_until(job())
+
+    async def update(self, value: int) -> None:
+        self.set_state({"v": value})
+        self.go.set()
+        for _ in range(5):
+            await asyncio.sleep(0)  # the job rolls back while this turn runs
+
+    def seen(self) -> list[Any]:
+        return self.updates
+
+
+async def test_another_writers_rollback_keeps_a_committed_set_states_update(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime({"A": Stateful}, data_dir=data_dir) as rt:
+        agent = rt.env.A.get_by_name("a")
+        await agent.start_job()
+        await agent.update(7)
+        assert await agent.seen() == [{"v": 7}]

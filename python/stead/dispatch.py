@@ -128,6 +128,20 @@ AlarmListener = Callable[[bytes, "int | None"], None]
 _INLINE_TURN = object()
 
 
+def _opened_by_other_work(opener: object) -> bool:
+    """Whether a transaction() block open now is another party's than the code
+    committing mid-turn: a block of work outside the object's events (``wait_until``
+    work, a task or timer outside turns) for a turn, and any block but its own for
+    such work. Such a block holds none of the committer's own writes back.
+    (A call back nested in a turn shares the turn's blocks.)"""
+    running = _running.get()
+    if opener is running:
+        return False
+    if isinstance(opener, _Running) and not opener.chain:
+        return True
+    return running is None or not running.chain
+
+
 class _NoLongerNested(Exception):
     """A call back waited to nest, and no event on its chain waits for it any more."""
 
@@ -162,7 +176,6 @@ class ObjectHost:
         "started",
         "storage",
         "turn",
-        "turn_over",
     )
 
     def __init__(self, dispatcher: Dispatcher, object_id: ObjectId, cls: type[DurableObject]):
@@ -200,9 +213,7 @@ class ObjectHost:
         # The running turn's event token, and the nested call backs running in it,
         # innermost last, with the nodes that wait for them (see _reenter).
         self.turn = 0
-        # Set when a turn, call back or block that held the object ends: what
-        # work outside its events waits for before committing (see flush).
-        self.turn_over: asyncio.Event | None = None
+
         self.nested: tuple[int, ...] = ()  # a tuple: no list per object
         self.nested_ended: asyncio.Event | None = None
         # The gate's node in the waits-for graph (see block_concurrency_while).
@@ -299,7 +310,6 @@ class ObjectHost:
             finally:
                 self.block_node = 0
                 dispatcher.forget_wait(key, node)
-                dispatcher._turn_ended(self)
         except ObjectAborted:
             dispatcher.reset(self)  # abort() in the block drops its writes, as in an event
             raise
@@ -625,7 +635,9 @@ class Dispatcher:
         """
         storage = host.storage
         try:
-            return storage.commit_outside_transactions() if midway else storage.commit()
+            if midway:
+                return storage.commit_outside_transactions(_opened_by_other_work)
+            return storage.commit()
         except _REFUSED:
             self.reset(host)
             raise
@@ -650,51 +662,9 @@ class Dispatcher:
         A reentrant object's events share one storage, and an open block may be
         another event's: all its writes go, or this event's own would be held back.
         """
-        running = _running.get()
-        if not host.reentrant:
-            await self._wait_for_turn(host, running)
-        midway = not host.reentrant and not self._outside_block_open(host, running)
-        seq = self.commit(host, midway=midway)
+        seq = self.commit(host, midway=not host.reentrant)
         if seq:
             await self._await_durable(host, seq)
-
-    async def _wait_for_turn(self, host: ObjectHost, running: _Running | None) -> None:
-        """Work outside a turn-based object's events (``wait_until`` work, a task
-        that outlived its turn, a timer) commits only between them: a turn
-        running now takes the work's writes with its own batch, and is never
-        split by the work's ``sync()`` or calls."""
-        while self._held_by_another(host, running):
-            turn_over = host.turn_over = host.turn_over or asyncio.Event()
-            turn_over.clear()
-            await turn_over.wait()
-        if self.hosts.get(host.key) is not host:
-            raise StorageError(
-                f"this instance of {host.id!r} was evicted or reset while its work "
-                "waited for the running turn to commit"
-            )
-
-    def _held_by_another(self, host: ObjectHost, running: _Running | None) -> bool:
-        if not (host.turn or host.nested or host.block_node):
-            return False
-        if running is None or running.host is not host:
-            return True
-        if self.in_event(running):
-            return False  # the turn itself, a call back nested in it, a task it spawned
-        return running.node is None or running.node != host.block_node
-
-    def _outside_block_open(self, host: ObjectHost, running: _Running | None) -> bool:
-        """Whether a transaction() block of work outside the object's events (not
-        the caller's own) is open: a mid-turn commit that left its writes pending
-        would hold back the caller's own writes made since it opened."""
-        return any(
-            opener is not running and isinstance(opener, _Running) and not opener.chain
-            for opener in host.storage.block_openers
-        )
-
-    @staticmethod
-    def _turn_ended(host: ObjectHost) -> None:
-        if host.turn_over is not None:
-            host.turn_over.set()
 
     async def _release(self, host: ObjectHost, seq: int, outcome: Any, failed: bool) -> Any:
         """The output gate: hand the caller its result (or error) once ``seq`` is durable."""
@@ -1040,7 +1010,6 @@ class Dispatcher:
             _running.reset(token)
             host.last_used = time.monotonic()
             self._hand_off(host.key)
-            self._turn_ended(host)
         return outcome, failed, seq
 
     def _detached(
@@ -1261,7 +1230,6 @@ class Dispatcher:
             host.nested = tuple(entry for entry in host.nested if entry != nested)
             if host.nested_ended is not None:
                 host.nested_ended.set()
-            self._turn_ended(host)
         host.last_used = time.monotonic()
 
     async def _wait_to_nest(

@@ -71,7 +71,9 @@ class _Savepoint:
     __slots__ = (
         "alarm",
         "alarm_before",
+        "alarm_mine",
         "alarm_others",
+        "alarm_shadow",
         "before",
         "cache",
         "cache_bytes",
@@ -80,10 +82,13 @@ class _Savepoint:
         "delete_all",
         "delete_alls",
         "foreign",
+        "mine",
         "opener",
         "others",
         "overtaken",
+        "own_callbacks",
         "pending",
+        "shadow",
     )
 
     def __init__(self, storage: Storage) -> None:
@@ -99,6 +104,16 @@ class _Savepoint:
         # The same for the alarm (epoch ms or None; _UNCHANGED: not written).
         self.alarm_before: object = _UNCHANGED
         self.alarm_others: object = _UNCHANGED
+        # What the opener last wrote to each key (and the alarm), and what each
+        # other open block (by id) had in ``others`` for the key before the
+        # opener's first write: if this block rolls back, those blocks must not
+        # keep its writes as another writer's (``Storage._tell_restored``).
+        self.mine: dict[bytes, bytes | None] = {}
+        self.shadow: dict[tuple[int, bytes], object] = {}
+        self.alarm_mine: object = _UNCHANGED
+        self.alarm_shadow: dict[int, object] = {}
+        # after_commit callbacks the opener added in the block: a rollback drops them.
+        self.own_callbacks: tuple[Callable[[int], None], ...] = ()
         self.pending = dict(storage._pending)
         self.cache = dict(storage._cache)
         self.cache_bytes = storage._cache_bytes
@@ -421,21 +436,35 @@ class Storage:
         """A write about to happen with blocks open: what each block's rollback
         needs to take back only its own writes (see ``_Savepoint``)."""
         writer = self.current_writer()
-        for savepoint in self._savepoints:
+        savepoints = self._savepoints
+        first = [sp for sp in savepoints if sp.opener is writer and key not in sp.before]
+        if first:
+            visible = self._raw(key)
+            for savepoint in first:
+                savepoint.before[key] = visible
+                for other in savepoints:
+                    if other.opener is not writer:
+                        savepoint.shadow[(id(other), key)] = other.others.get(key, _UNCHANGED)
+        for savepoint in savepoints:
             if savepoint.opener is writer:
-                if key not in savepoint.before:
-                    savepoint.before[key] = self._raw(key)
+                savepoint.mine[key] = raw
             else:
                 savepoint.foreign = True
                 savepoint.others[key] = raw
 
     def _note_alarm_write(self, when_ms: int | None) -> None:
         writer = self.current_writer()
-        for savepoint in self._savepoints:
+        savepoints = self._savepoints
+        for savepoint in savepoints:
             if savepoint.opener is writer:
                 if savepoint.alarm_before is _UNCHANGED:
                     savepoint.alarm_before = self._visible_alarm_ms()
-            else:
+                    for other in savepoints:
+                        if other.opener is not writer:
+                            savepoint.alarm_shadow[id(other)] = other.alarm_others
+                savepoint.alarm_mine = when_ms
+        for savepoint in savepoints:
+            if savepoint.opener is not writer:
                 savepoint.foreign = True
                 savepoint.alarm_others = when_ms
 
@@ -444,6 +473,12 @@ class Storage:
         entries = self._merged_entries(_Bounds.raw(b""), False, None)
         for key, _ in entries:
             self._note_write(key, None)
+        writer = self.current_writer()
+        for savepoint in self._savepoints:
+            if savepoint.opener is not writer:
+                # Keys its block deleted (absent now) are deleted for good too.
+                for key in savepoint.before:
+                    savepoint.others[key] = None
         self._note_alarm_write(None)
 
     def current_writer(self) -> object:
@@ -528,7 +563,9 @@ class Storage:
         try:
             yield self
         except BaseException:
-            if (savepoint.foreign or savepoint.overtaken) and self._detached is None:
+            if self._detached is not None:
+                pass  # nothing will be committed; later writes are refused
+            elif savepoint.foreign or savepoint.overtaken:
                 self._take_back(savepoint)
             else:
                 self._pending = savepoint.pending
@@ -538,7 +575,8 @@ class Storage:
                 self._cleared = savepoint.cleared
                 self._alarm = savepoint.alarm
                 self._delete_alls = savepoint.delete_alls
-            self._committed_callbacks = savepoint.committed_callbacks
+                self._committed_callbacks = savepoint.committed_callbacks
+                self._tell_restored(savepoint, savepoint.before, savepoint.alarm_before)
             for watch in self._watches:
                 if savepoint.opener is not watch.writer or savepoint.foreign:
                     watch.hit = True
@@ -549,19 +587,71 @@ class Storage:
 
     def _take_back(self, savepoint: _Savepoint) -> None:
         """Roll back only the writes the block's opener made in it: other writers'
-        stay, and what was committed is overwritten by the next commit."""
+        stay. Writes of the block that were already committed are overwritten at
+        once by a batch of their own (it restores committed state, so no turn
+        need carry it, nor can an abort of one drop it)."""
         # Out of the savepoints first: these writes are the rollback's own.
         self._savepoints = tuple(s for s in self._savepoints if s is not savepoint)
         others = savepoint.others
-        for key, before in savepoint.before.items():
-            self._write(key, others.get(key, before))
+        restored = {key: others.get(key, before) for key, before in savepoint.before.items()}
+        alarm: AlarmChange | None = None
         if savepoint.alarm_before is not _UNCHANGED:
             others_alarm = savepoint.alarm_others
             when = savepoint.alarm_before if others_alarm is _UNCHANGED else others_alarm
             assert when is None or isinstance(when, int)
-            self._alarm = AlarmChange(when)
-        # A delete_all() of the block's stays pending if not committed: every
-        # key it deleted (the alarm too) is written back above, after it.
+            alarm = AlarmChange(when)
+        self._tell_restored(savepoint, restored, alarm)
+        for key, raw in restored.items():
+            self._pending[key] = raw
+            self._remember(key, raw)
+        if alarm is not None:
+            self._alarm = alarm
+        own = savepoint.own_callbacks
+        self._committed_callbacks = tuple(c for c in self._committed_callbacks if c not in own)
+        if savepoint.overtaken and not self._delete_all:
+            # (A pending delete_all must still come first: then they wait for it.)
+            self._commit_batch(restored, alarm, False)
+            self._pending = {
+                key: raw
+                for key, raw in self._pending.items()
+                if key not in restored or restored[key] is not raw
+            }
+            if alarm is not None and self._alarm is alarm:
+                self._alarm = None
+                self._announce(alarm)
+
+    def _tell_restored(
+        self, savepoint: _Savepoint, restored: dict[bytes, bytes | None], alarm: object
+    ) -> None:
+        """A rollback's restored values are writes of its opener as far as the other
+        open blocks go: none of them may later bring back what it took back."""
+        when: object = _UNCHANGED
+        if isinstance(alarm, AlarmChange):
+            when = alarm.when_ms
+        elif alarm is not _UNCHANGED:
+            when = alarm  # an alarm_before: epoch ms or None
+        for other in self._savepoints:
+            if other is savepoint or other.opener is savepoint.opener:
+                # Its own enclosing block: the restore returns to a state inside it.
+                continue
+            other.foreign = True  # a snapshot taken inside the block holds its writes
+            for key, raw in restored.items():
+                mine = savepoint.mine.get(key, _UNCHANGED)
+                if key in other.others and other.others[key] is mine:
+                    # The block's write, seen by the other as another writer's: undone.
+                    previous = savepoint.shadow.get((id(other), key), _UNCHANGED)
+                    if previous is _UNCHANGED:
+                        del other.others[key]
+                    else:
+                        assert previous is None or isinstance(previous, bytes)
+                        other.others[key] = previous
+                elif key in other.before and other.before[key] is mine:
+                    other.before[key] = raw  # taken from the dead block's write
+            if when is not _UNCHANGED and savepoint.alarm_mine is not _UNCHANGED:
+                if other.alarm_others == savepoint.alarm_mine:
+                    other.alarm_others = savepoint.alarm_shadow.get(id(other), _UNCHANGED)
+                elif other.alarm_before == savepoint.alarm_mine:
+                    other.alarm_before = when
 
     # -- alarms --------------------------------------------------------------
 
@@ -645,6 +735,11 @@ class Storage:
         block's writes are not in it); the turn's last commit does.
         """
         self._committed_callbacks = (*self._committed_callbacks, callback)
+        if self._savepoints:
+            writer = self.current_writer()
+            for savepoint in self._savepoints:
+                if savepoint.opener is writer:
+                    savepoint.own_callbacks = (*savepoint.own_callbacks, callback)
 
     def watch_rollbacks(self, writer: object) -> RollbackWatch:
         """Record, until ``unwatch_rollbacks``, whether a rollback concerns ``writer``
@@ -725,13 +820,26 @@ class Storage:
         for callback in callbacks:
             callback(seq)
 
-    def commit_outside_transactions(self) -> int:
+    def commit_outside_transactions(
+        self, opened_by_other: Callable[[object], bool] = lambda opener: False
+    ) -> int:
         """:meth:`commit` in the middle of a turn: only the writes made outside
         every open ``transaction()`` block (all of them when none is open); the
-        blocks' writes stay pending, to commit when the turn ends or to roll back."""
-        if not self._savepoints:
+        blocks' writes stay pending, to commit when the turn ends or to roll back.
+
+        Blocks whose opener ``opened_by_other`` says is other work (not the
+        committer's, nor its turn's) hold nothing back: the committer's own
+        writes made since they opened must go. Their writes go too, and their
+        rollbacks write back what they take back.
+        """
+        own = [sp for sp in self._savepoints if not opened_by_other(sp.opener)]
+        if not own:
             return self.commit()
-        outer = self._savepoints[0]
+        outer = own[0]
+        for savepoint in self._savepoints:
+            if savepoint is outer:
+                break
+            savepoint.overtaken = True  # opened earlier: its writes so far go
         if not outer.pending and not outer.delete_all and outer.alarm is None:
             return self.last_seq
         seq = self._commit_batch(outer.pending, outer.alarm, outer.delete_all)
