@@ -645,13 +645,14 @@ class Storage:
                     else:
                         assert previous is None or isinstance(previous, bytes)
                         other.others[key] = previous
-                elif key in other.before and other.before[key] is mine:
-                    other.before[key] = raw  # taken from the dead block's write
+                if key in other.before and other.before[key] is mine:
+                    # Taken from the dead block's write: what it had replaced.
+                    other.before[key] = savepoint.before.get(key, raw)
             if when is not _UNCHANGED and savepoint.alarm_mine is not _UNCHANGED:
                 if other.alarm_others == savepoint.alarm_mine:
                     other.alarm_others = savepoint.alarm_shadow.get(id(other), _UNCHANGED)
-                elif other.alarm_before == savepoint.alarm_mine:
-                    other.alarm_before = when
+                if other.alarm_before == savepoint.alarm_mine:
+                    other.alarm_before = savepoint.alarm_before
 
     # -- alarms --------------------------------------------------------------
 
