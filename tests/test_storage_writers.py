@@ -513,3 +513,99 @@ async def test_another_writers_rollback_keeps_a_committed_set_states_update(
         await agent.start_job()
         await agent.update(7)
         assert await agent.seen() == [{"v": 7}]
+
+
+# -- a model check of interleaved writers --------------------------------------
+
+_KEYS = ("a", "b", "c")
+_OPERATIONS = (
+    *("put", "put", "delete", "delete_all", "alarm"),
+    *("open", "open", "close", "rollback", "rollback", "commit"),
+)
+
+
+def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None:
+    """Writers interleave puts, deletes, delete_all(), alarms and (nested)
+    transaction() blocks that commit or roll back, with commits in between.
+    The model: a rollback takes back its writer's writes made in the block;
+    every other write stands. Reads and, after a last commit, the engine agree."""
+    import random
+
+    from stead._core import Engine
+    from stead.storage import Storage
+
+    rng = random.Random(seed)
+    engine = Engine(None)
+    current: list[object] = [None]
+    storage = Storage(engine, b"obj", name=None, max_value_bytes=1 << 20, writer=lambda: current[0])
+    identities = [object() for _ in range(writers)]
+    # The model: every write as [key, value, blocks of its writer open then, alive].
+    history: list[tuple[str, Any, frozenset[int], list[bool]]] = []
+    open_blocks: dict[int, list[tuple[int, Any]]] = {w: [] for w in range(writers)}
+    next_block = 0
+
+    def modelled() -> dict[str, Any]:
+        state: dict[str, Any] = dict.fromkeys((*_KEYS, "alarm"))
+        for key, value, _, alive in history:
+            if alive[0]:
+                state[key] = value
+        return state
+
+    def observed(of: Storage) -> dict[str, Any]:
+        state = {key: of.get(key) for key in _KEYS}
+        alarm = of.get_alarm()
+        state["alarm"] = None if alarm is None else round(alarm * 1000)
+        return state
+
+    for step in range(steps):
+        writer = rng.randrange(writers)
+        current[0] = identities[writer]
+        blocks = frozenset(block for block, _ in open_blocks[writer])
+        op = rng.choice(_OPERATIONS)
+        if op == "put":
+            key, value = rng.choice(_KEYS), f"w{writer}s{step}"
+            storage.put(key, value)
+            history.append((key, value, blocks, [True]))
+        elif op == "delete":
+            key = rng.choice(_KEYS)
+            storage.delete(key)
+            history.append((key, None, blocks, [True]))
+        elif op == "delete_all":
+            storage.delete_all()
+            for key in (*_KEYS, "alarm"):
+                history.append((key, None, blocks, [True]))
+        elif op == "alarm":
+            storage.set_alarm((1_000_000 + step) / 1000)
+            history.append(("alarm", 1_000_000 + step, blocks, [True]))
+        elif op == "open":
+            block = storage.transaction()
+            block.__enter__()
+            next_block += 1
+            open_blocks[writer].append((next_block, block))
+        elif op in ("close", "rollback") and open_blocks[writer]:
+            number, block = open_blocks[writer].pop()
+            if op == "close":
+                block.__exit__(None, None, None)
+            else:
+                with pytest.raises(ValueError):
+                    if not block.__exit__(ValueError, ValueError("x"), None):
+                        raise ValueError("x")
+                for _, _, in_blocks, alive in history:
+                    if number in in_blocks:
+                        alive[0] = False
+        elif op == "commit":
+            storage.commit()
+        assert observed(storage) == modelled(), f"seed {seed}, step {step}"
+    for writer in range(writers):
+        current[0] = identities[writer]
+        while open_blocks[writer]:
+            open_blocks[writer].pop()[1].__exit__(None, None, None)
+    storage.commit()
+    reopened = Storage(engine, b"obj", name=None, max_value_bytes=1 << 20)
+    assert observed(reopened) == modelled(), f"seed {seed}: the engine"
+
+
+@pytest.mark.parametrize("writers", [1, 2, 3])
+def test_rollbacks_of_interleaved_writers_match_the_model(writers: int) -> None:
+    for seed in range(300):
+        _check_interleaved_writers(seed, writers)

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from stead import codec
 from stead._core import Engine
+from stead._writelog import ALARM, WriteLog
 from stead.codec import fast_decode, fast_encode
 from stead.errors import LimitError, StorageError
 
@@ -51,67 +52,40 @@ class RollbackWatch:
         self.hit = False
 
 
-# A savepoint's alarm slot before its opener changed the alarm: not changed yet.
-_UNCHANGED = object()
-
-
 class _Savepoint:
     """The storage as an open ``transaction()`` block found it: what a rollback
     restores, and (for the outermost block) what a mid-turn commit may send.
 
-    Two ways back. While only the opener wrote and nothing was committed, the
-    snapshot taken at the start is exact. Once another writer wrote (their
-    writes may have been acknowledged since) or a commit sent the block's
-    writes to the engine, only the keys the opener wrote go back, each to the
-    value it had without the block's writes (``before``, or a later write of
-    another writer, ``others``), as pending writes: they reach the engine with
-    the next commit, so memory and disk agree again.
+    Two ways back. While only the opener wrote in the block and nothing of it was
+    committed, the snapshot taken at the start is exact. Otherwise the write log
+    (``stead._writelog``) takes back the opener's writes made since the block
+    opened, and only those: other writers' writes may have been acknowledged.
     """
 
     __slots__ = (
         "alarm",
-        "alarm_before",
-        "alarm_mine",
-        "alarm_others",
-        "alarm_shadow",
-        "before",
         "cache",
         "cache_bytes",
         "cleared",
         "committed_callbacks",
         "delete_all",
         "delete_alls",
+        "dirty",
         "foreign",
-        "mine",
         "opener",
-        "others",
-        "overtaken",
         "own_callbacks",
         "pending",
-        "shadow",
+        "start",
     )
 
-    def __init__(self, storage: Storage) -> None:
-        # Who opened the block, whether another writer wrote while it was open,
-        # and whether a commit sent writes made in it to the engine.
+    def __init__(self, storage: Storage, start: int) -> None:
+        # Who opened the block, where it starts in the write log, whether another
+        # writer wrote while it was open, and whether a rollback of another block
+        # left its snapshot unusable (it took back a delete_all the snapshot saw).
         self.opener = storage.current_writer()
+        self.start = start
         self.foreign = False
-        self.overtaken = False
-        # Raw value of each key the opener wrote, as it was before its first
-        # write in the block; the last value another writer wrote to it since.
-        self.before: dict[bytes, bytes | None] = {}
-        self.others: dict[bytes, bytes | None] = {}
-        # The same for the alarm (epoch ms or None; _UNCHANGED: not written).
-        self.alarm_before: object = _UNCHANGED
-        self.alarm_others: object = _UNCHANGED
-        # What the opener last wrote to each key (and the alarm), and what each
-        # other open block (by id) had in ``others`` for the key before the
-        # opener's first write: if this block rolls back, those blocks must not
-        # keep its writes as another writer's (``Storage._tell_restored``).
-        self.mine: dict[bytes, bytes | None] = {}
-        self.shadow: dict[tuple[int, bytes], object] = {}
-        self.alarm_mine: object = _UNCHANGED
-        self.alarm_shadow: dict[int, object] = {}
+        self.dirty = False
         # after_commit callbacks the opener added in the block: a rollback drops them.
         self.own_callbacks: tuple[Callable[[int], None], ...] = ()
         self.pending = dict(storage._pending)
@@ -242,6 +216,7 @@ class Storage:
         "_delete_alls",
         "_detached",
         "_engine",
+        "_log",
         "_max_value_bytes",
         "_name",
         "_name_recorded",
@@ -251,6 +226,7 @@ class Storage:
         "_savepoints",
         "_syncer",
         "_watches",
+        "_wipe_before_log",
         "_writer",
         "last_seq",
     )
@@ -305,6 +281,11 @@ class Storage:
         self._watches: tuple[RollbackWatch, ...] = ()
         # Why writes are refused (see ``detach``); None while the instance is live.
         self._detached: str | None = None
+        # While transaction() blocks are open: every write, for rollbacks that must
+        # take back one writer's writes only; and whether a delete_all was pending
+        # when the log began (not committed since).
+        self._log: WriteLog | None = None
+        self._wipe_before_log = False
 
     # -- reads ---------------------------------------------------------------
 
@@ -432,54 +413,34 @@ class Storage:
         self._pending[key] = raw
         self._remember(key, raw)
 
-    def _note_write(self, key: bytes, raw: bytes | None) -> None:
-        """A write about to happen with blocks open: what each block's rollback
-        needs to take back only its own writes (see ``_Savepoint``)."""
+    def _note_write(self, key: bytes, value: bytes | int | None) -> None:
+        """A write about to happen with blocks open (``key`` ALARM: the alarm)."""
+        log = self._log
+        assert log is not None
         writer = self.current_writer()
-        savepoints = self._savepoints
-        first = [sp for sp in savepoints if sp.opener is writer and key not in sp.before]
-        if first:
-            visible = self._raw(key)
-            for savepoint in first:
-                savepoint.before[key] = visible
-                for other in savepoints:
-                    if other.opener is not writer:
-                        savepoint.shadow[(id(other), key)] = other.others.get(key, _UNCHANGED)
-        for savepoint in savepoints:
-            if savepoint.opener is writer:
-                savepoint.mine[key] = raw
-            else:
-                savepoint.foreign = True
-                savepoint.others[key] = raw
-
-    def _note_alarm_write(self, when_ms: int | None) -> None:
-        writer = self.current_writer()
-        savepoints = self._savepoints
-        for savepoint in savepoints:
-            if savepoint.opener is writer:
-                if savepoint.alarm_before is _UNCHANGED:
-                    savepoint.alarm_before = self._visible_alarm_ms()
-                    for other in savepoints:
-                        if other.opener is not writer:
-                            savepoint.alarm_shadow[id(other)] = other.alarm_others
-                savepoint.alarm_mine = when_ms
-        for savepoint in savepoints:
-            if savepoint.opener is not writer:
-                savepoint.foreign = True
-                savepoint.alarm_others = when_ms
+        base: bytes | int | None = None
+        if not log.knows(key):
+            base = self._visible_alarm_ms() if key == ALARM else self._raw(key)
+        log.record(writer, key, value, base)
+        self._mark_foreign(writer)
 
     def _note_delete_all(self) -> None:
         """delete_all() with blocks open: a write of every key and the alarm."""
-        entries = self._merged_entries(_Bounds.raw(b""), False, None)
-        for key, _ in entries:
-            self._note_write(key, None)
+        log = self._log
+        assert log is not None
         writer = self.current_writer()
+        visible: builtins.list[tuple[bytes, bytes | int | None]] = []
+        visible.extend(self._merged_entries(_Bounds.raw(b""), False, None))
+        # Pending deletes too: taken back, the wipe must not bring back their keys.
+        visible.extend((key, None) for key, raw in self._pending.items() if raw is None)
+        visible.append((ALARM, self._visible_alarm_ms()))
+        log.record_wipe(writer, visible)
+        self._mark_foreign(writer)
+
+    def _mark_foreign(self, writer: object) -> None:
         for savepoint in self._savepoints:
             if savepoint.opener is not writer:
-                # Keys its block deleted (absent now) are deleted for good too.
-                for key in savepoint.before:
-                    savepoint.others[key] = None
-        self._note_alarm_write(None)
+                savepoint.foreign = True
 
     def current_writer(self) -> object:
         """Who writes now (see ``writer``); None if the storage has one writer."""
@@ -558,15 +519,20 @@ class Storage:
         writes made outside every open block, so a rollback never meets a write
         that is already on its way to disk.
         """
-        savepoint = _Savepoint(self)
+        if not self._savepoints:
+            self._log = WriteLog()
+            self._wipe_before_log = self._delete_all
+        log = self._log
+        assert log is not None
+        savepoint = _Savepoint(self, len(log))
         self._savepoints = (*self._savepoints, savepoint)
         try:
             yield self
         except BaseException:
             if self._detached is not None:
                 pass  # nothing will be committed; later writes are refused
-            elif savepoint.foreign or savepoint.overtaken:
-                self._take_back(savepoint)
+            elif savepoint.foreign or savepoint.dirty or log.committed > savepoint.start:
+                self._take_back(savepoint, log)
             else:
                 self._pending = savepoint.pending
                 self._cache = savepoint.cache
@@ -576,7 +542,8 @@ class Storage:
                 self._alarm = savepoint.alarm
                 self._delete_alls = savepoint.delete_alls
                 self._committed_callbacks = savepoint.committed_callbacks
-                self._tell_restored(savepoint, savepoint.before, savepoint.alarm_before)
+                keys, wiped, _ = log.kill(savepoint.opener, savepoint.start)
+                self._fix_snapshots(savepoint, log, keys, wiped)
             for watch in self._watches:
                 if savepoint.opener is not watch.writer or savepoint.foreign:
                     watch.hit = True
@@ -584,32 +551,40 @@ class Storage:
         finally:
             # By identity: blocks of a reentrant object's events may end out of order.
             self._savepoints = tuple(s for s in self._savepoints if s is not savepoint)
+            if not self._savepoints:
+                self._log = None
 
-    def _take_back(self, savepoint: _Savepoint) -> None:
-        """Roll back only the writes the block's opener made in it: other writers'
-        stay. Writes of the block that were already committed are overwritten at
-        once by a batch of their own (it restores committed state, so no turn
-        need carry it, nor can an abort of one drop it)."""
-        # Out of the savepoints first: these writes are the rollback's own.
-        self._savepoints = tuple(s for s in self._savepoints if s is not savepoint)
-        others = savepoint.others
-        restored = {key: others.get(key, before) for key, before in savepoint.before.items()}
+    def _take_back(self, savepoint: _Savepoint, log: WriteLog) -> None:
+        """Roll back only the writes the block's opener made since it opened: each
+        key they touched is replayed from the writes still standing. What was
+        already committed is overwritten at once by a batch of its own (it
+        restores committed state, so no turn need carry it, nor can an abort of
+        one drop it)."""
+        keys, wiped, lowest = log.kill(savepoint.opener, savepoint.start)
+        self._fix_snapshots(savepoint, log, keys, wiped)
+        restored: dict[bytes, bytes | None] = {}
         alarm: AlarmChange | None = None
-        if savepoint.alarm_before is not _UNCHANGED:
-            others_alarm = savepoint.alarm_others
-            when = savepoint.alarm_before if others_alarm is _UNCHANGED else others_alarm
-            assert when is None or isinstance(when, int)
-            alarm = AlarmChange(when)
-        self._tell_restored(savepoint, restored, alarm)
-        for key, raw in restored.items():
-            self._pending[key] = raw
-            self._remember(key, raw)
+        for key in keys:
+            value = log.replay(key)
+            if key == ALARM:
+                assert value is None or isinstance(value, int)
+                alarm = AlarmChange(value)
+            else:
+                assert value is None or isinstance(value, bytes)
+                restored[key] = value
+                self._pending[key] = value
+                self._remember(key, value)
         if alarm is not None:
             self._alarm = alarm
+        if wiped:
+            # Every key is written back above; the delete itself goes only if a
+            # delete_all still standing (or made before the log) is pending.
+            self._delete_all = self._cleared = self._wipe_before_log or log.live_wipe_since(
+                log.committed
+            )
         own = savepoint.own_callbacks
         self._committed_callbacks = tuple(c for c in self._committed_callbacks if c not in own)
-        if savepoint.overtaken and not self._delete_all:
-            # (A pending delete_all must still come first: then they wait for it.)
+        if lowest < log.committed and not self._delete_all:
             self._commit_batch(restored, alarm, False)
             self._pending = {
                 key: raw
@@ -620,39 +595,27 @@ class Storage:
                 self._alarm = None
                 self._announce(alarm)
 
-    def _tell_restored(
-        self, savepoint: _Savepoint, restored: dict[bytes, bytes | None], alarm: object
+    def _fix_snapshots(
+        self, rolled_back: _Savepoint, log: WriteLog, keys: set[bytes], wiped: bool
     ) -> None:
-        """A rollback's restored values are writes of its opener as far as the other
-        open blocks go: none of them may later bring back what it took back."""
-        when: object = _UNCHANGED
-        if isinstance(alarm, AlarmChange):
-            when = alarm.when_ms
-        elif alarm is not _UNCHANGED:
-            when = alarm  # an alarm_before: epoch ms or None
+        """The other open blocks' snapshots that saw writes just taken back: each
+        such key is replayed as of the block's start (a delete_all taken back
+        cannot be replayed into a snapshot: the block then rolls back by the log)."""
         for other in self._savepoints:
-            if other is savepoint or other.opener is savepoint.opener:
-                # Its own enclosing block: the restore returns to a state inside it.
+            if other is rolled_back or other.start <= rolled_back.start:
+                continue  # opened before the block: its snapshot saw none of it
+            if wiped:
+                other.dirty = True
                 continue
-            other.foreign = True  # a snapshot taken inside the block holds its writes
-            for key, raw in restored.items():
-                mine = savepoint.mine.get(key, _UNCHANGED)
-                if key in other.others and other.others[key] is mine:
-                    # The block's write, seen by the other as another writer's: undone.
-                    previous = savepoint.shadow.get((id(other), key), _UNCHANGED)
-                    if previous is _UNCHANGED:
-                        del other.others[key]
-                    else:
-                        assert previous is None or isinstance(previous, bytes)
-                        other.others[key] = previous
-                if key in other.before and other.before[key] is mine:
-                    # Taken from the dead block's write: what it had replaced.
-                    other.before[key] = savepoint.before.get(key, raw)
-            if when is not _UNCHANGED and savepoint.alarm_mine is not _UNCHANGED:
-                if other.alarm_others == savepoint.alarm_mine:
-                    other.alarm_others = savepoint.alarm_shadow.get(id(other), _UNCHANGED)
-                if other.alarm_before == savepoint.alarm_mine:
-                    other.alarm_before = savepoint.alarm_before
+            for key in keys:
+                value = log.replay(key, other.start)
+                if key == ALARM:
+                    assert value is None or isinstance(value, int)
+                    other.alarm = AlarmChange(value)
+                else:
+                    assert value is None or isinstance(value, bytes)
+                    other.pending[key] = value
+                    other.cache[key] = value
 
     # -- alarms --------------------------------------------------------------
 
@@ -672,7 +635,7 @@ class Storage:
         if self._detached is not None:
             raise StorageError(self._detached)
         if self._savepoints:
-            self._note_alarm_write(when_ms)
+            self._note_write(ALARM, when_ms)
         self._alarm = AlarmChange(when_ms)
 
     def delete_alarm(self) -> None:
@@ -680,7 +643,7 @@ class Storage:
         if self._detached is not None:
             raise StorageError(self._detached)
         if self._savepoints:
-            self._note_alarm_write(None)
+            self._note_write(ALARM, None)
         self._alarm = AlarmChange(None)
 
     def settle_alarm_before_commit(self, callback: Callable[[], None]) -> None:
@@ -788,11 +751,11 @@ class Storage:
         if self._alarm_settlers and not self._savepoints:
             self._settle_alarm()
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
-        if self._savepoints:
+        if self._log is not None:
             # Open blocks' writes go too (see commit_outside_transactions): their
             # rollbacks must now write back what they take back.
-            for savepoint in self._savepoints:
-                savepoint.overtaken = True
+            self._log.committed = len(self._log)
+            self._wipe_before_log = False
         if alarm is None and not delete_all and not self._committed_callbacks:
             if not pending:
                 return self.last_seq
@@ -837,10 +800,13 @@ class Storage:
         if not own:
             return self.commit()
         outer = own[0]
-        for savepoint in self._savepoints:
-            if savepoint is outer:
-                break
-            savepoint.overtaken = True  # opened earlier: its writes so far go
+        if outer.dirty:
+            return self.commit()  # its snapshot cannot tell what to hold back
+        assert self._log is not None
+        # What was written before it opened goes (blocks opened earlier included).
+        self._log.committed = max(self._log.committed, outer.start)
+        if outer.delete_all:
+            self._wipe_before_log = False
         if not outer.pending and not outer.delete_all and outer.alarm is None:
             return self.last_seq
         seq = self._commit_batch(outer.pending, outer.alarm, outer.delete_all)
