@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -163,6 +164,12 @@ if os.environ.get("STEAD_TEST_BROKEN") == "import":
 def stead_startup(runtime):
     if os.environ.get("STEAD_TEST_BROKEN") == "startup":
         raise RuntimeError("the startup hook failed")
+
+
+@stead.hookimpl
+def stead_shutdown(runtime):
+    if os.environ.get("STEAD_TEST_BROKEN") == "shutdown":
+        raise RuntimeError("the shutdown hook failed")
 """
 
 
@@ -191,6 +198,25 @@ def test_serve_reports_a_broken_plugin_as_an_error_not_a_traceback(
     assert isinstance(result.exception, SystemExit)  # no traceback
     # Nothing was left holding the data dir.
     Engine(broken_plugin, "none").close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_reports_a_raising_shutdown_hook_as_an_error_not_a_traceback(
+    broken_plugin: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    path = os.pathsep.join([str(tmp_path / "site"), child_env()["PYTHONPATH"]])
+    env = {"STEAD_TEST_BROKEN": "shutdown", "PYTHONPATH": path}
+    args = ["serve", "--durability", "none", "--data-dir", broken_plugin]
+    with Server(args, env=env, exit_status=1) as server:
+        assert server.stop(sig) == 1
+    assert "Error: closing the runtime failed: RuntimeError: the shutdown hook failed" in (
+        server.output
+    )
+    # The runtime logs the hook's traceback (once); the CLI adds none of its own.
+    assert server.output.count("Traceback (most recent call last)") == 1
+    assert 'cli.py", line' not in server.output
+    Engine(broken_plugin, "none").close()  # the data dir was released
 
 
 @pytest.mark.anyio

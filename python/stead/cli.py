@@ -352,6 +352,9 @@ async def _close(runtime: Runtime) -> None:
     except StorageError as exc:  # the engine failed while serving (a full disk, say)
         message = f"{exc} (nothing written after the failure was saved)"
         raise click.ClickException(message) from None
+    except Exception as exc:  # a plugin's stead_shutdown hook raised (close() released all)
+        logger.debug("closing the runtime failed", exc_info=exc)
+        raise click.ClickException(f"closing the runtime failed: {_describe(exc)}") from None
 
 
 def _run(coroutine: Coroutine[Any, Any, T], loop_factory: Callable[[], Any] | None = None) -> T:
