@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,22 @@ def test_serve_reports_a_port_in_use_as_an_error(runner: CliRunner) -> None:
     assert result.exit_code == 1, result.output
     assert "Error: the HTTP server did not start" in result.stderr
     assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("missing", ["uvicorn", "starlette"])
+def test_serve_without_the_server_extra_names_the_extra_to_install(missing: str) -> None:
+    # A child whose import of the package fails, as after a plain `pip install stead`.
+    code = f"import sys; sys.modules[{missing!r}] = None; from stead.cli import main; main()"
+    child = subprocess.run(
+        [sys.executable, "-c", code, "serve", "tests._apps.targets:fresh", "--port", "0"],
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert child.returncode == 1, child.stderr
+    assert "Traceback" not in child.stderr
+    assert (
+        f"Error: stead serve needs the server extra ({missing} is not installed): "
+        "pip install 'stead[server]'"
+    ) in child.stderr
 
 
 @pytest.mark.parametrize("var", ["NOEQUALS", "=value", "not-a-name=1", "_bind=x"])

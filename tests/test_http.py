@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -995,3 +996,13 @@ async def test_every_object_route_is_503_not_started_once_the_runtime_closed(
         ):
             response = await client.request(method, path)
             assert error_of(response) == (503, "NotStarted"), (method, path, response.text)
+
+
+def test_importing_stead_http_without_the_server_extra_names_the_extra() -> None:
+    # A child, so the blocked import is a fresh one (what `pip install stead` gives).
+    code = "import sys; sys.modules['starlette'] = None; import stead.http"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 1
+    last = child.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: stead.http needs the server extra"), last
+    assert "pip install 'stead[server]'" in last

@@ -162,18 +162,15 @@ def serve(
 
     TARGET is module:attribute naming a stead.Runtime (or a function returning
     one), e.g. myapp.objects:runtime. Without it, stead serves every binding
-    that installed plugins register, with data in --data-dir.
+    that installed plugins register, with data in --data-dir. Needs the server
+    extra: pip install 'stead[server]'.
 
     \b
     Example (with the pattern catalog installed: pip install ./plugins/stead-patterns):
       stead serve --port 8787
       curl -X POST localhost:8787/objects/RPC_COUNTER/a/rpc/increment
     """
-    import uvicorn
-
-    from stead.http import create_app
-    from stead.http.server import http_protocol, uvicorn_server
-
+    uvicorn, create_app, http_protocol, uvicorn_server = _server_imports()
     variables = {**cfg.Config.from_env().vars, **var_items}
     with _logging_to_stderr(log_level):
         runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
@@ -197,6 +194,29 @@ def serve(
     )
     with _logging_to_stderr(log_level):
         _run(_serve(runtime, server), _loop_factory(server.config))
+
+
+# The packages of the ``server`` extra that serve imports (as in stead.http).
+_SERVER_EXTRA = frozenset({"starlette", "uvicorn", "prometheus_client", "httpx"})
+
+
+def _server_imports() -> tuple[Any, Callable[..., Any], Callable[[], Any], Callable[..., Any]]:
+    """uvicorn and stead.http's parts, or ``Error: ...`` naming the extra to install."""
+    try:
+        import uvicorn
+
+        from stead.http import create_app
+        from stead.http.server import http_protocol, uvicorn_server
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _SERVER_EXTRA:
+            raise  # not a missing extra: a bug, shown as it is
+        message = (
+            f"stead serve needs the server extra ({missing} is not installed): "
+            "pip install 'stead[server]'"
+        )
+        raise click.ClickException(message) from None
+    return uvicorn, create_app, http_protocol, uvicorn_server
 
 
 @contextlib.contextmanager
