@@ -1,4 +1,7 @@
-"""The ``stead`` command line: serve, plugins, inspect, bench (see docs/cli.md).
+"""The ``stead`` command line: serve, plugins, inspect, bench.
+
+Its guide is docs/cli.md in stead's source repository (the docs are not part of
+the installed package).
 
 Options read ``STEAD_*`` environment variables through ``envvar=``; plugins
 can add commands through the ``stead_cli`` hook.
@@ -166,7 +169,8 @@ def serve(
     extra: pip install 'stead[server]'.
 
     \b
-    Example (with the pattern catalog installed: pip install ./plugins/stead-patterns):
+    Example (with the pattern catalog installed: pip install ./plugins/stead-patterns
+    in stead's source repository):
       stead serve --port 8787
       curl -X POST localhost:8787/objects/RPC_COUNTER/a/rpc/increment
     """
@@ -352,8 +356,8 @@ def _print_bindings(runtime: Runtime) -> None:
         click.echo(f"stead: serving bindings {', '.join(sorted(runtime.bindings))}", err=True)
     else:
         click.echo(
-            "stead: warning: no bindings to serve; install a plugin "
-            "(pip install ./plugins/stead-patterns) or pass a TARGET",
+            "stead: warning: no bindings to serve; install a plugin (the pattern catalog: "
+            "pip install ./plugins/stead-patterns in stead's source repository) or pass a TARGET",
             err=True,
         )
 
