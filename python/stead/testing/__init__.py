@@ -18,6 +18,7 @@ imported inside the fixtures.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,12 @@ _ASYNCIO_MARKER_MESSAGE = (
     "on another one, where the runtime's objects cannot be called"
 )
 
+_ASYNCIO_AUTO_MODE_MESSAGE = (
+    "stead's fixtures need tests run by anyio (@pytest.mark.anyio), but pytest-asyncio's "
+    "asyncio_mode = auto runs every async test on an event loop of its own: set "
+    "asyncio_mode = strict (pytest-asyncio's default) and mark stead's tests @pytest.mark.anyio"
+)
+
 
 @pytest.fixture
 async def stead_runtime(
@@ -90,8 +97,21 @@ async def stead_client(stead_app: Starlette) -> AsyncIterator[httpx.AsyncClient]
 
 
 def _refuse_pytest_asyncio(request: pytest.FixtureRequest) -> None:
-    """Fail a test that pytest-asyncio runs (marked, or made ``asyncio`` by its auto
-    mode) with the fix, instead of a confusing "another event loop" error later."""
+    """Fail a test that pytest-asyncio runs with the fix, instead of a confusing
+    "another event loop" error later."""
     node = request.node
+    if _asyncio_auto_mode(request.config) and inspect.iscoroutinefunction(
+        getattr(node, "obj", None)
+    ):
+        pytest.fail(_ASYNCIO_AUTO_MODE_MESSAGE, pytrace=False)
     if node.get_closest_marker("asyncio") is not None and node.get_closest_marker("anyio") is None:
         pytest.fail(_ASYNCIO_MARKER_MESSAGE, pytrace=False)
+
+
+def _asyncio_auto_mode(config: pytest.Config) -> bool:
+    """Whether pytest-asyncio (if installed) runs every async test itself."""
+    try:
+        mode: object = config.getoption("asyncio_mode", None) or config.getini("asyncio_mode")
+    except ValueError:  # no pytest-asyncio: its setting is unknown
+        return False
+    return mode == "auto"
