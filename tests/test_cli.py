@@ -332,6 +332,43 @@ def test_inspect_shows_objects_keys_and_values(runner: CliRunner, stored: str) -
     assert unknown.output.count("<prefix ") == 2  # binding names unknown without --binding
 
 
+class Assistant(stead.Agent):
+    initial_state = {"n": 0}
+
+    def go(self) -> None:
+        self.ctx.storage.put("plain", 1)
+        self.set_state({"n": 41, "todo": ["write report"]})
+        self.schedule(3600, "remind", {"what": "x"})
+        self.schedule("0 9 * * *", "remind", "daily")
+
+    def remind(self, payload: object) -> None:
+        pass
+
+
+def test_inspect_shows_an_agents_state_and_schedules(runner: CliRunner, data_dir: str) -> None:
+    async def fill() -> None:
+        async with stead.Runtime({"AG": Assistant}, data_dir=data_dir) as runtime:
+            await runtime.env.AG.get_by_name("one").go()
+
+    asyncio.run(fill())
+    result = runner.invoke(cli, ["inspect", data_dir, "-b", "AG", "--json"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.output)
+    assert view["values"] == {"plain": 1}  # the state is not a user key
+    assert view["state"] == {"n": 41, "todo": ["write report"]}
+    schedules = {s["payload"] if s["kind"] == "cron" else "once": s for s in view["schedules"]}
+    assert schedules["once"]["callback"] == "remind" and schedules["once"]["kind"] == "delayed"
+    assert schedules["once"]["payload"] == {"what": "x"}
+    assert schedules["daily"]["cron"] == "0 9 * * *"
+    assert schedules["daily"]["time"].endswith("+00:00")  # an ISO date, as the alarm
+    assert view["schedules_truncated"] is False
+
+    text = runner.invoke(cli, ["inspect", data_dir, "-b", "AG"]).output
+    assert "    agent state: {'n': 41, 'todo': ['write report']}" in text
+    assert "agent schedule: remind({'what': 'x'}) at 20" in text
+    assert "agent schedule: remind('daily') cron '0 9 * * *', next 20" in text
+
+
 class Odd(stead.DurableObject):
     def put(self, key: str, kind: str) -> None:
         values = {

@@ -561,7 +561,33 @@ def _object_view(engine: Any, key: bytes, names: dict[bytes, str], max_keys: int
         "alarm": None if alarm is None else _iso(alarm / 1000),
         "values": {k.decode("utf-8", "replace"): _decode(v) for k, v in entries[:max_keys]},
         "truncated": len(entries) > max_keys,
+        **_agent_view(engine, key, max_keys),
     }
+
+
+def _agent_view(engine: Any, key: bytes, max_keys: int) -> dict[str, Any]:
+    """An Agent's state and schedules (stored under internal keys, which the
+    values leave out); nothing for other objects."""
+    from stead.agent import _SCHEDULE_PREFIX, _STATE_KEY
+    from stead.storage import INTERNAL_PREFIX
+
+    view: dict[str, Any] = {}
+    state = engine.get(key, INTERNAL_PREFIX + _STATE_KEY)
+    if state is not None:
+        view["state"] = _decode(state)
+    prefix = INTERNAL_PREFIX + _SCHEDULE_PREFIX
+    stored = engine.list(key, prefix=prefix, limit=max_keys + 1)
+    if stored:
+        view["schedules"] = [_schedule_view(_decode(raw)) for _, raw in stored[:max_keys]]
+        view["schedules_truncated"] = len(stored) > max_keys
+    return view
+
+
+def _schedule_view(schedule: Any) -> Any:
+    """A stored Schedule (a dict once decoded), its time as an ISO date."""
+    if isinstance(schedule, dict) and isinstance(schedule.get("time"), (int, float)):
+        return {**schedule, "time": _iso(schedule["time"])}
+    return schedule
 
 
 def _decode(raw: bytes) -> Any:
@@ -602,11 +628,32 @@ def _render_object(view: dict[str, Any]) -> str:
     alarm = f"  alarm={view['alarm']}" if view["alarm"] else ""
     lines = [f"{view['binding']}  name={view['name']!r}  id={view['id']}{alarm}"]
     for key, value in view["values"].items():
-        text = repr(value)
-        lines.append(f"    {key!r}: {text if len(text) <= 200 else text[:197] + '...'}")
+        lines.append(f"    {key!r}: {_shortened(repr(value))}")
     if view["truncated"]:
         lines.append("    ... (more keys; raise --max-keys)")
+    if "state" in view:
+        lines.append(f"    agent state: {_shortened(repr(view['state']))}")
+    for schedule in view.get("schedules", []):
+        lines.append(f"    agent schedule: {_shortened(_schedule_line(schedule))}")
+    if view.get("schedules_truncated"):
+        lines.append("    ... (more schedules; raise --max-keys)")
     return "\n".join(lines)
+
+
+def _schedule_line(schedule: Any) -> str:
+    if not isinstance(schedule, dict):
+        return repr(schedule)
+    when = f"cron {schedule.get('cron')!r}, next" if schedule.get("cron") else "at"
+    retries = schedule.get("retry_count") or 0
+    retrying = f" (retry {retries})" if retries else ""
+    return (
+        f"{schedule.get('callback')}({schedule.get('payload')!r}) {when} "
+        f"{schedule.get('time')}{retrying}  id={schedule.get('id')}"
+    )
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _iso(epoch_seconds: float) -> str:
