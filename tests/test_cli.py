@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,15 +95,120 @@ def test_the_console_script_reports_a_malformed_environment_variable(
         ("no_colon", "module:attribute"),
         ("tests._apps.nothing_here:runtime", "cannot load"),
         ("tests._apps.counter:missing", "cannot load"),
-        ("tests._apps.counter:Counter", "not a stead.Runtime"),
+        (
+            "tests._apps.counter:Counter",
+            "tests._apps.counter:Counter is a DurableObject class, not a stead.Runtime; serve a "
+            "runtime that binds it, e.g. runtime = stead.Runtime({'COUNTER': Counter}, ",
+        ),
+        ("tests._apps.counter:Point", "tests._apps.counter:Point is a class, not a stead.Runtime"),
+        ("tests._apps.counter:INVALID_RESPONSES", "is a dict, not a stead.Runtime"),
         ("tests._apps.targets:made_async", "is an async function"),
-        ("tests._apps.targets:hides_async", "is a coroutine, not a stead.Runtime"),
+        (
+            "tests._apps.targets:hides_async",
+            "tests._apps.targets:hides_async() returned a coroutine, not a stead.Runtime",
+        ),
     ],
 )
 def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str) -> None:
     result = runner.invoke(cli, ["serve", target])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_serve_says_what_a_target_factory_returned(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "stead_cli_factory_app.py").write_text("def make():\n    return 42\n")
+    monkeypatch.chdir(tmp_path)  # TARGET modules are imported from the current dir
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = runner.invoke(cli, ["serve", "stead_cli_factory_app:make"])
+    assert result.exit_code == 2
+    assert "stead_cli_factory_app:make() returned an int, not a stead.Runtime" in result.output
+
+
+OWN_DATA_APP = """
+import os
+
+import stead
+
+
+class Plain(stead.DurableObject):
+    def ping(self) -> str:
+        return "pong"
+
+
+def make():
+    # Its own data dir and durability, as an app configures them.
+    return stead.Runtime(
+        {"PLAIN": Plain},
+        data_dir=os.environ["STEAD_TEST_DATA_DIR"],
+        durability=os.environ["STEAD_TEST_DURABILITY"],
+    )
+"""
+
+
+@pytest.fixture
+def busy_port() -> Iterator[str]:
+    """A port something listens on: a serve that gets past its checks stops there."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield str(busy.getsockname()[1])
+
+
+@pytest.fixture
+def own_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A TARGET whose runtime has its own data dir and durability (``STEAD_TEST_*``)."""
+    (tmp_path / "stead_cli_own_data_app.py").write_text(OWN_DATA_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "stead_cli_own_data_app:make"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--data-dir", "elsewhere"], {}, "--data-dir/STEAD_DATA_DIR 'elsewhere' does not apply"),
+        ([], {"STEAD_DATA_DIR": "elsewhere"}, "--data-dir/STEAD_DATA_DIR 'elsewhere' does not"),
+        (["--durability", "none"], {}, "--durability/STEAD_DURABILITY 'none' does not apply"),
+        ([], {"STEAD_DURABILITY": "fsync"}, "its runtime uses 'os'"),
+    ],
+)
+def test_serve_refuses_data_options_a_target_runtime_would_ignore(
+    runner: CliRunner,
+    own_data: str,
+    busy_port: str,
+    data_dir: str,
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    target_env = {"STEAD_TEST_DATA_DIR": data_dir, "STEAD_TEST_DURABILITY": "os", **env}
+    args = [*args, "--port", busy_port]
+    result = runner.invoke(cli, ["serve", own_data, *args], env=target_env)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "with a TARGET" in result.output
+
+
+def test_serve_accepts_data_options_that_match_the_target_runtime(
+    runner: CliRunner, own_data: str, busy_port: str, data_dir: str
+) -> None:
+    env = {"STEAD_TEST_DATA_DIR": data_dir, "STEAD_TEST_DURABILITY": "os"}
+    env["STEAD_DATA_DIR"] = data_dir  # an app configured by the same variable
+    args = ["--data-dir", data_dir, "--durability", "os", "--port", busy_port]
+    result = runner.invoke(cli, ["serve", own_data, *args], env=env)
+    assert result.exit_code == 1, result.output
+    assert "Error: the HTTP server did not start" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["stead", "stead.cli"])
+def test_python_dash_m_runs_the_stead_command(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "inspect", "--help"],
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: stead inspect [OPTIONS] DATA_DIR")
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,8 @@ def _check_environment() -> None:
     envvar=cfg.ENV_DATA_DIR,
     show_envvar=True,
     type=click.Path(file_okay=False),
-    help="Where objects are stored (ignored with TARGET: the runtime has its own).",
+    help="Where objects are stored (with TARGET, the runtime's own data_dir applies: "
+    "a different one is refused).",
 )
 @click.option(
     "--durability",
@@ -103,7 +104,8 @@ def _check_environment() -> None:
     envvar=cfg.ENV_DURABILITY,
     show_envvar=True,
     type=_DURABILITY,
-    help="fsync: survives power loss; os: survives a crash; none: tests only.",
+    help="fsync: survives power loss; os: survives a crash; none: tests only (with "
+    "TARGET, the runtime's own applies: a different one is refused).",
 )
 @click.option(
     "--token",
@@ -178,6 +180,8 @@ def serve(
     variables = {**cfg.Config.from_env().vars, **var_items}
     with _logging_to_stderr(log_level):
         runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
+    if target:
+        _refuse_overridden_options(runtime, data_dir, durability)
     _add_vars(runtime, variables)
     if not runtime.bindings and not runtime.use_plugins:
         raise click.UsageError(f"{target} has no bindings to serve")
@@ -294,16 +298,61 @@ def _load_target(target: str) -> Runtime:
         raise click.BadParameter(message, param_hint="TARGET")
     if pyinspect.isfunction(value) or pyinspect.ismethod(value):  # a factory
         try:
-            value = value()
+            made = value()
         except Exception as exc:
             logger.debug("%s() failed", target, exc_info=exc)
             raise click.ClickException(f"{target}() failed: {_describe(exc)}") from None
+        if not isinstance(made, Runtime):
+            if pyinspect.iscoroutine(made):
+                made.close()  # a factory hiding its async def: no "never awaited" warning
+            message = f"{target}() returned {_a(type(made).__name__)}, not a stead.Runtime"
+            raise click.BadParameter(message, param_hint="TARGET")
+        return made
     if not isinstance(value, Runtime):
-        if pyinspect.iscoroutine(value):
-            value.close()  # a factory hiding its async def: no "never awaited" warning
-        kind = type(value).__name__
-        raise click.BadParameter(f"{target} is a {kind}, not a stead.Runtime", param_hint="TARGET")
+        raise click.BadParameter(_not_a_runtime(target, value), param_hint="TARGET")
     return value
+
+
+def _not_a_runtime(target: str, value: Any) -> str:
+    from stead.objects import DurableObject
+
+    if isinstance(value, type) and issubclass(value, DurableObject):
+        # A classic first try: serve the class itself.
+        binding = value.__name__.upper()
+        return (
+            f"{target} is a DurableObject class, not a stead.Runtime; serve a runtime "
+            f"that binds it, e.g. runtime = stead.Runtime({{{binding!r}: {value.__name__}}}, "
+            f"data_dir='./stead-data') in {target.partition(':')[0]}, then "
+            f"stead serve {target.partition(':')[0]}:runtime"
+        )
+    kind = "class" if isinstance(value, type) else type(value).__name__
+    return f"{target} is {_a(kind)}, not a stead.Runtime"
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article ("an int", "a str")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _refuse_overridden_options(runtime: Runtime, data_dir: str, durability: str) -> None:
+    """A --data-dir or --durability (or its STEAD_* variable) that a TARGET's runtime
+    does not use is a usage error: silently ignored, the data would go elsewhere."""
+    ctx = click.get_current_context()
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    own_dir = runtime.data_dir
+    if ctx.get_parameter_source("data_dir") in given and (
+        own_dir is None or os.path.realpath(own_dir) != os.path.realpath(data_dir)
+    ):
+        where = "keeps its objects in memory" if own_dir is None else f"uses {own_dir!r}"
+        raise click.UsageError(
+            f"--data-dir/{cfg.ENV_DATA_DIR} {data_dir!r} does not apply with a TARGET: its "
+            f"runtime {where} (set data_dir= in stead.Runtime(...), or serve without TARGET)"
+        )
+    if ctx.get_parameter_source("durability") in given and runtime.durability != durability:
+        raise click.UsageError(
+            f"--durability/{cfg.ENV_DURABILITY} {durability!r} does not apply with a TARGET: "
+            f"its runtime uses {runtime.durability!r} (set durability= in stead.Runtime(...))"
+        )
 
 
 def _create_app(create_app: Callable[..., Any], runtime: Runtime, **options: Any) -> Any:
@@ -832,3 +881,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except PluginError as exc:
         click.echo(f"warning: plugins not loaded: {exc}", err=True)
     cli.main(args=list(argv) if argv is not None else None, prog_name="stead")
+
+
+if __name__ == "__main__":  # python -m stead.cli
+    main()
