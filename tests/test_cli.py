@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,15 +95,120 @@ def test_the_console_script_reports_a_malformed_environment_variable(
         ("no_colon", "module:attribute"),
         ("tests._apps.nothing_here:runtime", "cannot load"),
         ("tests._apps.counter:missing", "cannot load"),
-        ("tests._apps.counter:Counter", "not a stead.Runtime"),
+        (
+            "tests._apps.counter:Counter",
+            "tests._apps.counter:Counter is a DurableObject class, not a stead.Runtime; serve a "
+            "runtime that binds it, e.g. runtime = stead.Runtime({'COUNTER': Counter}, ",
+        ),
+        ("tests._apps.counter:Point", "tests._apps.counter:Point is a class, not a stead.Runtime"),
+        ("tests._apps.counter:INVALID_RESPONSES", "is a dict, not a stead.Runtime"),
         ("tests._apps.targets:made_async", "is an async function"),
-        ("tests._apps.targets:hides_async", "is a coroutine, not a stead.Runtime"),
+        (
+            "tests._apps.targets:hides_async",
+            "tests._apps.targets:hides_async() returned a coroutine, not a stead.Runtime",
+        ),
     ],
 )
 def test_serve_rejects_bad_targets(runner: CliRunner, target: str, message: str) -> None:
     result = runner.invoke(cli, ["serve", target])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_serve_says_what_a_target_factory_returned(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "stead_cli_factory_app.py").write_text("def make():\n    return 42\n")
+    monkeypatch.chdir(tmp_path)  # TARGET modules are imported from the current dir
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = runner.invoke(cli, ["serve", "stead_cli_factory_app:make"])
+    assert result.exit_code == 2
+    assert "stead_cli_factory_app:make() returned an int, not a stead.Runtime" in result.output
+
+
+OWN_DATA_APP = """
+import os
+
+import stead
+
+
+class Plain(stead.DurableObject):
+    def ping(self) -> str:
+        return "pong"
+
+
+def make():
+    # Its own data dir and durability, as an app configures them.
+    return stead.Runtime(
+        {"PLAIN": Plain},
+        data_dir=os.environ["STEAD_TEST_DATA_DIR"],
+        durability=os.environ["STEAD_TEST_DURABILITY"],
+    )
+"""
+
+
+@pytest.fixture
+def busy_port() -> Iterator[str]:
+    """A port something listens on: a serve that gets past its checks stops there."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield str(busy.getsockname()[1])
+
+
+@pytest.fixture
+def own_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A TARGET whose runtime has its own data dir and durability (``STEAD_TEST_*``)."""
+    (tmp_path / "stead_cli_own_data_app.py").write_text(OWN_DATA_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "stead_cli_own_data_app:make"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--data-dir", "elsewhere"], {}, "--data-dir/STEAD_DATA_DIR 'elsewhere' does not apply"),
+        ([], {"STEAD_DATA_DIR": "elsewhere"}, "--data-dir/STEAD_DATA_DIR 'elsewhere' does not"),
+        (["--durability", "none"], {}, "--durability/STEAD_DURABILITY 'none' does not apply"),
+        ([], {"STEAD_DURABILITY": "fsync"}, "its runtime uses 'os'"),
+    ],
+)
+def test_serve_refuses_data_options_a_target_runtime_would_ignore(
+    runner: CliRunner,
+    own_data: str,
+    busy_port: str,
+    data_dir: str,
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    target_env = {"STEAD_TEST_DATA_DIR": data_dir, "STEAD_TEST_DURABILITY": "os", **env}
+    args = [*args, "--port", busy_port]
+    result = runner.invoke(cli, ["serve", own_data, *args], env=target_env)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "with a TARGET" in result.output
+
+
+def test_serve_accepts_data_options_that_match_the_target_runtime(
+    runner: CliRunner, own_data: str, busy_port: str, data_dir: str
+) -> None:
+    env = {"STEAD_TEST_DATA_DIR": data_dir, "STEAD_TEST_DURABILITY": "os"}
+    env["STEAD_DATA_DIR"] = data_dir  # an app configured by the same variable
+    args = ["--data-dir", data_dir, "--durability", "os", "--port", busy_port]
+    result = runner.invoke(cli, ["serve", own_data, *args], env=env)
+    assert result.exit_code == 1, result.output
+    assert "Error: the HTTP server did not start" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["stead", "stead.cli"])
+def test_python_dash_m_runs_the_stead_command(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "inspect", "--help"],
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: stead inspect [OPTIONS] DATA_DIR")
 
 
 @pytest.mark.parametrize(
@@ -136,6 +244,22 @@ def test_serve_reports_a_port_in_use_as_an_error(runner: CliRunner) -> None:
     assert isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.parametrize("missing", ["uvicorn", "starlette"])
+def test_serve_without_the_server_extra_names_the_extra_to_install(missing: str) -> None:
+    # A child whose import of the package fails, as after a plain `pip install stead`.
+    code = f"import sys; sys.modules[{missing!r}] = None; from stead.cli import main; main()"
+    child = subprocess.run(
+        [sys.executable, "-c", code, "serve", "tests._apps.targets:fresh", "--port", "0"],
+        capture_output=True, text=True, env=child_env(), timeout=60,
+    )  # fmt: skip
+    assert child.returncode == 1, child.stderr
+    assert "Traceback" not in child.stderr
+    assert (
+        f"Error: stead serve needs the server extra ({missing} is not installed): "
+        "pip install 'stead[server]'"
+    ) in child.stderr
+
+
 @pytest.mark.parametrize("var", ["NOEQUALS", "=value", "not-a-name=1", "_bind=x"])
 def test_serve_rejects_a_malformed_var(runner: CliRunner, var: str) -> None:
     result = runner.invoke(cli, ["serve", "tests._apps.counter:runtime", "--var", var])
@@ -163,6 +287,12 @@ if os.environ.get("STEAD_TEST_BROKEN") == "import":
 def stead_startup(runtime):
     if os.environ.get("STEAD_TEST_BROKEN") == "startup":
         raise RuntimeError("the startup hook failed")
+
+
+@stead.hookimpl
+def stead_shutdown(runtime):
+    if os.environ.get("STEAD_TEST_BROKEN") == "shutdown":
+        raise RuntimeError("the shutdown hook failed")
 """
 
 
@@ -191,6 +321,25 @@ def test_serve_reports_a_broken_plugin_as_an_error_not_a_traceback(
     assert isinstance(result.exception, SystemExit)  # no traceback
     # Nothing was left holding the data dir.
     Engine(broken_plugin, "none").close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_reports_a_raising_shutdown_hook_as_an_error_not_a_traceback(
+    broken_plugin: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    path = os.pathsep.join([str(tmp_path / "site"), child_env()["PYTHONPATH"]])
+    env = {"STEAD_TEST_BROKEN": "shutdown", "PYTHONPATH": path}
+    args = ["serve", "--durability", "none", "--data-dir", broken_plugin]
+    with Server(args, env=env, exit_status=1) as server:
+        assert server.stop(sig) == 1
+    assert "Error: closing the runtime failed: RuntimeError: the shutdown hook failed" in (
+        server.output
+    )
+    # The runtime logs the hook's traceback (once); the CLI adds none of its own.
+    assert server.output.count("Traceback (most recent call last)") == 1
+    assert 'cli.py", line' not in server.output
+    Engine(broken_plugin, "none").close()  # the data dir was released
 
 
 @pytest.mark.anyio
@@ -287,6 +436,43 @@ def test_inspect_shows_objects_keys_and_values(runner: CliRunner, stored: str) -
 
     unknown = runner.invoke(cli, ["inspect", stored], env={"STEAD_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert unknown.output.count("<prefix ") == 2  # binding names unknown without --binding
+
+
+class Assistant(stead.Agent):
+    initial_state = {"n": 0}
+
+    def go(self) -> None:
+        self.ctx.storage.put("plain", 1)
+        self.set_state({"n": 41, "todo": ["write report"]})
+        self.schedule(3600, "remind", {"what": "x"})
+        self.schedule("0 9 * * *", "remind", "daily")
+
+    def remind(self, payload: object) -> None:
+        pass
+
+
+def test_inspect_shows_an_agents_state_and_schedules(runner: CliRunner, data_dir: str) -> None:
+    async def fill() -> None:
+        async with stead.Runtime({"AG": Assistant}, data_dir=data_dir) as runtime:
+            await runtime.env.AG.get_by_name("one").go()
+
+    asyncio.run(fill())
+    result = runner.invoke(cli, ["inspect", data_dir, "-b", "AG", "--json"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.output)
+    assert view["values"] == {"plain": 1}  # the state is not a user key
+    assert view["state"] == {"n": 41, "todo": ["write report"]}
+    schedules = {s["payload"] if s["kind"] == "cron" else "once": s for s in view["schedules"]}
+    assert schedules["once"]["callback"] == "remind" and schedules["once"]["kind"] == "delayed"
+    assert schedules["once"]["payload"] == {"what": "x"}
+    assert schedules["daily"]["cron"] == "0 9 * * *"
+    assert schedules["daily"]["time"].endswith("+00:00")  # an ISO date, as the alarm
+    assert view["schedules_truncated"] is False
+
+    text = runner.invoke(cli, ["inspect", data_dir, "-b", "AG"]).output
+    assert "    agent state: {'n': 41, 'todo': ['write report']}" in text
+    assert "agent schedule: remind({'what': 'x'}) at 20" in text
+    assert "agent schedule: remind('daily') cron '0 9 * * *', next 20" in text
 
 
 class Odd(stead.DurableObject):

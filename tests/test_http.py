@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -995,3 +996,38 @@ async def test_every_object_route_is_503_not_started_once_the_runtime_closed(
         ):
             response = await client.request(method, path)
             assert error_of(response) == (503, "NotStarted"), (method, path, response.text)
+
+
+def test_importing_stead_http_without_the_server_extra_names_the_extra() -> None:
+    # A child, so the blocked import is a fresh one (what `pip install stead` gives).
+    code = "import sys; sys.modules['starlette'] = None; import stead.http"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 1
+    last = child.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: stead.http needs the server extra"), last
+    assert "pip install 'stead[server]'" in last
+
+
+class PathEcho(stead.DurableObject):
+    async def fetch(self, request: stead.Request) -> stead.Response:
+        return stead.Response(request.url)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/files/a%2Fb", "/files/a/b", "/files/a%20b", "/q/x%3Fy%26z%3Dw", "/a%2fb/%25", "/", ""],
+)
+@pytest.mark.parametrize("mount", ["", "/mounted%20here"])
+async def test_fetch_passes_the_path_as_sent_like_stub_fetch(
+    data_dir: str, path: str, mount: str
+) -> None:
+    async with stead.Runtime({"P": PathEcho}, data_dir=data_dir) as runtime:
+        app: Any = create_app(runtime, token="")
+        if mount:
+            app = Starlette(routes=[Mount("/mounted here", app=app)])
+        async with client_for(app) as client:
+            response = await client.get(f"{mount}/objects/P/n/fetch{path}?k=v%26w")
+        in_process = await runtime.env.P.get_by_name("n").fetch(f"{path or '/'}?k=v%26w")
+    assert response.status_code == 200, response.text
+    # An encoded '/' stays encoded: "a%2Fb" and "a/b" are two different paths.
+    assert response.text == in_process.text() == f"{path or '/'}?k=v%26w"

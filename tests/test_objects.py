@@ -209,3 +209,41 @@ async def test_a_keyword_named_like_a_positional_only_parameter_goes_to_kwargs()
         assert await stub.tag(1, a="x", rest="y") == {"a": "x", "rest": "y"}
         with pytest.raises(stead.errors.SerializationError):
             await stub.tag(1, other=2)  # **labels: str still checks the extra keywords
+
+
+def test_an_rpc_method_named_like_a_stub_attribute_is_refused_when_defined() -> None:
+    for body in ("def id(self) -> str: ...", "async def id(self) -> str: ..."):
+        with pytest.raises(TypeError, match=r"User\.id: an RPC method cannot be named 'id'"):
+            exec(f"class User(stead.DurableObject):\n    {body}", {"stead": stead})
+
+    class Fine(stead.DurableObject):  # not RPC methods: allowed
+        @property
+        def id(self) -> str:
+            return str(self.ctx.id)
+
+        def _id(self) -> str:
+            return "private"
+
+    assert "id" not in rpc_methods(Fine)
+
+
+def test_the_refused_names_are_the_stubs_own_public_attributes(data_dir: str) -> None:
+    from stead.objects import _STUB_ATTRIBUTES
+
+    async def stub_attributes() -> set[str]:
+        class Plain(stead.DurableObject):
+            pass
+
+        async with stead.Runtime({"P": Plain}, data_dir=data_dir) as runtime:
+            stub = runtime.env.P.get_by_name("p")
+        return {name for name in dir(stub) if not name.startswith("_")}
+
+    handlers = {"fetch"}  # DurableObject's own: the stub's fetch calls it
+    assert asyncio.run(stub_attributes()) - handlers == set(_STUB_ATTRIBUTES)
+
+
+def test_help_on_durable_object_explains_ctx_env_and_reentrant() -> None:
+    doc = inspect.getdoc(stead.DurableObject) or ""
+    for words in ("self.ctx", "ctx.storage", "self.env", "reentrant", "Stub", "stead.Runtime("):
+        assert words in doc, words
+    assert "Initialize self" not in (inspect.getdoc(stead.DurableObject.__init__) or "")

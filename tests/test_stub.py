@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -165,3 +166,37 @@ async def test_fetch(data_dir: str) -> None:
         assert (await shop.fetch(stead.Request("GET", "/other"))).status == 404
         response = await shop.fetch("/echo", method="PUT", json={"k": 1})
         assert response.json()["body"] == '{"k":1}'
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ({"body": b"data", "json": {"a": 1}}, "fetch() takes body= or json=, not both"),
+        ({"headers": {"X-Count": 5}}, "header value of 'X-Count' must be str, not int"),
+        ({"headers": {"X-Tag": b"v"}}, "header value of 'X-Tag' must be str, not bytes"),
+        ({"headers": {b"x-raw": "v"}}, "header name must be str, not bytes"),
+    ],
+)
+async def test_fetch_refuses_arguments_it_would_drop_or_pass_on_wrongly(
+    data_dir: str, call: dict[str, Any], message: str
+) -> None:
+    async with stead.Runtime({"S": Shop}, data_dir=data_dir) as rt:
+        shop = rt.env.S.get_by_name("s")
+        with pytest.raises(TypeError, match=re.escape(message)):
+            await shop.fetch("/echo", method="POST", **call)
+
+
+@pytest.mark.parametrize(
+    "keywords",
+    [{"method": "POST"}, {"headers": {}}, {"body": b"data"}, {"json": None, "body": ""}],
+)
+async def test_fetch_of_a_request_refuses_keywords_it_would_ignore(
+    data_dir: str, keywords: dict[str, Any]
+) -> None:
+    async with stead.Runtime({"S": Shop}, data_dir=data_dir) as rt:
+        shop = rt.env.S.get_by_name("s")
+        with pytest.raises(TypeError, match=r"fetch\(Request\(\.\.\.\)\) takes no method="):
+            await shop.fetch(stead.Request("GET", "/echo"), **keywords)
+        bad = stead.Request("GET", "/echo", {"x-count": 5})  # type: ignore[dict-item]
+        with pytest.raises(TypeError, match="header value of 'x-count' must be str, not int"):
+            await shop.fetch(bad)

@@ -1,4 +1,7 @@
-"""The ``stead`` command line: serve, plugins, inspect, bench (see docs/cli.md).
+"""The ``stead`` command line: serve, plugins, inspect, bench.
+
+Its guide is docs/cli.md in stead's source repository (the docs are not part of
+the installed package).
 
 Options read ``STEAD_*`` environment variables through ``envvar=``; plugins
 can add commands through the ``stead_cli`` hook.
@@ -91,7 +94,8 @@ def _check_environment() -> None:
     envvar=cfg.ENV_DATA_DIR,
     show_envvar=True,
     type=click.Path(file_okay=False),
-    help="Where objects are stored (ignored with TARGET: the runtime has its own).",
+    help="Where objects are stored (with TARGET, the runtime's own data_dir applies: "
+    "a different one is refused).",
 )
 @click.option(
     "--durability",
@@ -100,7 +104,8 @@ def _check_environment() -> None:
     envvar=cfg.ENV_DURABILITY,
     show_envvar=True,
     type=_DURABILITY,
-    help="fsync: survives power loss; os: survives a crash; none: tests only.",
+    help="fsync: survives power loss; os: survives a crash; none: tests only (with "
+    "TARGET, the runtime's own applies: a different one is refused).",
 )
 @click.option(
     "--token",
@@ -162,21 +167,21 @@ def serve(
 
     TARGET is module:attribute naming a stead.Runtime (or a function returning
     one), e.g. myapp.objects:runtime. Without it, stead serves every binding
-    that installed plugins register, with data in --data-dir.
+    that installed plugins register, with data in --data-dir. Needs the server
+    extra: pip install 'stead[server]'.
 
     \b
-    Example (with the pattern catalog installed: pip install ./plugins/stead-patterns):
+    Example (with the pattern catalog installed: pip install ./plugins/stead-patterns
+    in stead's source repository):
       stead serve --port 8787
       curl -X POST localhost:8787/objects/RPC_COUNTER/a/rpc/increment
     """
-    import uvicorn
-
-    from stead.http import create_app
-    from stead.http.server import http_protocol, uvicorn_server
-
+    uvicorn, create_app, http_protocol, uvicorn_server = _server_imports()
     variables = {**cfg.Config.from_env().vars, **var_items}
     with _logging_to_stderr(log_level):
         runtime = _load_target(target) if target else _plugin_runtime(data_dir, durability)
+    if target:
+        _refuse_overridden_options(runtime, data_dir, durability)
     _add_vars(runtime, variables)
     if not runtime.bindings and not runtime.use_plugins:
         raise click.UsageError(f"{target} has no bindings to serve")
@@ -197,6 +202,29 @@ def serve(
     )
     with _logging_to_stderr(log_level):
         _run(_serve(runtime, server), _loop_factory(server.config))
+
+
+# The packages of the ``server`` extra that serve imports (as in stead.http).
+_SERVER_EXTRA = frozenset({"starlette", "uvicorn", "prometheus_client", "httpx"})
+
+
+def _server_imports() -> tuple[Any, Callable[..., Any], Callable[[], Any], Callable[..., Any]]:
+    """uvicorn and stead.http's parts, or ``Error: ...`` naming the extra to install."""
+    try:
+        import uvicorn
+
+        from stead.http import create_app
+        from stead.http.server import http_protocol, uvicorn_server
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in _SERVER_EXTRA:
+            raise  # not a missing extra: a bug, shown as it is
+        message = (
+            f"stead serve needs the server extra ({missing} is not installed): "
+            "pip install 'stead[server]'"
+        )
+        raise click.ClickException(message) from None
+    return uvicorn, create_app, http_protocol, uvicorn_server
 
 
 @contextlib.contextmanager
@@ -270,16 +298,61 @@ def _load_target(target: str) -> Runtime:
         raise click.BadParameter(message, param_hint="TARGET")
     if pyinspect.isfunction(value) or pyinspect.ismethod(value):  # a factory
         try:
-            value = value()
+            made = value()
         except Exception as exc:
             logger.debug("%s() failed", target, exc_info=exc)
             raise click.ClickException(f"{target}() failed: {_describe(exc)}") from None
+        if not isinstance(made, Runtime):
+            if pyinspect.iscoroutine(made):
+                made.close()  # a factory hiding its async def: no "never awaited" warning
+            message = f"{target}() returned {_a(type(made).__name__)}, not a stead.Runtime"
+            raise click.BadParameter(message, param_hint="TARGET")
+        return made
     if not isinstance(value, Runtime):
-        if pyinspect.iscoroutine(value):
-            value.close()  # a factory hiding its async def: no "never awaited" warning
-        kind = type(value).__name__
-        raise click.BadParameter(f"{target} is a {kind}, not a stead.Runtime", param_hint="TARGET")
+        raise click.BadParameter(_not_a_runtime(target, value), param_hint="TARGET")
     return value
+
+
+def _not_a_runtime(target: str, value: Any) -> str:
+    from stead.objects import DurableObject
+
+    if isinstance(value, type) and issubclass(value, DurableObject):
+        # A classic first try: serve the class itself.
+        binding = value.__name__.upper()
+        return (
+            f"{target} is a DurableObject class, not a stead.Runtime; serve a runtime "
+            f"that binds it, e.g. runtime = stead.Runtime({{{binding!r}: {value.__name__}}}, "
+            f"data_dir='./stead-data') in {target.partition(':')[0]}, then "
+            f"stead serve {target.partition(':')[0]}:runtime"
+        )
+    kind = "class" if isinstance(value, type) else type(value).__name__
+    return f"{target} is {_a(kind)}, not a stead.Runtime"
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article ("an int", "a str")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _refuse_overridden_options(runtime: Runtime, data_dir: str, durability: str) -> None:
+    """A --data-dir or --durability (or its STEAD_* variable) that a TARGET's runtime
+    does not use is a usage error: silently ignored, the data would go elsewhere."""
+    ctx = click.get_current_context()
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    own_dir = runtime.data_dir
+    if ctx.get_parameter_source("data_dir") in given and (
+        own_dir is None or os.path.realpath(own_dir) != os.path.realpath(data_dir)
+    ):
+        where = "keeps its objects in memory" if own_dir is None else f"uses {own_dir!r}"
+        raise click.UsageError(
+            f"--data-dir/{cfg.ENV_DATA_DIR} {data_dir!r} does not apply with a TARGET: its "
+            f"runtime {where} (set data_dir= in stead.Runtime(...), or serve without TARGET)"
+        )
+    if ctx.get_parameter_source("durability") in given and runtime.durability != durability:
+        raise click.UsageError(
+            f"--durability/{cfg.ENV_DURABILITY} {durability!r} does not apply with a TARGET: "
+            f"its runtime uses {runtime.durability!r} (set durability= in stead.Runtime(...))"
+        )
 
 
 def _create_app(create_app: Callable[..., Any], runtime: Runtime, **options: Any) -> Any:
@@ -332,8 +405,8 @@ def _print_bindings(runtime: Runtime) -> None:
         click.echo(f"stead: serving bindings {', '.join(sorted(runtime.bindings))}", err=True)
     else:
         click.echo(
-            "stead: warning: no bindings to serve; install a plugin "
-            "(pip install ./plugins/stead-patterns) or pass a TARGET",
+            "stead: warning: no bindings to serve; install a plugin (the pattern catalog: "
+            "pip install ./plugins/stead-patterns in stead's source repository) or pass a TARGET",
             err=True,
         )
 
@@ -352,6 +425,9 @@ async def _close(runtime: Runtime) -> None:
     except StorageError as exc:  # the engine failed while serving (a full disk, say)
         message = f"{exc} (nothing written after the failure was saved)"
         raise click.ClickException(message) from None
+    except Exception as exc:  # a plugin's stead_shutdown hook raised (close() released all)
+        logger.debug("closing the runtime failed", exc_info=exc)
+        raise click.ClickException(f"closing the runtime failed: {_describe(exc)}") from None
 
 
 def _run(coroutine: Coroutine[Any, Any, T], loop_factory: Callable[[], Any] | None = None) -> T:
@@ -534,7 +610,33 @@ def _object_view(engine: Any, key: bytes, names: dict[bytes, str], max_keys: int
         "alarm": None if alarm is None else _iso(alarm / 1000),
         "values": {k.decode("utf-8", "replace"): _decode(v) for k, v in entries[:max_keys]},
         "truncated": len(entries) > max_keys,
+        **_agent_view(engine, key, max_keys),
     }
+
+
+def _agent_view(engine: Any, key: bytes, max_keys: int) -> dict[str, Any]:
+    """An Agent's state and schedules (stored under internal keys, which the
+    values leave out); nothing for other objects."""
+    from stead.agent import _SCHEDULE_PREFIX, _STATE_KEY
+    from stead.storage import INTERNAL_PREFIX
+
+    view: dict[str, Any] = {}
+    state = engine.get(key, INTERNAL_PREFIX + _STATE_KEY)
+    if state is not None:
+        view["state"] = _decode(state)
+    prefix = INTERNAL_PREFIX + _SCHEDULE_PREFIX
+    stored = engine.list(key, prefix=prefix, limit=max_keys + 1)
+    if stored:
+        view["schedules"] = [_schedule_view(_decode(raw)) for _, raw in stored[:max_keys]]
+        view["schedules_truncated"] = len(stored) > max_keys
+    return view
+
+
+def _schedule_view(schedule: Any) -> Any:
+    """A stored Schedule (a dict once decoded), its time as an ISO date."""
+    if isinstance(schedule, dict) and isinstance(schedule.get("time"), (int, float)):
+        return {**schedule, "time": _iso(schedule["time"])}
+    return schedule
 
 
 def _decode(raw: bytes) -> Any:
@@ -575,11 +677,32 @@ def _render_object(view: dict[str, Any]) -> str:
     alarm = f"  alarm={view['alarm']}" if view["alarm"] else ""
     lines = [f"{view['binding']}  name={view['name']!r}  id={view['id']}{alarm}"]
     for key, value in view["values"].items():
-        text = repr(value)
-        lines.append(f"    {key!r}: {text if len(text) <= 200 else text[:197] + '...'}")
+        lines.append(f"    {key!r}: {_shortened(repr(value))}")
     if view["truncated"]:
         lines.append("    ... (more keys; raise --max-keys)")
+    if "state" in view:
+        lines.append(f"    agent state: {_shortened(repr(view['state']))}")
+    for schedule in view.get("schedules", []):
+        lines.append(f"    agent schedule: {_shortened(_schedule_line(schedule))}")
+    if view.get("schedules_truncated"):
+        lines.append("    ... (more schedules; raise --max-keys)")
     return "\n".join(lines)
+
+
+def _schedule_line(schedule: Any) -> str:
+    if not isinstance(schedule, dict):
+        return repr(schedule)
+    when = f"cron {schedule.get('cron')!r}, next" if schedule.get("cron") else "at"
+    retries = schedule.get("retry_count") or 0
+    retrying = f" (retry {retries})" if retries else ""
+    return (
+        f"{schedule.get('callback')}({schedule.get('payload')!r}) {when} "
+        f"{schedule.get('time')}{retrying}  id={schedule.get('id')}"
+    )
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _iso(epoch_seconds: float) -> str:
@@ -758,3 +881,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except PluginError as exc:
         click.echo(f"warning: plugins not loaded: {exc}", err=True)
     cli.main(args=list(argv) if argv is not None else None, prog_name="stead")
+
+
+if __name__ == "__main__":  # python -m stead.cli
+    main()

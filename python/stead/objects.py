@@ -23,17 +23,45 @@ __all__ = ["DurableObject", "RpcMethod", "call_maybe_async", "can_suspend", "rpc
 class DurableObject:
     """A single-threaded, addressable object with its own storage and alarm.
 
-    Subclass it; every public method (sync or async, not starting with ``_``)
-    is callable through a ``Stub``. ``fetch``, ``alarm`` and ``on_start`` are
-    the optional event handlers.
+    Subclass it and bind the class to a name in a ``stead.Runtime({"NAME":
+    Class})``; ``runtime.env.NAME.get_by_name(...)`` returns a ``Stub`` for one
+    object. Every public method (sync or async, not starting with ``_``) is an
+    RPC method callable through the stub; it cannot be named ``id``, which is
+    the stub's own attribute (``TypeError`` when the class is defined).
+    ``fetch``, ``alarm`` and ``on_start`` are the optional event handlers.
+
+    Each instance gets:
+
+    - ``self.ctx``: its :class:`~stead.ObjectContext`: ``ctx.id`` (its
+      ``ObjectId``), ``ctx.storage`` (its transactional :class:`~stead.Storage`,
+      with the alarm), ``ctx.wait_until``, ``ctx.block_concurrency_while``,
+      ``ctx.abort``;
+    - ``self.env``: the runtime's ``Env``: one ``Namespace`` per binding
+      (``self.env.OTHER.get_by_name(...)`` to call other objects) and the
+      runtime's ``vars``.
+
+    An object runs one event at a time. Set the class attribute ``reentrant =
+    True`` to let other events of the same object run while one awaits
+    (Cloudflare's input-gate model: a read-await-write can then lose updates);
+    the default ``False`` holds them until it returns. Override ``__init__(self,
+    ctx, env)`` only to set up in-memory state, calling
+    ``super().__init__(ctx, env)`` first.
+
+    The guide is docs/objects.md in stead's source repository.
     """
 
     #: Let other events interleave at this object's awaits (Cloudflare's input-gate model).
     reentrant: ClassVar[bool] = False
 
     def __init__(self, ctx: ObjectContext, env: Env) -> None:
+        """Keep ``ctx`` (``self.ctx``) and ``env`` (``self.env``)."""
         self.ctx = ctx
         self.env = env
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse an RPC method named like a stub attribute (``id``): ``TypeError``."""
+        super().__init_subclass__(**kwargs)
+        _refuse_stub_names(cls)
 
     async def on_start(self) -> None:
         """Runs before any other event of a new instance, with the input closed."""
@@ -202,6 +230,21 @@ def _decodable(hint: Any) -> Any:
     if hint is None or hint is Any:
         return None
     return hint if codec.can_decode_into(hint) else None
+
+
+# Public attributes of ``Stub`` other than the handlers (``fetch``): an RPC method of
+# that name would be unreachable through a stub (``stub.id`` is the ObjectId).
+_STUB_ATTRIBUTES = frozenset({"id"})
+
+
+def _refuse_stub_names(cls: type) -> None:
+    for name in _STUB_ATTRIBUTES:
+        if inspect.isfunction(inspect.getattr_static(cls, name, None)):
+            raise TypeError(
+                f"{cls.__qualname__}.{name}: an RPC method cannot be named {name!r}, "
+                f"which is the stub's own attribute (stub.{name} is the object's ObjectId); "
+                f"rename it, or make it private ('_{name}') if it is not an RPC method"
+            )
 
 
 # Names that are part of the base classes' machinery, never RPC methods.

@@ -60,7 +60,14 @@ class Stub:
         body: bytes | str | None = None,
         json: Any = None,
     ) -> Response:
-        """Send an HTTP-like request to the object's ``fetch`` handler."""
+        """Send an HTTP-like request to the object's ``fetch`` handler.
+
+        Either a path (``"/items?x=1"``, or a full URL) with ``method``,
+        ``headers`` (``str`` names and values, as over HTTP) and a body given
+        as ``body`` or as ``json`` (encoded, with a JSON content type), not
+        both; or a :class:`Request`, which carries all of these itself (the
+        keywords are then refused, not ignored). ``TypeError`` otherwise.
+        """
         request = _build_request(request_or_path, method, headers, body, json)
 
         async def run(host: ObjectHost) -> Response:
@@ -81,15 +88,35 @@ def _build_request(
     json: Any,
 ) -> Request:
     if isinstance(request_or_path, Request):
+        if method != "GET" or headers is not None or body is not None or json is not None:
+            # They would be ignored: the Request already has its method, headers and body.
+            raise TypeError(
+                "fetch(Request(...)) takes no method=, headers=, body= or json=: "
+                "set them on the Request, or pass a path instead"
+            )
         # A copy, so the caller and the object never share a mutable request.
         original = request_or_path
+        _check_headers(original.headers)
         return Request(original.method, original.url, original.headers, original.body)
+    if body is not None and json is not None:
+        raise TypeError("fetch() takes body= or json=, not both")
     merged = dict(headers or {})
+    _check_headers(merged)
     payload = b"" if body is None else (body.encode() if isinstance(body, str) else body)
     if json is not None:
         payload = _json_encoder.encode(json)
         merged.setdefault("content-type", "application/json")
     return Request(method, request_or_path, merged, payload)
+
+
+def _check_headers(headers: Mapping[str, str]) -> None:
+    """Header names and values are ``str``, as an object always gets them over HTTP
+    (an int or bytes value would reach the object only when called in process)."""
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            bad = name if not isinstance(name, str) else value
+            what = "name" if bad is name else f"value of {name!r}"
+            raise TypeError(f"header {what} must be str, not {type(bad).__name__}")
 
 
 def invoke(

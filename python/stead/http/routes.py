@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
@@ -41,7 +41,8 @@ MAX_LIST_LIMIT = 1000
 
 _JSON = b"application/json"
 _DISCONNECTED = "the client went away before sending the body"
-# Characters kept as they are when a decoded fetch path is re-encoded for the object.
+# Characters kept as they are when a decoded fetch path is re-encoded for the object
+# (only if the server gave no raw path, see _raw_tail).
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
@@ -172,7 +173,7 @@ class ObjectRoutes:
 
     async def _fetch(self, request: Request, binding: str, name: str, path: str) -> Response:
         stub = self._stub(binding, name)
-        url = "/" + quote(path, safe=_PATH_SAFE)
+        url = "/" + _raw_tail(request.scope, path)
         if request.url.query:
             url = f"{url}?{request.url.query}"
         headers = _joined_headers(request.headers.raw, self._hide_header)
@@ -374,3 +375,22 @@ def _handler_cancelled(binding: str, method: str) -> HttpError:
     # A handler's bug (nothing cancelled the request): a 500 like any other raise.
     logger.error("%s.%s raised CancelledError", binding, method, exc_info=True)
     return HttpError(500, "CancelledError", "the handler was cancelled")
+
+
+def _raw_tail(scope: Scope, path: str) -> str:
+    """The fetch path ``path`` (decoded by the router) as the client sent it: the
+    tail of the raw request path that decodes to it, so ``a%2Fb`` reaches the
+    object as ``a%2Fb``, not as ``a/b``, the same as ``stub.fetch("/a%2Fb")``."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is not None:
+        sent = raw.partition(b"?")[0].decode("latin-1")  # ASCII, as HTTP sends it
+        # Tails decode to ever longer strings leftwards: at most one matches.
+        start = len(sent)
+        while (start := sent.rfind("/", 0, start)) >= 0:
+            tail = sent[start + 1 :]
+            decoded = unquote(tail)
+            if decoded == path:
+                return tail
+            if len(decoded) > len(path):
+                break
+    return quote(path, safe=_PATH_SAFE)  # no raw path (or not this one): re-encode

@@ -1,6 +1,8 @@
 """A pytest plugin for plugin authors (entry point ``pytest11: stead``).
 
-Fixtures, for tests marked ``@pytest.mark.anyio`` (stead runs on asyncio):
+Fixtures, for tests marked ``@pytest.mark.anyio`` (stead runs on asyncio; a test
+marked ``@pytest.mark.asyncio`` for pytest-asyncio fails with a message saying so,
+as pytest-asyncio would run it on another event loop than the runtime's):
 
 - ``stead_runtime_options``: keyword arguments for the runtime; override it in
   your ``conftest.py`` (default: installed plugins, data in ``tmp_path``,
@@ -16,6 +18,7 @@ imported inside the fixtures.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,11 +50,26 @@ def stead_runtime_options(tmp_path: Path) -> dict[str, Any]:
     return {"plugins": True, "data_dir": str(tmp_path / "stead-data"), "durability": "none"}
 
 
+#: Why a test marked for pytest-asyncio cannot use the fixtures (they are anyio's).
+_ASYNCIO_MARKER_MESSAGE = (
+    "stead's fixtures need tests marked @pytest.mark.anyio, not @pytest.mark.asyncio: "
+    "anyio's plugin starts the runtime on its event loop, and pytest-asyncio runs the test "
+    "on another one, where the runtime's objects cannot be called"
+)
+
+_ASYNCIO_AUTO_MODE_MESSAGE = (
+    "stead's fixtures need tests run by anyio (@pytest.mark.anyio), but pytest-asyncio's "
+    "asyncio_mode = auto runs every async test on an event loop of its own: set "
+    "asyncio_mode = strict (pytest-asyncio's default) and mark stead's tests @pytest.mark.anyio"
+)
+
+
 @pytest.fixture
 async def stead_runtime(
-    stead_runtime_options: dict[str, Any], anyio_backend_name: str
+    stead_runtime_options: dict[str, Any], anyio_backend_name: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[Runtime]:
     """A started runtime built from ``stead_runtime_options``; closed after the test."""
+    _refuse_pytest_asyncio(request)
     if anyio_backend_name != "asyncio":
         pytest.skip("stead runs on asyncio only")
     from stead.runtime import Runtime
@@ -76,3 +94,24 @@ async def stead_client(stead_app: Starlette) -> AsyncIterator[httpx.AsyncClient]
     transport = httpx.ASGITransport(app=stead_app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
         yield client
+
+
+def _refuse_pytest_asyncio(request: pytest.FixtureRequest) -> None:
+    """Fail a test that pytest-asyncio runs with the fix, instead of a confusing
+    "another event loop" error later."""
+    node = request.node
+    if _asyncio_auto_mode(request.config) and inspect.iscoroutinefunction(
+        getattr(node, "obj", None)
+    ):
+        pytest.fail(_ASYNCIO_AUTO_MODE_MESSAGE, pytrace=False)
+    if node.get_closest_marker("asyncio") is not None and node.get_closest_marker("anyio") is None:
+        pytest.fail(_ASYNCIO_MARKER_MESSAGE, pytrace=False)
+
+
+def _asyncio_auto_mode(config: pytest.Config) -> bool:
+    """Whether pytest-asyncio (if installed) runs every async test itself."""
+    try:
+        mode: object = config.getoption("asyncio_mode", None) or config.getini("asyncio_mode")
+    except ValueError:  # no pytest-asyncio: its setting is unknown
+        return False
+    return mode == "auto"
