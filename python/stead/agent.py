@@ -163,6 +163,8 @@ class Agent(DurableObject):
     # -- fetch ---------------------------------------------------------------
 
     async def fetch(self, request: Request) -> Response:
+        """The Agent's ``fetch`` handler: passes the request to ``on_request``.
+        Override ``on_request``, not ``fetch``."""
         return await self.on_request(request)
 
     async def on_request(self, request: Request) -> Response:

@@ -669,6 +669,9 @@ class Storage:
     # -- internal keys (used by stead itself, never listed) ------------------
 
     def get_internal(self, key: bytes, default: Any = None, *, type: Any = None) -> Any:
+        """stead's own key ``key`` (for the Agent and other built-in layers): like
+        ``get``, in a key space user keys never reach (``list()`` and ``stead
+        inspect``'s values leave it out). Not for application code."""
         raw = self._raw(INTERNAL_PREFIX + key)
         return default if raw is None else codec.decode(raw, type)
 
@@ -681,11 +684,13 @@ class Storage:
         self._write(INTERNAL_PREFIX + key, raw)
 
     def delete_internal(self, key: bytes) -> None:
+        """Delete stead's own key ``key`` (see ``get_internal``)."""
         self._write(INTERNAL_PREFIX + key, None)
 
     def list_internal(
         self, prefix: bytes, *, type: Any = None, limit: int | None = None
     ) -> builtins.list[Any]:
+        """Values of stead's own keys starting with ``prefix``, in key order."""
         bounds = _Bounds.raw(INTERNAL_PREFIX + prefix)
         return [codec.decode(raw, type) for _, raw in self._merged_entries(bounds, False, limit)]
 
@@ -713,6 +718,7 @@ class Storage:
         return watch
 
     def unwatch_rollbacks(self, watch: RollbackWatch) -> None:
+        """Stop the recording ``watch_rollbacks`` started."""
         self._watches = tuple(w for w in self._watches if w is not watch)
 
     # -- commit --------------------------------------------------------------
