@@ -97,6 +97,17 @@ class _Savepoint:
         self.delete_alls = storage._delete_alls
         self.committed_callbacks = storage._committed_callbacks
 
+    def restore(self, storage: Storage) -> None:
+        """Put ``storage`` back as the block found it (the exact way back)."""
+        storage._pending = self.pending
+        storage._cache = self.cache
+        storage._cache_bytes = self.cache_bytes
+        storage._delete_all = self.delete_all
+        storage._cleared = self.cleared
+        storage._alarm = self.alarm
+        storage._delete_alls = self.delete_alls
+        storage._committed_callbacks = self.committed_callbacks
+
     def settle(self, batch: _Savepoint) -> None:
         """Take ``batch`` (the outermost savepoint's writes, just committed) out of
         what this savepoint would restore."""
@@ -534,14 +545,7 @@ class Storage:
             elif savepoint.foreign or savepoint.dirty or log.committed > savepoint.start:
                 self._take_back(savepoint, log)
             else:
-                self._pending = savepoint.pending
-                self._cache = savepoint.cache
-                self._cache_bytes = savepoint.cache_bytes
-                self._delete_all = savepoint.delete_all
-                self._cleared = savepoint.cleared
-                self._alarm = savepoint.alarm
-                self._delete_alls = savepoint.delete_alls
-                self._committed_callbacks = savepoint.committed_callbacks
+                savepoint.restore(self)
                 keys, wiped, _ = log.kill(savepoint.opener, savepoint.start)
                 self._fix_snapshots(savepoint, log, keys, wiped)
             for watch in self._watches:
