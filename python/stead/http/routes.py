@@ -174,8 +174,11 @@ class ObjectRoutes:
     async def _fetch(self, request: Request, binding: str, name: str, path: str) -> Response:
         stub = self._stub(binding, name)
         url = "/" + _raw_tail(request.scope, path)
-        if request.url.query:
-            url = f"{url}?{request.url.query}"
+        # As sent, from the scope: request.url is rebuilt from the decoded path by
+        # some Starlette versions, where an encoded '?' in it would move the split.
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        if query:
+            url = f"{url}?{query}"
         headers = _joined_headers(request.headers.raw, self._hide_header)
         try:
             body = await request.body()
