@@ -566,10 +566,7 @@ class Dispatcher:
         if self.hosts.get(host.key) is host:
             del self.hosts[host.key]
         host.outside = None  # the host's reference cycle: freed at once
-        host.storage.detach(
-            f"this instance of {host.id!r} was {why}: its writes are not kept "
-            "(code that outlives its event should run as ctx.wait_until work)"
-        )
+        host.storage.detach(why)
 
     def _evict_over_bound(self, keep: ObjectHost) -> None:
         # ``keep`` is the instance just built for an event: idle until that event

@@ -290,7 +290,7 @@ class Storage:
         # writers whose rollbacks are watched.
         self._writer = writer
         self._watches: tuple[RollbackWatch, ...] = ()
-        # Why writes are refused (see ``detach``); None while the instance is live.
+        # What the instance was (see ``detach``); None while it is live.
         self._detached: str | None = None
         # While transaction() blocks are open: every write, for rollbacks that must
         # take back one writer's writes only; and whether a delete_all was pending
@@ -418,7 +418,7 @@ class Storage:
 
     def _write(self, key: bytes, raw: bytes | None) -> None:
         if self._detached is not None:
-            raise StorageError(self._detached)
+            raise self._refused()
         if self._savepoints:
             self._note_write(key, raw)
         self._pending[key] = raw
@@ -470,7 +470,7 @@ class Storage:
         if len(raw) > self._max_value_bytes:
             self._encode_value(value)  # raises LimitError with the message
         if self._detached is not None:
-            raise StorageError(self._detached)
+            raise self._refused()
         if self._savepoints:
             self._note_write(encoded, raw)
         self._pending[encoded] = raw
@@ -509,7 +509,7 @@ class Storage:
     def delete_all(self) -> None:
         """Delete every key of the object and its alarm."""
         if self._detached is not None:
-            raise StorageError(self._detached)
+            raise self._refused()
         if self._savepoints:
             self._note_delete_all()
         self._pending.clear()
@@ -637,7 +637,7 @@ class Storage:
         """Run ``alarm()`` at (or after) ``when``: epoch seconds or a ``datetime``."""
         when_ms = _alarm_ms(when)
         if self._detached is not None:
-            raise StorageError(self._detached)
+            raise self._refused()
         if self._savepoints:
             self._note_write(ALARM, when_ms)
         self._alarm = AlarmChange(when_ms)
@@ -645,7 +645,7 @@ class Storage:
     def delete_alarm(self) -> None:
         """Cancel the alarm, if any."""
         if self._detached is not None:
-            raise StorageError(self._detached)
+            raise self._refused()
         if self._savepoints:
             self._note_write(ALARM, None)
         self._alarm = AlarmChange(None)
@@ -732,16 +732,19 @@ class Storage:
         """Whether a ``transaction()`` block is open."""
         return bool(self._savepoints)
 
-    def detach(self, reason: str) -> None:
-        """Refuse every later write with ``StorageError(reason)``: the instance was
-        evicted or reset, and nothing would ever commit what it wrote."""
-        self._detached = reason
+    def detach(self, why: str) -> None:
+        """Refuse every later write with ``StorageError``: the instance was ``why``
+        (evicted, reset), and nothing would ever commit what it wrote."""
+        self._detached = why
         self._writer = None  # the runtime's, which may refer back to this storage
 
-    @property
-    def block_openers(self) -> tuple[object, ...]:
-        """The writers of the open ``transaction()`` blocks, outermost first."""
-        return tuple(savepoint.opener for savepoint in self._savepoints)
+    def _refused(self) -> StorageError:
+        # Worded here, when a write is refused, not at every eviction.
+        name = "" if self._name is None else f" of {self._name!r}"
+        return StorageError(
+            f"this instance{name} was {self._detached}: its writes are not kept "
+            "(code that outlives its event should run as ctx.wait_until work)"
+        )
 
     @property
     def has_pending(self) -> bool:
