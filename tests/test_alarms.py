@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import sys
 import time
@@ -276,6 +277,49 @@ async def test_alarm_survives_an_object_that_fails_to_start(
 
         await eventually(fired)
         assert BrokenStart.starts >= 3  # armed, failed start, successful retry
+
+
+class NeverStarts(stead.DurableObject):
+    """Fails to start whenever an alarm wakes it (a dependency of on_start is down)."""
+
+    down = False
+    attempts: list[float] = []
+
+    async def on_start(self) -> None:
+        if NeverStarts.down:
+            NeverStarts.attempts.append(time.monotonic())
+            raise RuntimeError("database unreachable")
+
+    def arm(self, when: float) -> None:
+        self.ctx.storage.set_alarm(when)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        pass
+
+
+async def test_an_object_that_cannot_start_is_retried_with_growing_waits(
+    data_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An outage behind on_start must not cost an attempt (and a logged
+    # traceback) per object every few seconds for as long as it lasts.
+    import stead.alarms
+
+    monkeypatch.setattr(stead.alarms, "_FAILED_START_DELAY_MS", 40)
+    NeverStarts.down, NeverStarts.attempts = False, []
+    async with stead.Runtime({"N": NeverStarts}, data_dir=data_dir, idle_timeout=0.01) as rt:
+        await rt.env.N.get_by_name("n").arm(time.time() + 0.2)
+        NeverStarts.down = True  # the instance that armed it is evicted meanwhile
+
+        async def five_attempts() -> bool:
+            return len(NeverStarts.attempts) >= 5
+
+        await eventually(five_attempts, timeout=20)
+        NeverStarts.down = False
+    attempts = NeverStarts.attempts
+    waits = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    # 40 ms doubling with +-25% jitter: about 40, 80, 160, 320 ms.
+    assert waits[3] > 3 * waits[0], waits
+    assert waits[3] > 0.2, waits
 
 
 class Busy(stead.DurableObject):

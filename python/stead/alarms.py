@@ -42,8 +42,11 @@ RETRY_KEY = b"alarm-retry"
 # commit) is tried again this soon, doubling per failure in a row up to the max.
 _REDELIVERY_DELAY_MS = 100
 _MAX_REDELIVERY_DELAY_MS = 60_000
-# An object whose constructor or on_start raised is tried again this much later.
-_FAILED_START_DELAY_MS = 5_000
+# An object whose constructor or on_start raised is tried again this much later,
+# doubling per failure in a row up to the max: an outage behind on_start (a
+# database down) then costs a few attempts per object, not one every 5 s.
+_FAILED_START_DELAY_MS = 1_000
+_MAX_FAILED_START_DELAY_MS = 300_000
 
 
 class AlarmInfo(msgspec.Struct, frozen=True):
@@ -163,6 +166,8 @@ class AlarmScheduler:
 
     def changed(self, key: bytes, when_ms: int | None) -> None:
         """A committed batch set (``when_ms``) or deleted (``None``) the alarm of ``key``."""
+        # A changed alarm starts afresh (and a deleted one is forgotten).
+        self._failed_deliveries.pop(key, None)
         if when_ms is None:
             token = self._token_of.pop(key, None)
             if token is not None:
@@ -249,17 +254,18 @@ class AlarmScheduler:
             # Not this task's cancellation: a stray CancelledError (on_start
             # awaited something cancelled elsewhere). The alarm is off the wheel
             # now, so it must be put back, as for an object that cannot start.
-            logger.exception("alarm of %r could not run (cancelled); trying again", object_id)
-            self._redeliver_soon(key, _FAILED_START_DELAY_MS)
+            delay = self._backoff_ms(key, _FAILED_START_DELAY_MS, _MAX_FAILED_START_DELAY_MS)
+            logger.exception(
+                "alarm of %r could not run (cancelled); trying again in %d ms", object_id, delay
+            )
+            self._redeliver_soon(key, delay)
         except Exception as error:
             if self._engine_failed():
                 return  # the run's writes cannot commit; it runs again after a restart
             if run.aborted is not None:  # a failed run, counted like a raising one
                 await self._retry_aborted(object_id, key, run.aborted)
             elif isinstance(error, (OverloadedError, StorageError)):
-                failures = self._failed_deliveries.get(key, 0)
-                self._failed_deliveries[key] = failures + 1
-                delay = min(_REDELIVERY_DELAY_MS << min(failures, 20), _MAX_REDELIVERY_DELAY_MS)
+                delay = self._backoff_ms(key, _REDELIVERY_DELAY_MS, _MAX_REDELIVERY_DELAY_MS)
                 logger.warning(
                     "alarm of %r not delivered (%s); trying again in %d ms", object_id, error, delay
                 )
@@ -267,11 +273,23 @@ class AlarmScheduler:
             else:
                 # The handler's own errors are retried inside the turn; this is the
                 # object failing to start (constructor or on_start). Keep the alarm:
-                # tried again every _FAILED_START_DELAY_MS, not counted as a retry.
-                logger.exception("alarm of %r could not run; trying again", object_id)
-                self._redeliver_soon(key, _FAILED_START_DELAY_MS)
+                # tried again with backoff, not counted as a retry.
+                delay = self._backoff_ms(key, _FAILED_START_DELAY_MS, _MAX_FAILED_START_DELAY_MS)
+                logger.exception(
+                    "alarm of %r could not run; trying again in %d ms", object_id, delay
+                )
+                self._redeliver_soon(key, delay)
         else:
             self._failed_deliveries.pop(key, None)
+
+    def _backoff_ms(self, key: bytes, base_ms: int, max_ms: int) -> int:
+        """The wait before the next delivery of ``key`` after one more failure in
+        a row: ``base_ms`` doubled per earlier failure, capped, ±25% jitter (many
+        objects failing together, on one outage, do not retry in lockstep)."""
+        failures = self._failed_deliveries.get(key, 0)
+        self._failed_deliveries[key] = failures + 1
+        delay = min(base_ms << min(failures, 20), max_ms)
+        return round(delay * random.uniform(0.75, 1.25))
 
     def _engine_failed(self) -> bool:
         """Whether the engine has failed (a log write or sync failed): then every
@@ -302,7 +320,9 @@ class AlarmScheduler:
             logger.exception(
                 "retry of the aborted alarm of %r not recorded; trying again", object_id
             )
-            self._redeliver_soon(key, _FAILED_START_DELAY_MS)
+            self._redeliver_soon(
+                key, self._backoff_ms(key, _FAILED_START_DELAY_MS, _MAX_FAILED_START_DELAY_MS)
+            )
 
     async def _record_abort(self, host: ObjectHost, aborted: tuple[int, float, int]) -> None:
         count, scheduled, alarm_ms = aborted
