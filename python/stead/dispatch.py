@@ -1049,7 +1049,7 @@ class Dispatcher:
         except Exception as error:
             if not reply.cancelled():
                 reply.set_exception(error)
-            else:
+            elif not isinstance(error, _NoLongerNested):  # a call back that never ran
                 logger.error("an event failed after its caller gave up", exc_info=True)
         except asyncio.CancelledError:
             if not reply.done():
@@ -1170,18 +1170,30 @@ class Dispatcher:
             # As a task of its own, as any event that can suspend: a caller that
             # gives up abandons the result, never the call back midway (the turn
             # it nests in ends after it).
-            return await self._detached(self._run_nested(host, context, done, invoke), done)
+            return await self._detached(
+                self._run_nested(host, running, context, done, invoke), done
+            )
         finally:
             if waiter is not None:
                 self.forget_wait(waiter, nested)
 
     async def _run_nested(
-        self, host: ObjectHost, context: _Running, done: Callable[[], None], invoke: Invoke[T]
+        self,
+        host: ObjectHost,
+        caller: _Running,
+        context: _Running,
+        done: Callable[[], None],
+        invoke: Invoke[T],
     ) -> T:
         token = _running.set(context)
         storage = host.storage
         watch = storage.watch_rollbacks(context)
         try:
+            if host.reentrant:
+                # Checked again as the call back starts: before Python 3.12 its
+                # task starts an iteration after the check in _reenter, and
+                # another event's block may have closed the gate meanwhile.
+                await self._wait_to_nest(host, caller, host.key, context.events[-1])
             outcome, failed = await self._invoke(host, invoke)
             if not host.reentrant and not host.broken:
                 collision = self._collision(storage.in_transaction, watch.hit)
