@@ -65,3 +65,66 @@ async def test_a_call_back_does_not_start_inside_another_events_block(
         Ledger.go.set()
         await asyncio.wait_for(asyncio.gather(audit, reconcile), 5)
     assert Ledger.log == ["block start", "block end", "entry"]
+
+
+class Catalog(stead.DurableObject):
+    """Loads an index under the closed input from its constructor; on_start
+    migrates the schema first (and fails for the object named "broken")."""
+
+    log: ClassVar[list[str]] = []
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        ctx.wait_until(ctx.block_concurrency_while(self._load_index))
+
+    async def _load_index(self) -> None:
+        Catalog.log.append("load start")
+        await asyncio.sleep(0.02)
+        Catalog.log.append("load end")
+
+    async def on_start(self) -> None:
+        Catalog.log.append("on_start start")
+        await asyncio.sleep(0.02)
+        if self.ctx.id.name == "broken":
+            raise ValueError("schema migration failed")
+        Catalog.log.append("on_start end")
+
+    async def lookup(self) -> str:
+        Catalog.log.append("lookup")
+        return "found"
+
+
+class ReentrantCatalog(Catalog):
+    reentrant = True
+
+
+@pytest.mark.parametrize("binding", ["T", "R"])
+async def test_on_start_runs_before_a_block_the_constructor_started(
+    data_dir: str, binding: str
+) -> None:
+    # A reentrant object ran the block first: its task, created by the
+    # constructor, started before the task of the event that runs on_start.
+    Catalog.log = []
+    classes = {"T": Catalog, "R": ReentrantCatalog}
+    async with stead.Runtime(classes, data_dir=data_dir) as rt:
+        catalog = rt.namespace(binding).get_by_name("c")
+        assert await asyncio.wait_for(catalog.lookup(), 5) == "found"
+        await asyncio.sleep(0.1)  # the block ends
+    assert Catalog.log[:2] == ["on_start start", "on_start end"]
+    assert sorted(Catalog.log[2:]) == ["load end", "load start", "lookup"]
+    assert Catalog.log.index("load start") + 1 == Catalog.log.index("load end")
+
+
+@pytest.mark.parametrize("binding", ["T", "R"])
+async def test_a_block_the_constructor_started_fails_if_on_start_fails(
+    data_dir: str, binding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The caller gets on_start's error; the block never runs on the reset instance.
+    Catalog.log = []
+    classes = {"T": Catalog, "R": ReentrantCatalog}
+    async with stead.Runtime(classes, data_dir=data_dir) as rt:
+        with pytest.raises(ValueError, match="schema migration failed"):
+            await asyncio.wait_for(rt.namespace(binding).get_by_name("broken").lookup(), 5)
+        await asyncio.sleep(0.05)
+    assert Catalog.log == ["on_start start"]
+    assert "wait_until task" in caplog.text and "StorageError" in caplog.text
