@@ -72,5 +72,12 @@ class ObjectContext:
 
     def abort(self, reason: str = "aborted") -> NoReturn:
         """Reset the object now: this event's uncommitted writes are dropped, the
-        instance is discarded, and the caller gets ``RemoteError("Aborted", reason)``."""
+        instance is discarded, and the caller gets ``RemoteError("Aborted", reason)``.
+
+        The reset happens here, wherever this is called from (a handler,
+        ``wait_until`` work, a task a handler spawned that nobody awaits); the
+        code that called it gets ``ObjectAborted``."""
+        host = self._hosts.get(self.id.storage_key)
+        if host is not None and host.ctx is self:  # not already evicted or reset
+            host.reset()
         raise ObjectAborted(reason)

@@ -252,6 +252,10 @@ class ObjectHost:
         """Construct the instance (the host is registered: its ctx works)."""
         self.instance = cls(self.ctx, self._dispatcher.env)
 
+    def reset(self) -> None:
+        """Discard the instance (``ctx.abort``): see ``Dispatcher.reset``."""
+        self._dispatcher.reset(self)
+
     def learn_name(self, object_id: ObjectId) -> None:
         """A name-derived id reached an instance first addressed by its hex id."""
         self.id = self.ctx.id = object_id
@@ -390,9 +394,9 @@ class ObjectHost:
         try:
             return await awaitable
         except ObjectAborted as aborted:
-            # ctx.abort() from the work: as from a handler, the writes not yet
-            # committed are dropped and the instance is discarded, at once (a
-            # turn ending in the same loop iteration would commit them).
+            # ctx.abort() from the work has reset the object already (the writes
+            # not yet committed are dropped); resetting here too covers an abort
+            # raised by other code the work awaited.
             logger.info("wait_until task of %r aborted the object: %s", self.id, aborted.reason)
             self._dispatcher.reset(self)
             return None
