@@ -53,9 +53,9 @@ class ObjectContext:
 
         In an event of a turn-based object this is a plain await (the turn holds
         the input); outside its events (``wait_until`` work, a timer) it takes
-        the object's turn as an event does. For ``reentrant`` objects it closes
-        the input gate, once no other event's block holds it (blocks never
-        overlap).
+        the object's turn as an event does, and waits for ``on_start``, which
+        comes first. For ``reentrant`` objects it closes the input gate, once no
+        other event's block holds it (blocks never overlap).
         """
         return await self._host().block_concurrency_while(fn)
 
