@@ -53,9 +53,9 @@ class ObjectContext:
 
         In an event of a turn-based object this is a plain await (the turn holds
         the input); outside its events (``wait_until`` work, a timer) it takes
-        the object's turn as an event does. For ``reentrant`` objects it closes
-        the input gate, once no other event's block holds it (blocks never
-        overlap).
+        the object's turn as an event does, and waits for ``on_start``, which
+        comes first. For ``reentrant`` objects it closes the input gate, once no
+        other event's block holds it (blocks never overlap).
         """
         return await self._host().block_concurrency_while(fn)
 
@@ -72,5 +72,12 @@ class ObjectContext:
 
     def abort(self, reason: str = "aborted") -> NoReturn:
         """Reset the object now: this event's uncommitted writes are dropped, the
-        instance is discarded, and the caller gets ``RemoteError("Aborted", reason)``."""
+        instance is discarded, and the caller gets ``RemoteError("Aborted", reason)``.
+
+        The reset happens here, wherever this is called from (a handler,
+        ``wait_until`` work, a task a handler spawned that nobody awaits); the
+        code that called it gets ``ObjectAborted``."""
+        host = self._hosts.get(self.id.storage_key)
+        if host is not None and host.ctx is self:  # not already evicted or reset
+            host.reset()
         raise ObjectAborted(reason)

@@ -24,7 +24,10 @@ would close a cycle raises ``DeadlockError`` instead of waiting forever.
 ``block_concurrency_while`` run outside an object's events (``wait_until``
 work, a timer) claims a turn-based object's turn through the mailbox, as an
 event does; a reentrant object's blocks close its input gate one event at a
-time (``ObjectHost._hold_input``, ``ObjectHost._close_gate``).
+time (``ObjectHost._hold_input``, ``ObjectHost._close_gate``). The event that
+builds a reentrant instance holds its input gate until on_start has run
+(``Dispatcher._claim_start``): on_start comes first, as on a turn-based object,
+whose first event claims its turn before anything else can.
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ class ObjectHost:
         "outside",
         "ready",
         "reentrant",
+        "start_hold",
         "started",
         "storage",
         "turn",
@@ -200,6 +204,10 @@ class ObjectHost:
         self.storage.last_seq = dispatcher.engine.last_seq()
         self.ctx = ObjectContext(object_id, self.storage, dispatcher.hosts)
         self.started: asyncio.Future[None] | None = None
+        # A reentrant object's event that will run on_start, holding the input
+        # gate from the moment it was delivered to the new instance (0: none;
+        # see Dispatcher._claim_start).
+        self.start_hold = 0
         # on_start finished: events may run without the start check (hot path
         # flag). A class without its own on_start has nothing to run first.
         self.ready = cls.on_start is _DEFAULT_ON_START
@@ -244,6 +252,10 @@ class ObjectHost:
         """Construct the instance (the host is registered: its ctx works)."""
         self.instance = cls(self.ctx, self._dispatcher.env)
 
+    def reset(self) -> None:
+        """Discard the instance (``ctx.abort``): see ``Dispatcher.reset``."""
+        self._dispatcher.reset(self)
+
     def learn_name(self, object_id: ObjectId) -> None:
         """A name-derived id reached an instance first addressed by its hex id."""
         self.id = self.ctx.id = object_id
@@ -278,7 +290,7 @@ class ObjectHost:
         token = _running.set(running)
         try:
             if self.reentrant:
-                return await self._close_gate(fn, running, node)
+                return await self._close_gate(fn, running, node, outside=True)
             return await self._hold_input(fn, node)
         finally:
             _running.reset(token)
@@ -324,14 +336,28 @@ class ObjectHost:
                     logger.error("commit of %r's block failed", self.id, exc_info=True)
             dispatcher._hand_off(key)
 
-    async def _close_gate(self, fn: Callable[[], Awaitable[T]], running: _Running, node: int) -> T:
+    async def _close_gate(
+        self, fn: Callable[[], Awaitable[T]], running: _Running, node: int, *, outside: bool = False
+    ) -> T:
         """A reentrant object's block: it closes the input gate, once no block of
         another event holds it (blocks never overlap; the holder's own nested
-        blocks and call backs pass). The wait is in the waits-for graph."""
+        blocks and call backs pass). The wait is in the waits-for graph.
+
+        A block run ``outside`` the object's events (work the constructor
+        scheduled, a timer) also waits for on_start, which comes first: the event
+        that built the instance holds the gate until on_start has run, and if no
+        event runs it (that event never started), the block runs it itself."""
         dispatcher = self._dispatcher
-        while self.blocking and not self._passes_gate(running, node):
-            assert self.gate is not None
-            await dispatcher._wait_at_gate(self, self.gate, node)
+        while True:
+            if self.blocking and not self._passes_gate(running, node):
+                assert self.gate is not None
+                await dispatcher._wait_at_gate(self, self.gate, node)
+            elif outside and not self.ready and self.started is None and not self.broken:
+                await dispatcher._start(self)
+            else:
+                break
+        if outside and self.broken:
+            raise StorageError("the object was reset while the block waited for its input")
         gate = self.gate = self.gate or asyncio.Event()
         gate.clear()
         self.blocking += 1
@@ -368,9 +394,9 @@ class ObjectHost:
         try:
             return await awaitable
         except ObjectAborted as aborted:
-            # ctx.abort() from the work: as from a handler, the writes not yet
-            # committed are dropped and the instance is discarded, at once (a
-            # turn ending in the same loop iteration would commit them).
+            # ctx.abort() from the work has reset the object already (the writes
+            # not yet committed are dropped); resetting here too covers an abort
+            # raised by other code the work awaited.
             logger.info("wait_until task of %r aborted the object: %s", self.id, aborted.reason)
             self._dispatcher.reset(self)
             return None
@@ -1049,7 +1075,7 @@ class Dispatcher:
         except Exception as error:
             if not reply.cancelled():
                 reply.set_exception(error)
-            else:
+            elif not isinstance(error, _NoLongerNested):  # a call back that never ran
                 logger.error("an event failed after its caller gave up", exc_info=True)
         except asyncio.CancelledError:
             if not reply.done():
@@ -1117,19 +1143,50 @@ class Dispatcher:
         return self.commit(host, midway=midway)
 
     async def _start(self, host: ObjectHost) -> None:
-        if host.started is not None:
-            await host.started  # another event of a reentrant object is starting it
+        running = _running.get()
+        # The event that claimed on_start when it was delivered (see _claim_start).
+        holder = host.start_hold if running is not None and running.node == host.start_hold else 0
+        started = host.started
+        if started is not None and not holder:
+            await started  # another event of a reentrant object is starting it
             return
-        host.started = asyncio.get_running_loop().create_future()
+        if started is None:
+            started = host.started = self.loop.create_future()
         try:
             await host.block_concurrency_while(partial(call_maybe_async, host.instance.on_start))
         except BaseException as error:
             self.reset(host)
-            host.started.set_exception(StorageError(f"on_start failed: {error!r}"))
-            host.started.exception()  # mark retrieved; later waiters re-raise it
+            self._release_start(host, holder)
+            started.set_exception(StorageError(f"on_start failed: {error!r}"))
+            started.exception()  # mark retrieved; later waiters re-raise it
             raise
-        host.started.set_result(None)
         host.ready = True
+        started.set_result(None)
+        self._release_start(host, holder)
+
+    def _claim_start(self, host: ObjectHost, node: int) -> None:
+        """The reentrant event ``node``, delivered to an instance whose on_start has
+        not run, will run it: it holds the input gate from now on, so nothing of
+        the object runs before on_start, not even work the constructor scheduled
+        (before Python 3.12 that work's task starts before the event's)."""
+        host.started = self.loop.create_future()
+        host.start_hold = node
+        gate = host.gate = host.gate or asyncio.Event()
+        gate.clear()
+        host.blocking += 1
+        self.add_wait(host.gate_node, node)
+
+    def _release_start(self, host: ObjectHost, node: int) -> None:
+        """The claim of ``node`` (0: none) ends: on_start ran, or failed, or the
+        event ended before running it."""
+        if not node or host.start_hold != node:
+            return
+        host.start_hold = 0
+        self.forget_wait(host.gate_node, node)
+        host.blocking -= 1
+        if not host.blocking:
+            assert host.gate is not None
+            host.gate.set()
 
     async def _reenter(self, key: bytes, running: _Running, invoke: Invoke[T]) -> T:
         """A call back into an object whose event on this call chain waits for it
@@ -1170,18 +1227,30 @@ class Dispatcher:
             # As a task of its own, as any event that can suspend: a caller that
             # gives up abandons the result, never the call back midway (the turn
             # it nests in ends after it).
-            return await self._detached(self._run_nested(host, context, done, invoke), done)
+            return await self._detached(
+                self._run_nested(host, running, context, done, invoke), done
+            )
         finally:
             if waiter is not None:
                 self.forget_wait(waiter, nested)
 
     async def _run_nested(
-        self, host: ObjectHost, context: _Running, done: Callable[[], None], invoke: Invoke[T]
+        self,
+        host: ObjectHost,
+        caller: _Running,
+        context: _Running,
+        done: Callable[[], None],
+        invoke: Invoke[T],
     ) -> T:
         token = _running.set(context)
         storage = host.storage
         watch = storage.watch_rollbacks(context)
         try:
+            if host.reentrant:
+                # Checked again as the call back starts: before Python 3.12 its
+                # task starts an iteration after the check in _reenter, and
+                # another event's block may have closed the gate meanwhile.
+                await self._wait_to_nest(host, caller, host.key, context.events[-1])
             outcome, failed = await self._invoke(host, invoke)
             if not host.reentrant and not host.broken:
                 collision = self._collision(storage.in_transaction, watch.hit)
@@ -1305,36 +1374,51 @@ class Dispatcher:
             if host.inflight > self.max_pending:
                 raise OverloadedError(f"object overloaded: {host.inflight} events in flight")
             host.inflight += 1
-            event = self._interleaved_event(host, origin, invoke, node)
-            on_never_run = partial(self._never_ran_interleaved, host)
+            # The first event of a new instance runs on_start: it holds the input now.
+            claim = node if not host.ready and host.started is None else 0
+            if claim:
+                self._claim_start(host, claim)
+            event = self._interleaved_event(host, origin, invoke, node, claim)
+            on_never_run = partial(self._never_ran_interleaved, host, claim)
             try:
                 return await self._run_event(host, event, detach, on_never_run)  # type: ignore[no-any-return]
             except _ResetBeforeStart:
                 # As a turn-based object's queued events do: run on a fresh instance.
                 host = self.host(host.id)
 
-    @staticmethod
-    def _never_ran_interleaved(host: ObjectHost) -> None:
+    def _never_ran_interleaved(self, host: ObjectHost, claim: int) -> None:
         host.inflight -= 1
+        if claim and host.start_hold == claim:
+            host.started = None  # the next event, or a block waiting at the gate, runs it
+            self._release_start(host, claim)
 
     async def _interleaved_event(
-        self, host: ObjectHost, origin: _Origin, invoke: Invoke[Any], node: int
+        self, host: ObjectHost, origin: _Origin, invoke: Invoke[Any], node: int, claim: int
     ) -> tuple[Any, bool, int]:
-        """One event of a reentrant object; ``node`` is its token and waits-for node."""
+        """One event of a reentrant object; ``node`` is its token and waits-for node,
+        ``claim`` is ``node`` if it runs on_start (it holds the input already)."""
         token = _running.set(_extended(origin, host, node, node))
         self._live_events.add(node)
         try:
-            while host.gate is not None and not host.gate.is_set():
-                await self._wait_at_gate(host, host.gate, node)
-            if not host.ready and host.started is not None:
-                # Another event is running on_start: wait for it to end either way.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(host.started)
+            # The handler starts right after a check finds the gate open, with no
+            # await in between: no other event's block can have closed it since.
+            while not claim and not host.broken:
+                gate = host.gate
+                if gate is not None and not gate.is_set():
+                    await self._wait_at_gate(host, gate, node)
+                elif not host.ready and host.started is not None:
+                    # Other work is starting it: wait for it to end either way.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(host.started)
+                else:
+                    break
             if host.broken:  # reset (aborted, on_start failed) before this event began
                 raise _ResetBeforeStart
             outcome, failed = await self._invoke(host, invoke)
             seq = self._end_turn(host, failed)
         finally:
+            # Ended before on_start (reset before it began): the input reopens.
+            self._release_start(host, claim)
             self._live_events.discard(node)
             _running.reset(token)
             host.inflight -= 1
