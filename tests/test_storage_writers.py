@@ -5,6 +5,8 @@ take back only their own writes, evicted instances cannot write."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -517,18 +519,179 @@ async def test_another_writers_rollback_keeps_a_committed_set_states_update(
 
 # -- a model check of interleaved writers --------------------------------------
 
+
+class Pinged(stead.DurableObject):
+    def ping(self) -> int:
+        return 1
+
+
+class Midway(stead.DurableObject):
+    """A turn and its wait_until job, each with a block, around calls out (the
+    midway commits of the output gate) and the job's rollback."""
+
+    def setup(self) -> None:
+        self.ctx.storage.put("k", "orig")
+
+    async def _ping(self) -> None:
+        await self.env.P.get_by_name("p").ping()
+
+    async def synced_job_then_call_in_block(self) -> str:
+        storage = self.ctx.storage
+        synced = asyncio.Event()
+        storage.put("k", "turn")
+
+        async def job() -> None:
+            storage.put("k", "job")
+            await storage.sync()  # durable, as sync() promises
+            synced.set()
+
+        self.ctx.wait_until(job())
+        with storage.transaction():
+            await synced.wait()
+            storage.put("t", 1)
+            await self._ping()  # must not send an older k over the job's
+        return storage.get("k")  # type: ignore[no-any-return]
+
+    async def rollbacks_in_both(self, abort: bool) -> None:
+        storage = self.ctx.storage
+        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def job() -> None:
+            with contextlib.suppress(ValueError), storage.transaction():
+                storage.put("k", "job")
+                opened.set()
+                await fail.wait()
+                raise ValueError
+
+            rolled.set()
+
+        self.ctx.wait_until(job())
+        await opened.wait()
+        with contextlib.suppress(KeyError), storage.transaction():
+            storage.put("t", 1)
+            await self._ping()  # sends the job's k="job" (another writer's block)
+            storage.put("k", "turn")
+            fail.set()
+            await rolled.wait()  # its write-back must not send this block's k
+            raise KeyError
+        if abort:
+            self.ctx.abort("give up")
+
+    async def rollback_with_delete_all_pending(self) -> None:
+        storage = self.ctx.storage
+        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def job() -> None:
+            with contextlib.suppress(ValueError), storage.transaction():
+                storage.put("k", "job")
+                opened.set()
+                await fail.wait()
+                raise ValueError
+            rolled.set()
+
+        self.ctx.wait_until(job())
+        await opened.wait()
+        storage.put("t", 1)
+        await self._ping()  # commits the job's k="job" too
+        storage.delete_all()
+        fail.set()
+        await rolled.wait()
+        self.ctx.abort("give up")  # drops the delete_all: k must be back on disk
+
+    async def write_back_then_call_in_block(self) -> str:
+        storage = self.ctx.storage
+        opened, turn_wrote, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def job() -> None:
+            with contextlib.suppress(ValueError), storage.transaction():
+                storage.put("j", 1)
+                opened.set()
+                await turn_wrote.wait()
+                storage.put("k", "job")
+                raise ValueError
+            rolled.set()
+
+        self.ctx.wait_until(job())
+        await opened.wait()
+        storage.put("t", 1)
+        await self._ping()  # commits the job's j too: its rollback writes back
+        with storage.transaction():
+            storage.put("k", "turn")
+            turn_wrote.set()
+            await rolled.wait()
+            storage.put("t", 2)
+            await self._ping()
+        return storage.get("k")  # type: ignore[no-any-return]
+
+    def read(self) -> dict[str, Any]:
+        return dict(self.ctx.storage.list())
+
+
+async def _run_midway(data_dir: str, method: str, *args: Any) -> tuple[Any, dict[str, Any]]:
+    """``method``'s result (or error) and what reads show after it, in one runtime."""
+    async with stead.Runtime({"O": Midway, "P": Pinged}, data_dir=data_dir) as rt:
+        stub = rt.env.O.get_by_name("o")
+        await stub.setup()
+        try:
+            result: Any = await getattr(stub, method)(*args)
+        except stead.RemoteError as error:
+            result = error
+        return result, await stub.read()
+
+
+async def _midway_reopened(data_dir: str) -> dict[str, Any]:
+    async with stead.Runtime({"O": Midway, "P": Pinged}, data_dir=data_dir) as rt:
+        return await rt.env.O.get_by_name("o").read()  # type: ignore[no-any-return]
+
+
+async def test_a_call_in_a_block_never_sends_an_older_value_over_a_synced_one(
+    data_dir: str,
+) -> None:
+    result, shown = await _run_midway(data_dir, "synced_job_then_call_in_block")
+    assert result == "job" and shown == {"k": "job", "t": 1}
+    assert await _midway_reopened(data_dir) == {"k": "job", "t": 1}
+
+
+@pytest.mark.parametrize("abort", [False, True])
+async def test_a_write_back_never_sends_another_writers_open_block(
+    data_dir: str, abort: bool
+) -> None:
+    _, shown = await _run_midway(data_dir, "rollbacks_in_both", abort)
+    assert shown == {"k": "orig"}
+    assert await _midway_reopened(data_dir) == {"k": "orig"}
+
+
+async def test_a_write_back_is_made_with_a_delete_all_pending(data_dir: str) -> None:
+    result, shown = await _run_midway(data_dir, "rollback_with_delete_all_pending")
+    assert isinstance(result, stead.RemoteError)
+    assert shown == {"k": "orig", "t": 1}
+    assert await _midway_reopened(data_dir) == {"k": "orig", "t": 1}
+
+
+async def test_a_blocks_write_survives_a_write_back_and_a_call_in_the_block(
+    data_dir: str,
+) -> None:
+    result, shown = await _run_midway(data_dir, "write_back_then_call_in_block")
+    assert result == "turn" and shown == {"k": "turn", "t": 2}  # j rolled back
+    assert await _midway_reopened(data_dir) == {"k": "turn", "t": 2}
+
+
 _KEYS = ("a", "b", "c")
 _OPERATIONS = (
     *("put", "put", "delete", "delete_all", "alarm"),
-    *("open", "open", "close", "rollback", "rollback", "commit"),
+    *("open", "open", "close", "rollback", "rollback", "commit", "midway", "midway"),
 )
 
 
 def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None:
     """Writers interleave puts, deletes, delete_all(), alarms and (nested)
-    transaction() blocks that commit or roll back, with commits in between.
-    The model: a rollback takes back its writer's writes made in the block;
-    every other write stands. Reads and, after a last commit, the engine agree."""
+    transaction() blocks that commit or roll back, with commits in between:
+    full ones (a turn's end) and a writer's midway ones (a call or sync() made
+    inside its blocks). The model: a rollback takes back its writer's writes
+    made in the block; every other write stands. Reads, list() and get_many()
+    always agree with it; after a midway commit the engine holds every write
+    standing but those of the committer's open blocks; after a full one, every
+    write standing; after a rollback, none of the writes it took back."""
     import random
 
     from stead._core import Engine
@@ -539,17 +702,23 @@ def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None
     current: list[object] = [None]
     storage = Storage(engine, b"obj", name=None, max_value_bytes=1 << 20, writer=lambda: current[0])
     identities = [object() for _ in range(writers)]
-    # The model: every write as [key, value, blocks of its writer open then, alive].
-    history: list[tuple[str, Any, frozenset[int], list[bool]]] = []
+    # The model: every write as [key, value, (writer, its blocks open then), alive].
+    history: list[tuple[str, Any, tuple[int, frozenset[int]], list[bool]]] = []
     open_blocks: dict[int, list[tuple[int, Any]]] = {w: [] for w in range(writers)}
     next_block = 0
 
-    def modelled() -> dict[str, Any]:
+    def modelled(
+        held: Callable[[int, frozenset[int]], bool] = lambda w, b: False,
+    ) -> dict[str, Any]:
         state: dict[str, Any] = dict.fromkeys((*_KEYS, "alarm"))
-        for key, value, _, alive in history:
-            if alive[0]:
+        for key, value, writer_blocks, alive in history:
+            if alive[0] and not held(*writer_blocks):
                 state[key] = value
         return state
+
+    def reopened() -> Storage:
+        """What the engine holds, read as a fresh instance would."""
+        return Storage(engine, b"obj", name=None, max_value_bytes=1 << 20)
 
     def observed(of: Storage) -> dict[str, Any]:
         state = {key: of.get(key) for key in _KEYS}
@@ -561,22 +730,23 @@ def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None
         writer = rng.randrange(writers)
         current[0] = identities[writer]
         blocks = frozenset(block for block, _ in open_blocks[writer])
+        mine = (writer, blocks)
         op = rng.choice(_OPERATIONS)
         if op == "put":
             key, value = rng.choice(_KEYS), f"w{writer}s{step}"
             storage.put(key, value)
-            history.append((key, value, blocks, [True]))
+            history.append((key, value, mine, [True]))
         elif op == "delete":
             key = rng.choice(_KEYS)
             storage.delete(key)
-            history.append((key, None, blocks, [True]))
+            history.append((key, None, mine, [True]))
         elif op == "delete_all":
             storage.delete_all()
             for key in (*_KEYS, "alarm"):
-                history.append((key, None, blocks, [True]))
+                history.append((key, None, mine, [True]))
         elif op == "alarm":
             storage.set_alarm((1_000_000 + step) / 1000)
-            history.append(("alarm", 1_000_000 + step, blocks, [True]))
+            history.append(("alarm", 1_000_000 + step, mine, [True]))
         elif op == "open":
             block = storage.transaction()
             block.__enter__()
@@ -590,19 +760,41 @@ def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None
                 with pytest.raises(ValueError):
                     if not block.__exit__(ValueError, ValueError("x"), None):
                         raise ValueError("x")
-                for _, _, in_blocks, alive in history:
+                taken_back = set()
+                for key, value, (_, in_blocks), alive in history:
                     if number in in_blocks:
                         alive[0] = False
+                        if value is not None:  # None may stand for "never written"
+                            taken_back.add((key, value))
+                standing = {(key, value) for key, value, _, alive in history if alive[0]}
+                on_disk = set(observed(reopened()).items())
+                assert not (on_disk & taken_back) - standing, f"seed {seed}, step {step}"
         elif op == "commit":
             storage.commit()
+            assert observed(reopened()) == modelled(), f"seed {seed}, step {step}: full commit"
+        elif op == "midway":
+            storage.commit_outside_transactions(lambda opener: opener is not current[0])
+
+            def held(
+                by: int, in_blocks: frozenset[int], committer: tuple[int, frozenset[int]] = mine
+            ) -> bool:
+                return by == committer[0] and bool(in_blocks & committer[1])
+
+            assert observed(reopened()) == modelled(held), f"seed {seed}, step {step}: midway"
         assert observed(storage) == modelled(), f"seed {seed}, step {step}"
+        everything = {key: storage.get(key) for key in _KEYS}
+        present = {key: value for key, value in everything.items() if value is not None}
+        assert storage.list() == present, f"seed {seed}, step {step}: list()"
+        assert storage.get_many(list(_KEYS)) == present, f"seed {seed}, step {step}"
+        assert storage.list(start="b", reverse=True, limit=1) == dict(
+            [item for item in sorted(present.items(), reverse=True) if item[0] >= "b"][:1]
+        )
     for writer in range(writers):
         current[0] = identities[writer]
         while open_blocks[writer]:
             open_blocks[writer].pop()[1].__exit__(None, None, None)
     storage.commit()
-    reopened = Storage(engine, b"obj", name=None, max_value_bytes=1 << 20)
-    assert observed(reopened) == modelled(), f"seed {seed}: the engine"
+    assert observed(reopened()) == modelled(), f"seed {seed}: the engine"
 
 
 @pytest.mark.parametrize("writers", [1, 2, 3])

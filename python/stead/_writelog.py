@@ -3,45 +3,77 @@
 Several writers may share one object's pending writes: the events of a reentrant
 object, a turn and its ``ctx.wait_until`` work. A rollback must take back only its
 own writer's writes made in the block, whatever the others wrote before, between
-or after them. The log records every write made while any block is open, in
-order, with its writer; a rollback marks its writer's entries since the block
-opened dead and replays each affected key from the entries still alive (or the
-value the key had when the log first saw it).
+or after them; and a commit made inside a block must leave that block's writes
+out, whatever the others wrote. The log records every write made while any block
+is open, in order, with its writer. Every value the storage shows, sends or writes
+back is a replay of it: each key's last write among the entries a rule keeps (the
+live ones; the live ones that are not held back by an open block; ...), else the
+value the key had when the log first saw it. Nothing is kept per block but where
+it starts, so no copy can go stale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
-__all__ = ["ALARM", "WriteLog"]
+__all__ = ["ALARM", "BEFORE_LOG", "NO_WIPE", "Skip", "WriteLog"]
 
 #: The log's key for the object's alarm (its values: epoch ms or None).
 ALARM: Final = b""  # no user or internal key is empty
 # The key of a delete_all() entry: every key and the alarm become None.
 _WIPE: Final = None
+#: Positions of delete_all()s beside the entries': one made before the log
+#: began (still pending then), and none at all.
+BEFORE_LOG: Final = -1
+NO_WIPE: Final = -2
+
+#: Which entries a replay leaves out, by index (dead ones are always left out).
+Skip = Callable[[int], bool]
+
+
+def _keep_all(index: int) -> bool:
+    return False
 
 
 class WriteLog:
     """Writes made while blocks are open, in order, and what replays them."""
 
-    __slots__ = ("_alive", "_base", "_by_key", "_entries", "_wipes", "committed")
+    __slots__ = (
+        "_alive",
+        "_base",
+        "_by_key",
+        "_entries",
+        "_wipes",
+        "sent",
+        "wipe_before_log",
+        "wipe_sent",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, wipe_before_log: bool) -> None:
         self._entries: list[tuple[object, bytes | None, bytes | int | None]] = []
         self._alive: list[bool] = []
         # Each key's value before its first entry (the alarm's under ALARM).
         self._base: dict[bytes, bytes | int | None] = {}
         self._by_key: dict[bytes, list[int]] = {}
         self._wipes: list[int] = []
-        #: Entries below this index were sent to the engine by a commit.
-        self.committed = 0
+        #: A delete_all() was pending (not committed) when the log began.
+        self.wipe_before_log = wipe_before_log
+        #: How many entries there were when the last batch went to the engine:
+        #: entries from there on were never sent.
+        self.sent = 0
+        #: The position of the newest delete_all() a batch sent (NO_WIPE: none).
+        self.wipe_sent = NO_WIPE
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def knows(self, key: bytes) -> bool:
         return key in self._base
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key the log has seen (the alarm's ALARM among them)."""
+        return iter(self._base)
 
     def record(self, writer: object, key: bytes, value: bytes | int | None, base: object) -> None:
         """A write of ``key``; ``base`` is its value now (used on its first write)."""
@@ -63,15 +95,19 @@ class WriteLog:
         self._entries.append((writer, _WIPE, None))
         self._alive.append(True)
 
-    def kill(self, writer: object, start: int) -> tuple[set[bytes], bool, int]:
+    def kill(self, writer: object, start: int) -> tuple[set[bytes], bool, int, bool]:
         """Mark ``writer``'s entries from ``start`` on dead: the keys to replay,
-        whether a delete_all was among them (then every key), and the lowest
-        index killed (``len(self)`` if none)."""
+        whether a delete_all was among them (then every key), the lowest index
+        killed (``len(self)`` if none), and whether another writer wrote since
+        ``start``."""
         keys: set[bytes] = set()
-        wiped = False
+        wiped = foreign = False
         lowest = len(self._entries)
         for index in range(start, len(self._entries)):
-            if not self._alive[index] or self._entries[index][0] is not writer:
+            if not self._alive[index]:
+                continue
+            if self._entries[index][0] is not writer:
+                foreign = True
                 continue
             self._alive[index] = False
             lowest = min(lowest, index)
@@ -82,27 +118,42 @@ class WriteLog:
                 keys.add(key)
         if wiped:
             keys.update(self._base)
-        return keys, wiped, lowest
+        return keys, wiped, lowest, foreign
 
-    def replay(self, key: bytes, upto: int | None = None) -> bytes | int | None:
-        """``key``'s value from the live entries (those below ``upto`` only)."""
-        end = len(self._entries) if upto is None else upto
+    def held(self, starts: dict[object, int]) -> Skip:
+        """What open blocks hold back: the entries of each writer in ``starts``
+        from the start of its outermost open block on."""
+        if not starts:
+            return _keep_all
+        entries = self._entries
+
+        def skip(index: int) -> bool:
+            start = starts.get(entries[index][0])
+            return start is not None and index >= start
+
+        return skip
+
+    def replay(self, key: bytes, skip: Skip = _keep_all) -> bytes | int | None:
+        """``key``'s value from the live entries ``skip`` keeps."""
+        alive = self._alive
         last_write = -1
         for index in reversed(self._by_key.get(key, ())):
-            if index < end and self._alive[index]:
+            if alive[index] and not skip(index):
                 last_write = index
                 break
-        last_wipe = -1
-        for index in reversed(self._wipes):
-            if index < end and self._alive[index]:
-                last_wipe = index
-                break
+        last_wipe = self.last_wipe(skip)
         if last_write < 0 and last_wipe < 0:
+            # A delete_all before the log is in the base already (it hid the key).
             return self._base.get(key)
         if last_wipe > last_write:
             return None
         return self._entries[last_write][2]
 
-    def live_wipe_since(self, index: int) -> bool:
-        """Whether a delete_all entry at or after ``index`` is alive."""
-        return any(self._alive[wipe] for wipe in self._wipes if wipe >= index)
+    def last_wipe(self, skip: Skip = _keep_all) -> int:
+        """The position of the newest live delete_all() ``skip`` keeps: an
+        entry's index, BEFORE_LOG, or NO_WIPE."""
+        alive = self._alive
+        for index in reversed(self._wipes):
+            if alive[index] and not skip(index):
+                return index
+        return BEFORE_LOG if self.wipe_before_log else NO_WIPE

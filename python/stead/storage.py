@@ -9,7 +9,6 @@ commits all pending writes of a turn as one atomic batch when the turn ends
 from __future__ import annotations
 
 import builtins
-import copy
 import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -53,94 +52,19 @@ class RollbackWatch:
 
 
 class _Savepoint:
-    """The storage as an open ``transaction()`` block found it: what a rollback
-    restores, and (for the outermost block) what a mid-turn commit may send.
+    """An open ``transaction()`` block: who opened it and where it starts in the
+    write log (``stead._writelog``). A rollback takes back the opener's writes
+    from there on, and only those: other writers' writes may have been
+    acknowledged. Nothing else is kept: every value a rollback restores or a
+    commit sends is replayed from the log, so no copy can go stale."""
 
-    Two ways back. While only the opener wrote in the block and nothing of it was
-    committed, the snapshot taken at the start is exact. Otherwise the write log
-    (``stead._writelog``) takes back the opener's writes made since the block
-    opened, and only those: other writers' writes may have been acknowledged.
-    """
+    __slots__ = ("opener", "own_callbacks", "start")
 
-    __slots__ = (
-        "alarm",
-        "cache",
-        "cache_bytes",
-        "cleared",
-        "committed_callbacks",
-        "delete_all",
-        "delete_alls",
-        "dirty",
-        "foreign",
-        "opener",
-        "own_callbacks",
-        "pending",
-        "start",
-    )
-
-    def __init__(self, storage: Storage, start: int) -> None:
-        # Who opened the block, where it starts in the write log, whether another
-        # writer wrote while it was open, and whether a rollback of another block
-        # left its snapshot unusable (it took back a delete_all the snapshot saw).
-        self.opener = storage.current_writer()
+    def __init__(self, opener: object, start: int) -> None:
+        self.opener = opener
         self.start = start
-        self.foreign = False
-        self.dirty = False
         # after_commit callbacks the opener added in the block: a rollback drops them.
         self.own_callbacks: tuple[Callable[[int], None], ...] = ()
-        self.pending = dict(storage._pending)
-        self.cache = dict(storage._cache)
-        self.cache_bytes = storage._cache_bytes
-        self.delete_all = storage._delete_all
-        self.cleared = storage._cleared
-        self.alarm = storage._alarm
-        self.delete_alls = storage._delete_alls
-        self.committed_callbacks = storage._committed_callbacks
-
-    def restore(self, storage: Storage) -> None:
-        """Put ``storage`` back as the block found it (the exact way back)."""
-        storage._pending = self.pending
-        storage._cache = self.cache
-        storage._cache_bytes = self.cache_bytes
-        storage._delete_all = self.delete_all
-        storage._cleared = self.cleared
-        storage._alarm = self.alarm
-        storage._delete_alls = self.delete_alls
-        storage._committed_callbacks = self.committed_callbacks
-
-    def settle(self, batch: _Savepoint) -> None:
-        """Take ``batch`` (the outermost savepoint's writes, just committed) out of
-        what this savepoint would restore."""
-        self.pending, self.delete_all, self.cleared, self.alarm = _settled(
-            batch, self.pending, self.delete_all, self.cleared, self.alarm, self.delete_alls
-        )
-
-
-def _settled(
-    batch: _Savepoint,
-    pending: dict[bytes, bytes | None],
-    delete_all: bool,
-    cleared: bool,
-    alarm: AlarmChange | None,
-    delete_alls: int,
-) -> tuple[dict[bytes, bytes | None], bool, bool, AlarmChange | None]:
-    """A pending state with the committed ``batch`` taken out of it."""
-    if delete_alls != batch.delete_alls:
-        # A later delete_all is pending: it and everything after it still count.
-        return pending, delete_all, cleared, alarm
-    # A write still holding the very value committed is committed (values are
-    # fresh objects per write; a shared one is an equal one).
-    committed = batch.pending
-    remaining = {
-        key: raw
-        for key, raw in pending.items()
-        if key not in committed or committed[key] is not raw
-    }
-    if batch.delete_all:  # the same delete_all (none since): now in the engine
-        delete_all = cleared = False
-    if batch.alarm is not None and alarm is batch.alarm:
-        alarm = None
-    return remaining, delete_all, cleared, alarm
 
 
 # Encoded forms of recently used short keys: most objects use a handful of
@@ -224,7 +148,6 @@ class Storage:
         "_cleared",
         "_committed_callbacks",
         "_delete_all",
-        "_delete_alls",
         "_detached",
         "_engine",
         "_log",
@@ -237,7 +160,6 @@ class Storage:
         "_savepoints",
         "_syncer",
         "_watches",
-        "_wipe_before_log",
         "_writer",
         "last_seq",
     )
@@ -268,8 +190,6 @@ class Storage:
         self._delete_all = False
         # After delete_all nothing in the engine counts until it is committed.
         self._cleared = False
-        # delete_all() calls so far: tells a savepoint whether one came after it.
-        self._delete_alls = 0
         # Open transaction() blocks, outermost first (a tuple: no list per object).
         self._savepoints: tuple[_Savepoint, ...] = ()
         self._alarm: AlarmChange | None = None
@@ -293,10 +213,9 @@ class Storage:
         # What the instance was (see ``detach``); None while it is live.
         self._detached: str | None = None
         # While transaction() blocks are open: every write, for rollbacks that must
-        # take back one writer's writes only; and whether a delete_all was pending
-        # when the log began (not committed since).
+        # take back one writer's writes only and commits that must hold back the
+        # committer's open blocks.
         self._log: WriteLog | None = None
-        self._wipe_before_log = False
 
     # -- reads ---------------------------------------------------------------
 
@@ -433,7 +352,6 @@ class Storage:
         if not log.knows(key):
             base = self._visible_alarm_ms() if key == ALARM else self._raw(key)
         log.record(writer, key, value, base)
-        self._mark_foreign(writer)
 
     def _note_delete_all(self) -> None:
         """delete_all() with blocks open: a write of every key and the alarm."""
@@ -446,12 +364,6 @@ class Storage:
         visible.extend((key, None) for key, raw in self._pending.items() if raw is None)
         visible.append((ALARM, self._visible_alarm_ms()))
         log.record_wipe(writer, visible)
-        self._mark_foreign(writer)
-
-    def _mark_foreign(self, writer: object) -> None:
-        for savepoint in self._savepoints:
-            if savepoint.opener is not writer:
-                savepoint.foreign = True
 
     def current_writer(self) -> object:
         """Who writes now (see ``writer``); None if the storage has one writer."""
@@ -517,7 +429,6 @@ class Storage:
         self._cache_bytes = 0
         self._delete_all = True
         self._cleared = True
-        self._delete_alls += 1
         self._alarm = AlarmChange(None)
         self._name_recorded = False
 
@@ -531,25 +442,18 @@ class Storage:
         that is already on its way to disk.
         """
         if not self._savepoints:
-            self._log = WriteLog()
-            self._wipe_before_log = self._delete_all
+            self._log = WriteLog(wipe_before_log=self._delete_all)
         log = self._log
         assert log is not None
-        savepoint = _Savepoint(self, len(log))
+        savepoint = _Savepoint(self.current_writer(), len(log))
         self._savepoints = (*self._savepoints, savepoint)
         try:
             yield self
         except BaseException:
-            if self._detached is not None:
-                pass  # nothing will be committed; later writes are refused
-            elif savepoint.foreign or savepoint.dirty or log.committed > savepoint.start:
-                self._take_back(savepoint, log)
-            else:
-                savepoint.restore(self)
-                keys, wiped, _ = log.kill(savepoint.opener, savepoint.start)
-                self._fix_snapshots(savepoint, log, keys, wiped)
+            # Detached: nothing will be committed, and later writes are refused.
+            foreign = self._detached is None and self._roll_back(savepoint, log)
             for watch in self._watches:
-                if savepoint.opener is not watch.writer or savepoint.foreign:
+                if savepoint.opener is not watch.writer or foreign:
                     watch.hit = True
             raise
         finally:
@@ -558,68 +462,116 @@ class Storage:
             if not self._savepoints:
                 self._log = None
 
-    def _take_back(self, savepoint: _Savepoint, log: WriteLog) -> None:
-        """Roll back only the writes the block's opener made since it opened: each
-        key they touched is replayed from the writes still standing. What was
-        already committed is overwritten at once by a batch of its own (it
-        restores committed state, so no turn need carry it, nor can an abort of
-        one drop it)."""
-        keys, wiped, lowest = log.kill(savepoint.opener, savepoint.start)
-        self._fix_snapshots(savepoint, log, keys, wiped)
-        restored: dict[bytes, bytes | None] = {}
-        alarm: AlarmChange | None = None
-        for key in keys:
-            value = log.replay(key)
-            if key == ALARM:
-                assert value is None or isinstance(value, int)
-                alarm = AlarmChange(value)
-            else:
-                assert value is None or isinstance(value, bytes)
-                restored[key] = value
-                self._pending[key] = value
-                self._remember(key, value)
-        if alarm is not None:
-            self._alarm = alarm
-        if wiped:
-            # Every key is written back above; the delete itself goes only if a
-            # delete_all still standing (or made before the log) is pending.
-            self._delete_all = self._cleared = self._wipe_before_log or log.live_wipe_since(
-                log.committed
-            )
+    def _roll_back(self, savepoint: _Savepoint, log: WriteLog) -> bool:
+        """Take back the writes the block's opener made since it opened, and only
+        those: each key they touched is replayed from the writes still standing.
+        If any of them may have been committed (by another writer's commit), the
+        engine gets the keys' committed values back at once, as a batch of its
+        own: it restores committed state, so no turn need carry it, nor can an
+        abort of one drop it. Whether another writer wrote in the block."""
+        keys, wiped, lowest, foreign = log.kill(savepoint.opener, savepoint.start)
         own = savepoint.own_callbacks
-        self._committed_callbacks = tuple(c for c in self._committed_callbacks if c not in own)
-        if lowest < log.committed and not self._delete_all:
-            self._commit_batch(restored, alarm, False)
-            self._pending = {
-                key: raw
-                for key, raw in self._pending.items()
-                if key not in restored or restored[key] is not raw
-            }
-            if alarm is not None and self._alarm is alarm:
-                self._alarm = None
-                self._announce(alarm)
-
-    def _fix_snapshots(
-        self, rolled_back: _Savepoint, log: WriteLog, keys: set[bytes], wiped: bool
-    ) -> None:
-        """The other open blocks' snapshots that saw writes just taken back: each
-        such key is replayed as of the block's start (a delete_all taken back
-        cannot be replayed into a snapshot: the block then rolls back by the log)."""
-        for other in self._savepoints:
-            if other is rolled_back or other.start <= rolled_back.start:
-                continue  # opened before the block: its snapshot saw none of it
-            if wiped:
-                other.dirty = True
-                continue
+        if own:
+            self._committed_callbacks = tuple(c for c in self._committed_callbacks if c not in own)
+        if wiped:
+            # What reads found with the delete_all pending may be wrong now.
+            self._cache = {key: raw for key, raw in self._cache.items() if log.knows(key)}
+            self._cache_bytes = sum(len(raw) for raw in self._cache.values() if raw is not None)
+        for key in keys:
+            self._show(key, log.replay(key))
+        if wiped:
+            self._delete_all = self._cleared = log.last_wipe() > log.wipe_sent
+        if lowest < log.sent:
+            self._write_back(keys, log)
+        if not self._delete_all:
+            # Nothing left to send for a key back at the value the engine holds.
             for key in keys:
-                value = log.replay(key, other.start)
                 if key == ALARM:
-                    assert value is None or isinstance(value, int)
-                    other.alarm = AlarmChange(value)
-                else:
-                    assert value is None or isinstance(value, bytes)
-                    other.pending[key] = value
-                    other.cache[key] = value
+                    if self._alarm is not None and self._alarm.when_ms == self._stored(ALARM):
+                        self._alarm = None
+                elif key in self._pending and self._pending[key] == self._stored(key):
+                    del self._pending[key]
+        return foreign
+
+    def _show(self, key: bytes, value: bytes | int | None) -> None:
+        """Make reads show ``value`` for ``key`` (ALARM: the alarm), pending."""
+        if key == ALARM:
+            assert value is None or isinstance(value, int)
+            self._alarm = AlarmChange(value)
+        else:
+            assert value is None or isinstance(value, bytes)
+            self._pending[key] = value
+            self._remember(key, value)
+
+    def _write_back(self, keys: set[bytes], log: WriteLog) -> None:
+        """After a rollback: give ``keys`` in the engine the values of the writes
+        that were committed and still stand (none of an open block's, of any
+        writer: those are not the engine's to keep)."""
+        sent = log.sent
+        held = log.held(self._open_block_starts(lambda opener: True))
+
+        def uncommitted(index: int) -> bool:
+            return index >= sent or held(index)
+
+        batch: dict[bytes, bytes | int | None] = {}
+        for key in keys:
+            value = log.replay(key, uncommitted)
+            if value != self._stored(key):
+                batch[key] = value
+        if batch:
+            self._send(batch, None, log)
+
+    def _open_block_starts(self, counts: Callable[[object], bool]) -> dict[object, int]:
+        """Where the outermost open block of each opener ``counts`` keeps starts."""
+        starts: dict[object, int] = {}
+        for savepoint in self._savepoints:
+            if counts(savepoint.opener):
+                start = starts.get(savepoint.opener)
+                if start is None or savepoint.start < start:
+                    starts[savepoint.opener] = savepoint.start
+        return starts
+
+    def _stored(self, key: bytes) -> bytes | int | None:
+        """What the engine holds for ``key`` (ALARM: the alarm, epoch ms)."""
+        if key == ALARM:
+            return self._engine.get_alarm(self._object_key)
+        return self._engine.get(self._object_key, key)
+
+    def _send(self, batch: dict[bytes, bytes | int | None], wipe: int | None, log: WriteLog) -> int:
+        """Commit ``batch`` (ALARM: the alarm) with blocks open, after a delete_all
+        if ``wipe`` (the log position of the one sent); its seq. What stays pending
+        is then what reads show and the engine does not hold."""
+        keys = {*log.keys(), *self._pending}
+        shown_alarm = log.replay(ALARM) if log.knows(ALARM) else self._visible_alarm_ms()
+        assert shown_alarm is None or isinstance(shown_alarm, int)
+        alarm: AlarmChange | None = None
+        if ALARM in batch:
+            when = batch.pop(ALARM)
+            assert when is None or isinstance(when, int)
+            alarm = AlarmChange(when)
+        writes: dict[bytes, bytes | None] = batch  # type: ignore[assignment]
+        seq = self._commit_batch(writes, alarm, wipe is not None)
+        log.sent = len(log)
+        if wipe is not None:
+            log.wipe_sent = wipe
+        wipe_pending = self._delete_all = self._cleared = log.last_wipe() > log.wipe_sent
+        pending: dict[bytes, bytes | None] = {}
+        for key in keys:
+            if key == ALARM:
+                continue
+            shown = log.replay(key) if log.knows(key) else self._pending[key]
+            assert shown is None or isinstance(shown, bytes)
+            # A delete_all still pending goes first: every key shown must follow it.
+            if (shown is not None) if wipe_pending else shown != self._stored(key):
+                pending[key] = shown
+        self._pending = pending
+        stored_alarm = self._engine.get_alarm(self._object_key)
+        self._alarm = (
+            AlarmChange(shown_alarm) if wipe_pending or shown_alarm != stored_alarm else None
+        )
+        if alarm is not None:
+            self._announce(alarm)
+        return seq
 
     # -- alarms --------------------------------------------------------------
 
@@ -764,11 +716,13 @@ class Storage:
         if self._alarm_settlers and not self._savepoints:
             self._settle_alarm()
         pending, alarm, delete_all = self._pending, self._alarm, self._delete_all
-        if self._log is not None:
+        log = self._log
+        if log is not None:
             # Open blocks' writes go too (see commit_outside_transactions): their
             # rollbacks must now write back what they take back.
-            self._log.committed = len(self._log)
-            self._wipe_before_log = False
+            log.sent = len(log)
+            if delete_all:
+                log.wipe_sent = log.last_wipe()
         if alarm is None and not delete_all and not self._committed_callbacks:
             if not pending:
                 return self.last_seq
@@ -790,10 +744,6 @@ class Storage:
 
     def _tell_committed(self, seq: int) -> None:
         callbacks, self._committed_callbacks = self._committed_callbacks, ()
-        # Told once: a block open now (a reentrant object's flush commits its
-        # writes too) must not bring them back by rolling back.
-        for savepoint in self._savepoints:
-            savepoint.committed_callbacks = ()
         for callback in callbacks:
             callback(seq)
 
@@ -809,30 +759,30 @@ class Storage:
         writes made since they opened must go. Their writes go too, and their
         rollbacks write back what they take back.
         """
-        own = [sp for sp in self._savepoints if not opened_by_other(sp.opener)]
-        if not own:
+        starts = self._open_block_starts(lambda opener: not opened_by_other(opener))
+        if not starts:
             return self.commit()
-        outer = own[0]
-        if outer.dirty:
-            return self.commit()  # its snapshot cannot tell what to hold back
-        assert self._log is not None
-        # What was written before it opened goes (blocks opened earlier included).
-        self._log.committed = max(self._log.committed, outer.start)
-        if outer.delete_all:
-            self._wipe_before_log = False
-        if not outer.pending and not outer.delete_all and outer.alarm is None:
+        log = self._log
+        assert log is not None
+        # What the engine gets: every write standing but those of the held blocks,
+        # as a replay of the log (other writers may have committed newer values
+        # meanwhile, or rolled back theirs).
+        held = log.held(starts)
+        wipe = log.last_wipe(held)
+        send_wipe = wipe > log.wipe_sent
+        batch: dict[bytes, bytes | int | None] = {}
+        for key in {*log.keys(), *self._pending}:
+            if key == ALARM:
+                continue
+            value = log.replay(key, held) if log.knows(key) else self._pending[key]
+            if (value is not None) if send_wipe else value != self._stored(key):
+                batch[key] = value
+        alarm = log.replay(ALARM, held) if log.knows(ALARM) else self._visible_alarm_ms()
+        if send_wipe or alarm != self._stored(ALARM):
+            batch[ALARM] = alarm
+        if not batch and not send_wipe:
             return self.last_seq
-        seq = self._commit_batch(outer.pending, outer.alarm, outer.delete_all)
-        # What was just committed is no longer pending anywhere: not now, and not
-        # in the state any open block would roll back to.
-        batch = copy.copy(outer)
-        self._pending, self._delete_all, self._cleared, self._alarm = _settled(
-            batch, self._pending, self._delete_all, self._cleared, self._alarm, self._delete_alls
-        )
-        for savepoint in self._savepoints:
-            savepoint.settle(batch)
-        self._announce(batch.alarm)
-        return seq
+        return self._send(batch, wipe if send_wipe else None, log)
 
     def _commit_batch(
         self, pending: dict[bytes, bytes | None], alarm: AlarmChange | None, delete_all: bool
