@@ -745,3 +745,32 @@ def test_a_rollback_concerns_a_watched_writer_only_through_another_writer() -> N
     _rolls_back(storage)  # the turn's block
     assert watch.hit
     storage.unwatch_rollbacks(watch)
+
+
+def test_a_busy_object_reading_missing_keys_keeps_its_cache_bounded() -> None:
+    # An idempotency check reads a key that almost never exists; a busy object
+    # is never evicted, so its cache must stay within budget on misses too.
+    import tracemalloc
+
+    engine = Engine(None)
+    storage = Storage(engine, b"object", name=None, max_value_bytes=1 << 20)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for request in range(100_000):
+            assert storage.get(f"request:{request}") is None
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4 * storage_module._CACHE_BUDGET, f"{grown:,} bytes"
+
+
+def test_tiny_values_count_against_the_cache_budget() -> None:
+    engine = Engine(None)
+    storage = Storage(engine, b"object", name=None, max_value_bytes=1 << 20)
+    storage.put_many({f"flag:{n}": True for n in range(50_000)})
+    storage.commit()
+    reader = Storage(engine, b"object", name=None, max_value_bytes=1 << 20)
+    for n in range(50_000):
+        assert reader.get(f"flag:{n}") is True
+    assert len(reader._cache) < 20_000  # 1 MiB holds ~9k such entries with their keys

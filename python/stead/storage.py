@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 from stead import codec
 from stead._core import Engine
@@ -28,8 +28,21 @@ MAX_KEY_BYTES = 2048
 # and sort after all of them: user listings stop at this byte.
 INTERNAL_PREFIX = b"\xff"
 NAME_KEY = b"\xffname"
-# The per-object cache is dropped when it grows past this many bytes of values.
+# The per-object cache is dropped when it grows past this many bytes: values,
+# keys and each entry's own cost, so a busy object reading keys that do not
+# exist (an idempotency check) cannot grow it without bound on misses.
 _CACHE_BUDGET = 1 << 20
+# What one entry costs beside its key and value (a dict slot, two bytes headers).
+_CACHE_ENTRY_BYTES = 100
+# Compared by identity: no cached value is this object.
+_MISSING: Final = cast(bytes, object())
+
+
+def _cache_cost(cache: dict[bytes, bytes | None]) -> int:
+    return sum(
+        len(key) + _CACHE_ENTRY_BYTES + (0 if raw is None else len(raw))
+        for key, raw in cache.items()
+    )
 
 
 class AlarmChange(NamedTuple):
@@ -223,20 +236,29 @@ class Storage:
         cache = self._cache
         if key in cache:
             return cache[key]
-        value = None if self._cleared else self._engine.get(self._object_key, key)
+        pending = self._pending
+        if key in pending:  # written, and dropped from the cache over budget
+            value = pending[key]
+        else:
+            value = None if self._cleared else self._engine.get(self._object_key, key)
         self._remember(key, value)
         return value
 
     def _remember(self, key: bytes, value: bytes | None) -> None:
         cache = self._cache
         if self._cache_bytes > _CACHE_BUDGET:
-            # Over budget: keep only what this turn wrote (it must stay readable).
-            cache = self._cache = {k: cache[k] for k in self._pending if k in cache}
-            self._cache_bytes = sum(len(v) for v in cache.values() if v is not None)
-        old = cache.get(key)
+            # Over budget: start afresh (pending writes are read from _pending).
+            cache = self._cache = {}
+            self._cache_bytes = 0
+        old = cache.get(key, _MISSING)
         cache[key] = value
         # Counted by what is held: an overwritten value no longer counts.
-        self._cache_bytes += (0 if value is None else len(value)) - (0 if old is None else len(old))
+        if old is _MISSING:
+            self._cache_bytes += len(key) + _CACHE_ENTRY_BYTES
+        elif old is not None:
+            self._cache_bytes -= len(old)
+        if value is not None:
+            self._cache_bytes += len(value)
 
     def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The value of ``key`` (decoded into ``type`` if given), or ``default``."""
@@ -261,7 +283,9 @@ class Storage:
         cache = self._cache
         # Values are taken as found, not re-read from the cache afterwards:
         # remembering one fetched value may drop another when over budget.
+        pending = self._pending
         found = {encoded: cache[encoded] for _, encoded in wanted if encoded in cache}
+        found.update((encoded, pending[encoded]) for _, encoded in wanted if encoded in pending)
         missing = [encoded for _, encoded in wanted if encoded not in found]
         if missing:
             fetched: Iterable[bytes | None] = (
@@ -390,9 +414,12 @@ class Storage:
             self._remember(encoded, raw)
         else:  # _remember, inlined: put is the hot path of most handlers
             cache = self._cache
-            old = cache.get(encoded)
+            old = cache.get(encoded, _MISSING)
             cache[encoded] = raw
-            self._cache_bytes += len(raw) if old is None else len(raw) - len(old)
+            if old is _MISSING:
+                self._cache_bytes += len(encoded) + _CACHE_ENTRY_BYTES + len(raw)
+            else:
+                self._cache_bytes += len(raw) if old is None else len(raw) - len(old)
 
     def put_many(self, entries: Mapping[str, Any]) -> None:
         """Store every entry, or none if any key or value is invalid."""
@@ -476,7 +503,7 @@ class Storage:
         if wiped:
             # What reads found with the delete_all pending may be wrong now.
             self._cache = {key: raw for key, raw in self._cache.items() if log.knows(key)}
-            self._cache_bytes = sum(len(raw) for raw in self._cache.values() if raw is not None)
+            self._cache_bytes = _cache_cost(self._cache)
         for key in keys:
             self._show(key, log.replay(key))
         if wiped:
