@@ -302,10 +302,15 @@ class Agent(DurableObject):
 
     def _arm(self) -> None:
         earliest = self._earliest()
+        storage = self.ctx.storage
         if earliest is not None:
-            self.ctx.storage.set_alarm(earliest.time)
-        else:
-            self.ctx.storage.delete_alarm()
+            storage.set_alarm(earliest.time)
+            return
+        storage.delete_alarm()
+        if storage.get_internal(_INDEXED_KEY) is not None:
+            # No schedule left: nor the marker, which alone would keep an agent
+            # whose schedules all ran stored for good (the next schedule sets it).
+            storage.delete_internal(_INDEXED_KEY)
 
     async def alarm(self, info: AlarmInfo) -> None:
         """Run the earliest due schedule (one per turn); re-arm for the next."""
