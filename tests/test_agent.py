@@ -883,3 +883,28 @@ async def test_an_agent_whose_schedules_all_ran_or_were_cancelled_is_gone(data_d
             return "again" in [p for _, p, _ in Assistant.runs]
 
         await eventually(again_ran)
+
+
+def test_a_reused_cron_series_gives_the_times_of_a_fresh_parse() -> None:
+    # Each expression's parsed series is reused (moved to each start): no state
+    # of an earlier run, an ended series' error included, may leak into the next.
+    from croniter import croniter
+
+    from stead.agent import _next_cron_time
+
+    expressions = ["* * * * * */2", "*/5 * * * *", "0 0 L * *", "0 12 * * 5#3", "0 0 1 1 * 0 2030"]
+    rng = random.Random(7)
+    ended = 0
+    for _ in range(2000):
+        expression, start = rng.choice(expressions), rng.uniform(0, 2.2e9)
+        try:
+            expected: float | str = float(croniter(expression, start).get_next(float))
+        except ValueError as error:  # CroniterBadDateError: the series has ended
+            expected = type(error).__name__
+        ended += expected == "CroniterBadDateError"
+        try:
+            got: float | str = _next_cron_time(expression, start)
+        except ValueError as error:
+            got = type(error).__name__
+        assert got == expected, (expression, start)
+    assert ended  # ended series were among them
