@@ -366,7 +366,14 @@ class Storage:
         assert log is not None
         writer = self.current_writer()
         visible: builtins.list[tuple[bytes, bytes | int | None]] = []
-        visible.extend(self._merged_entries(_Bounds.raw(b""), False, None))
+        # Not the name: _commit_batch keeps it in step with what is stored (a
+        # rollback's replay must neither delete it under stored keys nor write
+        # it back alone).
+        visible.extend(
+            entry
+            for entry in self._merged_entries(_Bounds.raw(b""), False, None)
+            if entry[0] != NAME_KEY
+        )
         # Pending deletes too: taken back, the wipe must not bring back their keys.
         visible.extend((key, None) for key, raw in self._pending.items() if raw is None)
         visible.append((ALARM, self._visible_alarm_ms()))
@@ -437,7 +444,6 @@ class Storage:
         self._delete_all = True
         self._cleared = True
         self._alarm = AlarmChange(None)
-        self._name_recorded = False
 
     @contextmanager
     def transaction(self) -> Iterator[Storage]:
