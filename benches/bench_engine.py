@@ -7,6 +7,9 @@
 2. Reopen after compaction with 1M keys over 10k objects: startup time and
    index memory per key beyond the key bytes (RSS delta of a fresh process,
    next to the engine's own ``stats()["index_bytes"]`` accounting).
+3. The same memory figures for many small objects (1, 2 and 10 keys each, ids
+   of 40 bytes as the runtime makes them): what each object costs on top of
+   its keys.
 
 Run: pytest benches/bench_engine.py
 """
@@ -238,4 +241,49 @@ def test_reopen_after_compaction(benchmark: object, tmp_path: Path, report: Repo
         f"{per_key_stats:.0f} B by stats()['index_bytes'] "
         f"(target <= {TARGET_INDEX_BYTES_PER_KEY} B "
         f"-> ratio {per_key_rss / TARGET_INDEX_BYTES_PER_KEY:.2f})"
+    )
+
+
+def _build_small_objects(data_dir: Path, objects: int, per_object: int) -> None:
+    engine = Engine(str(data_dir), "none", compaction=False)
+    value = b"x" * 20
+    for o in range(objects):
+        # The runtime's shape: a 40-byte id, short user keys (and its name key).
+        oid = b"T" * 8 + b"%032d" % o
+        engine.commit(oid, [(b"key-%d" % k, value) for k in range(per_object)])
+    engine.compact()
+    engine.close()
+
+
+@pytest.mark.benchmark(group="engine")
+@pytest.mark.parametrize("per_object", [1, 2, 10])
+def test_memory_of_many_small_objects(
+    benchmark: object, tmp_path: Path, report: Report, per_object: int
+) -> None:
+    objects = 200_000 // per_object
+    data_dir = tmp_path / "data"
+    _build_small_objects(data_dir, objects, per_object)
+    python_dir = str(Path(__file__).resolve().parent.parent / "python")
+
+    def reopen() -> dict[str, object]:
+        out = subprocess.run(
+            [sys.executable, "-c", REOPEN_CHILD, str(data_dir), python_dir, _SHIM],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": python_dir},
+        )
+        result: dict[str, object] = json.loads(out.stdout)
+        return result
+
+    result = benchmark.pedantic(reopen, rounds=3, iterations=1)  # type: ignore[attr-defined]
+    stats = result["stats"]
+    assert isinstance(stats, dict)
+    assert stats["objects"] == objects and stats["keys"] == objects * per_object
+    rss_delta = int(str(result["rss_delta"]))
+    report(
+        f"\nengine index memory, {objects:,} objects of {per_object} key(s) (40-byte ids), "
+        f"after a reopen: {rss_delta / objects:.0f} B per object by RSS, "
+        f"{stats['index_bytes'] / objects:.0f} B by stats()['index_bytes'] "
+        f"({stats['index_bytes'] / stats['keys']:.0f} B per key with its key bytes)"
     )

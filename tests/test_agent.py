@@ -846,3 +846,65 @@ async def test_cancel_then_delete_all_leaves_nothing_stored(data_dir: str) -> No
         key = rt.env.W.id_from_name("w").storage_key
         assert rt.engine.list(key) == []
         assert rt.engine.get_alarm(key) is None
+
+
+async def test_an_agent_whose_schedules_all_ran_or_were_cancelled_is_gone(data_dir: str) -> None:
+    # Nothing left to run and no state: nothing stays stored, not even its name.
+    Assistant.runs = []
+    async with stead.Runtime({"A": Assistant}, data_dir=data_dir) as rt:
+        ran, cancelled = rt.env.A.get_by_name("ran"), rt.env.A.get_by_name("cancelled")
+        await ran.plan([["delay", 0.05, "once"]])
+        [schedule_id] = await cancelled.plan([["delay", 60, "never"]])
+        assert await cancelled.cancel(schedule_id) is True
+        stateful = rt.env.A.get_by_name("stateful")
+        await stateful.say("hello")
+        await stateful.plan([["delay", 0.05, "then"]])
+
+        async def both_ran() -> bool:
+            return sorted(p for _, p, _ in Assistant.runs) == ["once", "then"]
+
+        await eventually(both_ran)
+
+        async def only_stateful_left() -> bool:
+            return [i.name for i in await rt.env.A.list_ids()] == ["stateful"]
+
+        await eventually(only_stateful_left)
+        for name in ["ran", "cancelled"]:
+            key = rt.env.A.id_from_name(name).storage_key
+            assert rt.engine.list(key) == [] and rt.engine.get_alarm(key) is None
+        assert rt.engine.stats()["objects"] == 1
+        # A new schedule on a gone agent is stored and runs as on a new one.
+        await ran.plan([["delay", 0.05, "again"]])
+        assert [i.name for i in await rt.env.A.list_ids()] == sorted(
+            ["ran", "stateful"], key=lambda name: str(rt.env.A.id_from_name(name))
+        )
+
+        async def again_ran() -> bool:
+            return "again" in [p for _, p, _ in Assistant.runs]
+
+        await eventually(again_ran)
+
+
+def test_a_reused_cron_series_gives_the_times_of_a_fresh_parse() -> None:
+    # Each expression's parsed series is reused (moved to each start): no state
+    # of an earlier run, an ended series' error included, may leak into the next.
+    from croniter import croniter
+
+    from stead.agent import _next_cron_time
+
+    expressions = ["* * * * * */2", "*/5 * * * *", "0 0 L * *", "0 12 * * 5#3", "0 0 1 1 * 0 2030"]
+    rng = random.Random(7)
+    ended = 0
+    for _ in range(2000):
+        expression, start = rng.choice(expressions), rng.uniform(0, 2.2e9)
+        try:
+            expected: float | str = float(croniter(expression, start).get_next(float))
+        except ValueError as error:  # CroniterBadDateError: the series has ended
+            expected = type(error).__name__
+        ended += expected == "CroniterBadDateError"
+        try:
+            got: float | str = _next_cron_time(expression, start)
+        except ValueError as error:
+            got = type(error).__name__
+        assert got == expected, (expression, start)
+    assert ended  # ended series were among them

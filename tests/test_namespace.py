@@ -5,11 +5,13 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from typing import ClassVar
 
 import pytest
 
 import stead
 from stead.ids import HmacSha256, IdFactory
+from tests.test_alarms import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -170,3 +172,110 @@ async def test_list_ids_after_close_raises_runtime_error(data_dir: str) -> None:
         await namespace.get_by_name("a").touch()
     with pytest.raises(RuntimeError, match="closed"):
         await namespace.list_ids()
+
+
+# -- objects that hold nothing leave nothing -----------------------------------
+
+
+class Session(stead.DurableObject):
+    alarms: ClassVar[list[str | None]] = []
+
+    def open(self, keys: list[str]) -> None:
+        for key in keys:
+            self.ctx.storage.put(key, "x" * 100)
+
+    def close(self, keys: list[str]) -> None:
+        for key in keys:
+            self.ctx.storage.delete(key)
+
+    def remind_in(self, seconds: float) -> None:
+        self.ctx.storage.set_alarm(time.time() + seconds)
+
+    async def alarm(self, info: stead.AlarmInfo) -> None:
+        Session.alarms.append(self.ctx.id.name)
+
+
+def _holds(rt: stead.Runtime, object_id: stead.ObjectId) -> bool:
+    """Whether the engine keeps anything of the object (its name alone included)."""
+    key = object_id.storage_key
+    return key in rt.engine.objects(prefix=key, limit=1) or bool(rt.engine.list(key, limit=1))
+
+
+async def _alarms_ran(count: int) -> None:
+    async def ran() -> bool:
+        return len(Session.alarms) >= count
+
+    await eventually(ran)
+
+
+async def test_an_object_whose_keys_are_deleted_one_by_one_is_gone(data_dir: str) -> None:
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        kept, ended = rt.env.S.get_by_name("kept"), rt.env.S.get_by_name("ended")
+        await kept.open(["a"])
+        await ended.open(["a", "b", "c"])
+        await ended.close(["a"])
+        assert [i.name for i in await rt.env.S.list_ids()] == sorted(
+            ["kept", "ended"], key=lambda name: str(rt.env.S.id_from_name(name))
+        )
+        await ended.close(["b", "c"])
+        assert [i.name for i in await rt.env.S.list_ids()] == ["kept"]
+        assert not _holds(rt, rt.env.S.id_from_name("ended"))
+        assert rt.engine.stats()["objects"] == 1
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        assert not _holds(rt, rt.env.S.id_from_name("ended"))
+        assert [i.name for i in await rt.env.S.list_ids()] == ["kept"]
+
+
+async def test_an_object_whose_only_alarm_ran_is_gone(data_dir: str) -> None:
+    Session.alarms = []
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        reminder = rt.env.S.get_by_name("reminder")
+        await reminder.remind_in(0.05)
+        assert _holds(rt, reminder.id)
+        await _alarms_ran(1)
+
+        async def gone() -> bool:
+            return not _holds(rt, reminder.id)
+
+        await eventually(gone)
+        assert await rt.env.S.list_ids() == []
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        assert not _holds(rt, rt.env.S.id_from_name("reminder"))
+        assert rt.engine.stats()["objects"] == 0
+
+
+async def test_an_object_with_an_alarm_and_no_keys_keeps_its_name(data_dir: str) -> None:
+    # The alarm delivered after a restart must still know whose it is.
+    Session.alarms = []
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        later = rt.env.S.get_by_name("later")
+        await later.open(["a"])
+        await later.remind_in(0.5)
+        await later.close(["a"])
+        assert [i.name for i in await rt.env.S.list_ids()] == ["later"]
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        assert [i.name for i in await rt.env.S.list_ids()] == ["later"]
+        await _alarms_ran(1)
+        assert Session.alarms == ["later"]
+
+        async def gone() -> bool:
+            return not _holds(rt, rt.env.S.id_from_name("later"))
+
+        await eventually(gone)  # and once it has run, nothing is left
+
+
+async def test_an_object_that_writes_again_is_listed_by_its_name(data_dir: str) -> None:
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        back = rt.env.S.get_by_name("back")
+        await back.open(["a"])
+        await back.close(["a"])
+        assert await rt.env.S.list_ids() == []
+        await back.open(["b"])  # the same instance: it knows its name went
+        assert [i.name for i in await rt.env.S.list_ids()] == ["back"]
+    async with stead.Runtime({"S": Session}, data_dir=data_dir) as rt:
+        [listed] = await rt.env.S.list_ids()
+        assert listed.name == "back"
+        await rt.env.S.get(listed).close(["b"])
+        assert await rt.env.S.list_ids() == []
+        await rt.env.S.get(listed).open(["c"])  # reached by its id: the name is known
+        assert [i.name for i in await rt.env.S.list_ids()] == ["back"]

@@ -691,16 +691,19 @@ def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None
     made in the block; every other write stands. Reads, list() and get_many()
     always agree with it; after a midway commit the engine holds every write
     standing but those of the committer's open blocks; after a full one, every
-    write standing; after a rollback, none of the writes it took back."""
+    write standing; after a rollback, none of the writes it took back. The
+    engine holds the object's name exactly while it holds anything else."""
     import random
 
     from stead._core import Engine
-    from stead.storage import Storage
+    from stead.storage import NAME_KEY, Storage
 
     rng = random.Random(seed)
     engine = Engine(None)
     current: list[object] = [None]
-    storage = Storage(engine, b"obj", name=None, max_value_bytes=1 << 20, writer=lambda: current[0])
+    storage = Storage(
+        engine, b"obj", name="obj", max_value_bytes=1 << 20, writer=lambda: current[0]
+    )
     identities = [object() for _ in range(writers)]
     # The model: every write as [key, value, (writer, its blocks open then), alive].
     history: list[tuple[str, Any, tuple[int, frozenset[int]], list[bool]]] = []
@@ -719,6 +722,11 @@ def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None
     def reopened() -> Storage:
         """What the engine holds, read as a fresh instance would."""
         return Storage(engine, b"obj", name=None, max_value_bytes=1 << 20)
+
+    def named_while_storing() -> bool:
+        others = [key for key, _ in engine.list(b"obj") if key != NAME_KEY]
+        stores = bool(others) or engine.get_alarm(b"obj") is not None
+        return (engine.get(b"obj", NAME_KEY) is not None) is stores
 
     def observed(of: Storage) -> dict[str, Any]:
         state = {key: of.get(key) for key in _KEYS}
@@ -782,6 +790,7 @@ def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None
 
             assert observed(reopened()) == modelled(held), f"seed {seed}, step {step}: midway"
         assert observed(storage) == modelled(), f"seed {seed}, step {step}"
+        assert named_while_storing(), f"seed {seed}, step {step}: the name"
         everything = {key: storage.get(key) for key in _KEYS}
         present = {key: value for key, value in everything.items() if value is not None}
         assert storage.list() == present, f"seed {seed}, step {step}: list()"
@@ -795,6 +804,7 @@ def _check_interleaved_writers(seed: int, writers: int, steps: int = 40) -> None
             open_blocks[writer].pop()[1].__exit__(None, None, None)
     storage.commit()
     assert observed(reopened()) == modelled(), f"seed {seed}: the engine"
+    assert named_while_storing(), f"seed {seed}: the name"
 
 
 @pytest.mark.parametrize("writers", [1, 2, 3])

@@ -87,8 +87,9 @@ class Namespace:
         return found
 
     def _has_storage(self, key: bytes) -> bool:
-        # The recorded name alone is not storage: it stays when an object's last
-        # key is deleted one by one (delete_all removes it too).
+        # The recorded name alone is not storage. The batch that deletes an
+        # object's last key or alarm deletes the name too, but data dirs written
+        # before it did may still hold objects with nothing else.
         if self._engine.get_alarm(key) is not None:
             return True
         return any(stored != NAME_KEY for stored, _ in self._engine.list(key, limit=2))

@@ -170,6 +170,7 @@ class Storage:
         "_object_key",
         "_on_alarm_committed",
         "_pending",
+        "_pending_deletes",
         "_savepoints",
         "_syncer",
         "_watches",
@@ -200,6 +201,10 @@ class Storage:
         self._cache_bytes = 0
         # key bytes -> encoded value or None (delete), in write order.
         self._pending: dict[bytes, bytes | None] = {}
+        # Whether _pending may hold a delete (a batch that deletes may leave
+        # only the name, which must then go too); a flag, not a scan of the
+        # values, so the common turn's commit stays a single engine call.
+        self._pending_deletes = False
         self._delete_all = False
         # After delete_all nothing in the engine counts until it is committed.
         self._cleared = False
@@ -364,6 +369,8 @@ class Storage:
             raise self._refused()
         if self._savepoints:
             self._note_write(key, raw)
+        if raw is None:
+            self._pending_deletes = True
         self._pending[key] = raw
         self._remember(key, raw)
 
@@ -383,7 +390,14 @@ class Storage:
         assert log is not None
         writer = self.current_writer()
         visible: builtins.list[tuple[bytes, bytes | int | None]] = []
-        visible.extend(self._merged_entries(_Bounds.raw(b""), False, None))
+        # Not the name: _commit_batch keeps it in step with what is stored (a
+        # rollback's replay must neither delete it under stored keys nor write
+        # it back alone).
+        visible.extend(
+            entry
+            for entry in self._merged_entries(_Bounds.raw(b""), False, None)
+            if entry[0] != NAME_KEY
+        )
         # Pending deletes too: taken back, the wipe must not bring back their keys.
         visible.extend((key, None) for key, raw in self._pending.items() if raw is None)
         visible.append((ALARM, self._visible_alarm_ms()))
@@ -457,7 +471,6 @@ class Storage:
         self._delete_all = True
         self._cleared = True
         self._alarm = AlarmChange(None)
-        self._name_recorded = False
 
     @contextmanager
     def transaction(self) -> Iterator[Storage]:
@@ -527,6 +540,8 @@ class Storage:
             self._alarm = AlarmChange(value)
         else:
             assert value is None or isinstance(value, bytes)
+            if value is None:
+                self._pending_deletes = True
             self._pending[key] = value
             self._remember(key, value)
 
@@ -592,6 +607,7 @@ class Storage:
             if (shown is not None) if wipe_pending else shown != self._stored(key):
                 pending[key] = shown
         self._pending = pending
+        self._pending_deletes = None in pending.values()
         stored_alarm = self._engine.get_alarm(self._object_key)
         self._alarm = (
             AlarmChange(shown_alarm) if wipe_pending or shown_alarm != stored_alarm else None
@@ -753,16 +769,19 @@ class Storage:
         if alarm is None and not delete_all and not self._committed_callbacks:
             if not pending:
                 return self.last_seq
-            if self._name_recorded is True or self._name is None:
-                # The common turn: plain writes, nothing else to record.
+            if self._name is None or (self._name_recorded is True and not self._pending_deletes):
+                # The common turn: plain writes, nothing else to record (a
+                # delete may leave only the name, which must then go too).
                 seq = self.last_seq = self._engine.commit_writes(self._object_key, pending)
                 self._pending = {}
+                self._pending_deletes = False
                 return seq
         if pending or alarm is not None or delete_all:
             seq = self._commit_batch(pending, alarm, delete_all)
         else:
             seq = self.last_seq
         self._pending = {}
+        self._pending_deletes = False
         self._delete_all = self._cleared = False
         self._alarm = None
         self._announce(alarm)
@@ -815,7 +834,8 @@ class Storage:
         self, pending: dict[bytes, bytes | None], alarm: AlarmChange | None, delete_all: bool
     ) -> int:
         """Send one batch to the engine (recording the name with the first one that
-        stores something); its seq. Leaves the pending state to the caller."""
+        stores something, deleting it with one that leaves nothing else); its
+        seq. Leaves the pending state to the caller."""
         puts: builtins.list[tuple[bytes, bytes]] = []
         deletes: builtins.list[bytes] = []
         for key, raw in pending.items():
@@ -826,6 +846,7 @@ class Storage:
         # The name goes with the first batch that leaves something stored, an
         # alarm too: an alarm delivered after a restart must know whose it is.
         stores = bool(puts) or (alarm is not None and alarm.when_ms is not None)
+        drops_name = False
         if (
             stores
             and self._name is not None
@@ -833,6 +854,18 @@ class Storage:
             and (delete_all or (self._name_recorded is not True and not self._name_is_recorded()))
         ):
             puts.append((NAME_KEY, codec.encode(self._name)))
+        elif (
+            not stores
+            and not delete_all
+            and (deletes or alarm is not None)  # it deletes keys or the alarm
+            and self._name is not None
+            and self._name_recorded is not False
+            and self._leaves_only_name(deletes, alarm)
+        ):
+            # Nothing else stays: the name alone would keep the object in the
+            # engine (its index, every compaction, every reopen) for good.
+            deletes.append(NAME_KEY)
+            drops_name = True
         if alarm is None and not delete_all:
             seq = self._engine.commit(self._object_key, puts, deletes)
         else:
@@ -846,10 +879,27 @@ class Storage:
             )
         if stores and self._name is not None:
             self._name_recorded = True
-        elif delete_all:
+        elif delete_all or drops_name:
             self._name_recorded = False
         self.last_seq = seq
         return seq
+
+    def _leaves_only_name(self, deletes: builtins.list[bytes], alarm: AlarmChange | None) -> bool:
+        """Whether the engine holds the name and, once ``deletes`` and ``alarm``
+        (a deletion, or None) are applied, nothing else: no key, no alarm."""
+        engine, object_key = self._engine, self._object_key
+        if alarm is None and engine.get_alarm(object_key) is not None:
+            return False
+        # A key survives if it lies between the keys that go: probe each gap for
+        # one (at most len(deletes) + 2 lookups; never reading a value that goes).
+        lower: bytes | None = None
+        for bound in sorted({*deletes, NAME_KEY}):
+            if engine.list(object_key, start_after=lower, end=bound, limit=1):
+                return False
+            lower = bound
+        if engine.list(object_key, start_after=lower, limit=1):
+            return False
+        return self._name_is_recorded()
 
     def _announce(self, alarm: AlarmChange | None) -> None:
         if alarm is not None and self._on_alarm_committed is not None:
