@@ -777,3 +777,11 @@ def test_tiny_values_count_against_the_cache_budget() -> None:
     for n in range(50_000):
         assert reader.get(f"flag:{n}") is True
     assert len(reader._cache) < 20_000  # 1 MiB holds ~9k such entries with their keys
+
+
+@pytest.mark.parametrize("limit", ["2", 1.5, True])
+def test_list_refuses_a_limit_that_is_not_an_int(limit: Any) -> None:
+    storage = Storage(Engine(None), b"object", name=None, max_value_bytes=1 << 20)
+    storage.put("a", 1)
+    with pytest.raises(TypeError, match="limit must be an int"):
+        storage.list(limit=limit)

@@ -320,8 +320,13 @@ class Storage:
         type: Any = None,
     ) -> dict[str, Any]:
         """Entries ordered by UTF-8 key bytes; ``start`` inclusive, ``end`` exclusive."""
-        if limit is not None and limit < 0:
-            raise ValueError("limit must be >= 0")
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool):
+                raise TypeError(
+                    f"limit must be an int or None, not {builtins.type(limit).__name__}"
+                )
+            if limit < 0:
+                raise ValueError("limit must be >= 0")
         bounds = _Bounds(prefix, start, start_after, end)
         entries = self._merged_entries(bounds, reverse, limit)
         return {key.decode(): codec.decode(raw, type) for key, raw in entries}
