@@ -676,6 +676,47 @@ async def test_a_blocks_write_survives_a_write_back_and_a_call_in_the_block(
     assert await _midway_reopened(data_dir) == {"k": "turn", "t": 2}
 
 
+class Spawner(stead.DurableObject):
+    """Handlers that never suspend (run inline) and spawn tasks: one task holds a
+    block open, another event's task writes meanwhile."""
+
+    def __init__(self, ctx: stead.ObjectContext, env: stead.Env) -> None:
+        super().__init__(ctx, env)
+        self.opened, self.fail = asyncio.Event(), asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def _blocker(self) -> None:
+        storage = self.ctx.storage
+        with contextlib.suppress(ValueError), storage.transaction():
+            storage.put("block", 1)
+            self.opened.set()
+            await self.fail.wait()
+            raise ValueError
+
+    async def _writer(self) -> None:
+        await self.opened.wait()
+        self.ctx.storage.put("other", "kept")
+        self.fail.set()
+
+    def spawn_block(self) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(self._blocker()))
+
+    def spawn_put(self) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(self._writer()))
+
+    async def read(self) -> dict[str, Any]:
+        await asyncio.gather(*self.tasks)
+        return dict(self.ctx.storage.list())
+
+
+async def test_tasks_of_different_inline_handlers_are_different_writers(data_dir: str) -> None:
+    async with stead.Runtime({"O": Spawner}, data_dir=data_dir) as rt:
+        stub = rt.env.O.get_by_name("o")
+        await stub.spawn_block()
+        await stub.spawn_put()  # another event's task: its write is not the block's
+        assert await stub.read() == {"other": "kept"}
+
+
 _KEYS = ("a", "b", "c")
 _OPERATIONS = (
     *("put", "put", "delete", "delete_all", "alarm"),

@@ -131,17 +131,18 @@ AlarmListener = Callable[[bytes, "int | None"], None]
 _INLINE_TURN = object()
 
 
-def _opened_by_other_work(opener: object) -> bool:
+def _opened_by_other_work(committer: object, opener: object) -> bool:
     """Whether a transaction() block open now is another party's than the code
-    committing mid-turn: a block of work outside the object's events (``wait_until``
-    work, a task or timer outside turns) for a turn, and any block but its own for
-    such work. Such a block holds none of the committer's own writes back.
-    (A call back nested in a turn shares the turn's blocks.)"""
-    running = _running.get()
-    if opener is running:
+    committing mid-turn (the writer ``committer``): a block of work outside the
+    object's events (``wait_until`` work, a task or timer outside turns) for a
+    turn, and any block but its own for such work. Such a block holds none of
+    the committer's own writes back. (A call back nested in a turn shares the
+    turn's blocks.)"""
+    if opener is committer:
         return False
-    if isinstance(opener, _Running) and not opener.chain:
+    if isinstance(opener, asyncio.Task) or (isinstance(opener, _Running) and not opener.chain):
         return True
+    running = _running.get()
     return running is None or not running.chain
 
 
@@ -245,8 +246,16 @@ class ObjectHost:
         self.instance: DurableObject
 
     def current_writer(self) -> object:
-        """Who writes now, for ``transaction()`` blocks (see ``Storage``)."""
-        return _INLINE_TURN if self.inline else _running.get()
+        """Who writes now, for ``transaction()`` blocks (see ``Storage``): the
+        running event, ``wait_until`` work, an inline turn; or, for tasks inline
+        turns spawned (they all run under ``outside``), each task itself: they
+        are separate work, whose rollbacks must not take back each other's."""
+        if self.inline:
+            return _INLINE_TURN
+        running = _running.get()
+        if running is self.outside and running is not None:
+            return asyncio.current_task() or running
+        return running
 
     def build(self, cls: type[DurableObject]) -> None:
         """Construct the instance (the host is registered: its ctx works)."""
@@ -659,7 +668,9 @@ class Dispatcher:
         storage = host.storage
         try:
             if midway:
-                return storage.commit_outside_transactions(_opened_by_other_work)
+                return storage.commit_outside_transactions(
+                    partial(_opened_by_other_work, host.current_writer())
+                )
             return storage.commit()
         except _REFUSED:
             self.reset(host)
