@@ -503,6 +503,21 @@ class Stateful(stead.Agent):
         for _ in range(5):
             await asyncio.sleep(0)  # the job rolls back while this turn runs
 
+    async def update_in_a_block_that_rolls_back(self, value: int) -> None:
+        committed, go = asyncio.Event(), asyncio.Event()
+
+        async def job() -> None:
+            await go.wait()
+            await self.env.P.get_by_name("p").ping()  # commits the turn's open block too
+            committed.set()
+
+        self.ctx.wait_until(job())
+        with contextlib.suppress(ValueError), self.ctx.storage.transaction():
+            self.set_state({"v": value})
+            go.set()
+            await committed.wait()
+            raise ValueError("give up")
+
     def seen(self) -> list[Any]:
         return self.updates
 
@@ -623,6 +638,49 @@ class Midway(stead.DurableObject):
             await self._ping()
         return storage.get("k")  # type: ignore[no-any-return]
 
+    async def held_write_then_others_rollback(self) -> None:
+        storage = self.ctx.storage
+        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def job() -> None:
+            with contextlib.suppress(ValueError), storage.transaction():
+                storage.put("k", "job")
+                opened.set()
+                await fail.wait()
+                raise ValueError
+            rolled.set()
+
+        self.ctx.wait_until(job())
+        await opened.wait()
+        with storage.transaction():
+            storage.put("k", "turn")
+            await self._ping()  # sends the job's k, holds this block's k back
+        fail.set()
+        await rolled.wait()  # its write-back must not send the turn's k (never committed)
+        self.ctx.abort("give up")
+
+    async def synced_delete_then_others_rollback(self) -> None:
+        storage = self.ctx.storage
+        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def job() -> None:
+            with contextlib.suppress(ValueError), storage.transaction():
+                storage.delete("k")
+                opened.set()
+                await fail.wait()
+                raise ValueError
+            rolled.set()
+
+        self.ctx.wait_until(job())
+        await opened.wait()
+        await self._ping()  # commits the job's delete too
+        storage.delete("k")
+        with storage.transaction():
+            await storage.sync()  # the engine holds k deleted already: nothing to send
+        fail.set()
+        await rolled.wait()  # its write-back must not bring k back over the synced delete
+        self.ctx.abort("give up")
+
     def read(self) -> dict[str, Any]:
         return dict(self.ctx.storage.list())
 
@@ -676,6 +734,20 @@ async def test_a_blocks_write_survives_a_write_back_and_a_call_in_the_block(
     assert await _midway_reopened(data_dir) == {"k": "turn", "t": 2}
 
 
+async def test_a_write_back_never_sends_a_write_a_commit_held_back(data_dir: str) -> None:
+    result, shown = await _run_midway(data_dir, "held_write_then_others_rollback")
+    assert isinstance(result, stead.RemoteError)
+    assert shown == {"k": "orig"}
+    assert await _midway_reopened(data_dir) == {"k": "orig"}
+
+
+async def test_a_write_back_never_undoes_a_synced_delete(data_dir: str) -> None:
+    result, shown = await _run_midway(data_dir, "synced_delete_then_others_rollback")
+    assert isinstance(result, stead.RemoteError)
+    assert shown == {}
+    assert await _midway_reopened(data_dir) == {}
+
+
 class Spawner(stead.DurableObject):
     """Handlers that never suspend (run inline) and spawn tasks: one task holds a
     block open, another event's task writes meanwhile."""
@@ -715,6 +787,17 @@ async def test_tasks_of_different_inline_handlers_are_different_writers(data_dir
         await stub.spawn_block()
         await stub.spawn_put()  # another event's task: its write is not the block's
         assert await stub.read() == {"other": "kept"}
+
+
+async def test_no_state_update_for_a_block_that_rolls_back_after_another_commit(
+    data_dir: str,
+) -> None:
+    async with stead.Runtime({"S": Stateful, "P": Pinged}, data_dir=data_dir) as rt:
+        agent = rt.env.S.get_by_name("s")
+        await agent.update(1)
+        await agent.update_in_a_block_that_rolls_back(2)
+        await asyncio.sleep(0.05)
+        assert await agent.seen() == [{"v": 1}]
 
 
 _KEYS = ("a", "b", "c")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
-__all__ = ["ALARM", "BEFORE_LOG", "NO_WIPE", "Skip", "WriteLog"]
+__all__ = ["ALARM", "BEFORE_LOG", "NO_WIPE", "Skip", "WriteLog", "either"]
 
 #: The log's key for the object's alarm (its values: epoch ms or None).
 ALARM: Final = b""  # no user or internal key is empty
@@ -36,6 +36,11 @@ def _keep_all(index: int) -> bool:
     return False
 
 
+def either(first: Skip, second: Skip) -> Skip:
+    """Leaves out what either rule leaves out."""
+    return lambda index: first(index) or second(index)
+
+
 class WriteLog:
     """Writes made while blocks are open, in order, and what replays them."""
 
@@ -45,7 +50,8 @@ class WriteLog:
         "_by_key",
         "_entries",
         "_wipes",
-        "sent",
+        "unsent",
+        "unsent_wipe_keys",
         "wipe_before_log",
         "wipe_sent",
     )
@@ -59,9 +65,11 @@ class WriteLog:
         self._wipes: list[int] = []
         #: A delete_all() was pending (not committed) when the log began.
         self.wipe_before_log = wipe_before_log
-        #: How many entries there were when the last batch went to the engine:
-        #: entries from there on were never sent.
-        self.sent = 0
+        #: Entries whose effect the engine does not hold: not sent by any commit
+        #: yet, or held back (or taken back out) since.
+        self.unsent: set[int] = set()
+        #: Sent delete_alls whose effect a write-back took out for some keys only.
+        self.unsent_wipe_keys: dict[int, set[bytes]] = {}
         #: The position of the newest delete_all() a batch sent (NO_WIPE: none).
         self.wipe_sent = NO_WIPE
 
@@ -80,6 +88,7 @@ class WriteLog:
         if key not in self._base:
             self._base[key] = base  # type: ignore[assignment]
         self._by_key.setdefault(key, []).append(len(self._entries))
+        self.unsent.add(len(self._entries))
         self._entries.append((writer, key, value))
         self._alive.append(True)
 
@@ -92,17 +101,17 @@ class WriteLog:
                 self._base[key] = value
                 self._by_key.setdefault(key, [])
         self._wipes.append(len(self._entries))
+        self.unsent.add(len(self._entries))
         self._entries.append((writer, _WIPE, None))
         self._alive.append(True)
 
-    def kill(self, writer: object, start: int) -> tuple[set[bytes], bool, int, bool]:
+    def kill(self, writer: object, start: int) -> tuple[set[bytes], bool, bool, bool]:
         """Mark ``writer``'s entries from ``start`` on dead: the keys to replay,
-        whether a delete_all was among them (then every key), the lowest index
-        killed (``len(self)`` if none), and whether another writer wrote since
+        whether a delete_all was among them (then every key), whether any of them
+        had been sent to the engine, and whether another writer wrote since
         ``start``."""
         keys: set[bytes] = set()
-        wiped = foreign = False
-        lowest = len(self._entries)
+        wiped = foreign = sent = False
         for index in range(start, len(self._entries)):
             if not self._alive[index]:
                 continue
@@ -110,7 +119,8 @@ class WriteLog:
                 foreign = True
                 continue
             self._alive[index] = False
-            lowest = min(lowest, index)
+            if index not in self.unsent:
+                sent = True
             key = self._entries[index][1]
             if key is _WIPE:
                 wiped = True
@@ -118,7 +128,37 @@ class WriteLog:
                 keys.add(key)
         if wiped:
             keys.update(self._base)
-        return keys, wiped, lowest, foreign
+        return keys, wiped, sent, foreign
+
+    def mark_sent(self, skip: Skip = _keep_all) -> None:
+        """A commit made the engine hold the replay of the live entries ``skip``
+        keeps: those are sent; the others are not, even if an earlier commit
+        (another writer's) had sent them."""
+        if skip is _keep_all:
+            self.unsent = set()
+        else:
+            alive = self._alive
+            self.unsent = {index for index in range(len(alive)) if alive[index] and skip(index)}
+        self.unsent_wipe_keys = {}  # each delete_all: sent whole, or held whole
+
+    def mark_unsent(self, key: bytes, skip: Skip) -> None:
+        """The engine got ``key``'s replay without the entries ``skip`` leaves out
+        (a rollback's write-back): those are not in the engine any more, as far
+        as ``key`` goes (a delete_all's effect on the other keys stays)."""
+        alive = self._alive
+        for index in self._by_key.get(key, ()):
+            if alive[index] and skip(index):
+                self.unsent.add(index)
+        for index in self._wipes:
+            if alive[index] and skip(index) and index not in self.unsent:
+                self.unsent_wipe_keys.setdefault(index, set()).add(key)
+
+    def unsent_for(self, key: bytes) -> Skip:
+        """Which entries the engine does not hold, as far as ``key`` goes."""
+        unsent, partly = self.unsent, self.unsent_wipe_keys
+        if not partly:
+            return unsent.__contains__
+        return lambda index: index in unsent or key in partly.get(index, ())
 
     def held(self, starts: dict[object, int]) -> Skip:
         """What open blocks hold back: the entries of each writer in ``starts``

@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple, cast
 
 from stead import codec
 from stead._core import Engine
-from stead._writelog import ALARM, WriteLog
+from stead._writelog import ALARM, WriteLog, either
 from stead.codec import fast_decode, fast_encode
 from stead.errors import LimitError, StorageError
 
@@ -514,7 +514,7 @@ class Storage:
         engine gets the keys' committed values back at once, as a batch of its
         own: it restores committed state, so no turn need carry it, nor can an
         abort of one drop it. Whether another writer wrote in the block."""
-        keys, wiped, lowest, foreign = log.kill(savepoint.opener, savepoint.start)
+        keys, wiped, sent, foreign = log.kill(savepoint.opener, savepoint.start)
         own = savepoint.own_callbacks
         if own:
             self._committed_callbacks = tuple(c for c in self._committed_callbacks if c not in own)
@@ -526,7 +526,7 @@ class Storage:
             self._show(key, log.replay(key))
         if wiped:
             self._delete_all = self._cleared = log.last_wipe() > log.wipe_sent
-        if lowest < log.sent:
+        if sent:
             self._write_back(keys, log)
         if not self._delete_all:
             # Nothing left to send for a key back at the value the engine holds.
@@ -554,18 +554,15 @@ class Storage:
         """After a rollback: give ``keys`` in the engine the values of the writes
         that were committed and still stand (none of an open block's, of any
         writer: those are not the engine's to keep)."""
-        sent = log.sent
         held = log.held(self._open_block_starts(lambda opener: True))
-
-        def uncommitted(index: int) -> bool:
-            return index >= sent or held(index)
-
         batch: dict[bytes, bytes | int | None] = {}
         for key in keys:
-            value = log.replay(key, uncommitted)
+            value = log.replay(key, either(log.unsent_for(key), held))
             if value != self._stored(key):
                 batch[key] = value
         if batch:
+            for key in batch:
+                log.mark_unsent(key, held)  # open blocks' writes of it: out of the engine
             self._send(batch, None, log)
 
     def _open_block_starts(self, counts: Callable[[object], bool]) -> dict[object, int]:
@@ -598,7 +595,6 @@ class Storage:
             alarm = AlarmChange(when)
         writes: dict[bytes, bytes | None] = batch  # type: ignore[assignment]
         seq = self._commit_batch(writes, alarm, wipe is not None)
-        log.sent = len(log)
         if wipe is not None:
             log.wipe_sent = wipe
         wipe_pending = self._delete_all = self._cleared = log.last_wipe() > log.wipe_sent
@@ -705,7 +701,8 @@ class Storage:
         Never called if they are not: the commit is refused, the object is reset
         or aborted first, or a ``transaction()`` block open now rolls back. With
         a block open, a commit in the middle of the turn does not count (the
-        block's writes are not in it); the turn's last commit does.
+        block's writes are not in it), nor does another writer's commit that
+        sends them while the block is open; the first commit after it ends does.
         """
         self._committed_callbacks = (*self._committed_callbacks, callback)
         if self._savepoints:
@@ -768,7 +765,7 @@ class Storage:
         if log is not None:
             # Open blocks' writes go too (see commit_outside_transactions): their
             # rollbacks must now write back what they take back.
-            log.sent = len(log)
+            log.mark_sent()
             if delete_all:
                 log.wipe_sent = log.last_wipe()
         if alarm is None and not delete_all and not self._committed_callbacks:
@@ -795,6 +792,13 @@ class Storage:
 
     def _tell_committed(self, seq: int) -> None:
         callbacks, self._committed_callbacks = self._committed_callbacks, ()
+        if self._savepoints:
+            # Added in a block still open (another writer's commit sent its
+            # writes): told at a later commit once it ends, never if it rolls back.
+            in_blocks = {c for savepoint in self._savepoints for c in savepoint.own_callbacks}
+            if in_blocks:
+                self._committed_callbacks = tuple(c for c in callbacks if c in in_blocks)
+                callbacks = tuple(c for c in callbacks if c not in in_blocks)
         for callback in callbacks:
             callback(seq)
 
@@ -831,9 +835,14 @@ class Storage:
         alarm = log.replay(ALARM, held) if log.knows(ALARM) else self._visible_alarm_ms()
         if send_wipe or alarm != self._stored(ALARM):
             batch[ALARM] = alarm
+        # What the engine holds now (after the batch, if any) is the replay of
+        # every live entry but the held ones: those are sent.
         if not batch and not send_wipe:
+            log.mark_sent(held)
             return self.last_seq
-        return self._send(batch, wipe if send_wipe else None, log)
+        seq = self._send(batch, wipe if send_wipe else None, log)
+        log.mark_sent(held)
+        return seq
 
     def _commit_batch(
         self, pending: dict[bytes, bytes | None], alarm: AlarmChange | None, delete_all: bool
