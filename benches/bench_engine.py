@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -205,25 +206,28 @@ _SHIM = (
 )
 
 
+def _reopen_in_child(data_dir: Path) -> dict[str, object]:
+    """Open ``data_dir`` in a fresh process: its startup time, RSS growth and stats."""
+    python_dir = str(Path(__file__).resolve().parent.parent / "python")
+    out = subprocess.run(
+        [sys.executable, "-c", REOPEN_CHILD, str(data_dir), python_dir, _SHIM],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": python_dir},
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
 @pytest.mark.benchmark(group="engine")
 def test_reopen_after_compaction(benchmark: object, tmp_path: Path, report: Report) -> None:
     keys, objects = 1_000_000, 10_000
     data_dir = tmp_path / "data"
     _build(data_dir, objects, keys)
-    python_dir = str(Path(__file__).resolve().parent.parent / "python")
-
-    def reopen() -> dict[str, object]:
-        out = subprocess.run(
-            [sys.executable, "-c", REOPEN_CHILD, str(data_dir), python_dir, _SHIM],
-            check=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": python_dir},
-        )
-        result: dict[str, object] = json.loads(out.stdout)
-        return result
-
-    result = benchmark.pedantic(reopen, rounds=3, iterations=1)  # type: ignore[attr-defined]
+    result = benchmark.pedantic(  # type: ignore[attr-defined]
+        partial(_reopen_in_child, data_dir), rounds=3, iterations=1
+    )
     stats = result["stats"]
     assert isinstance(stats, dict)
     assert stats["keys"] == keys
@@ -263,20 +267,9 @@ def test_memory_of_many_small_objects(
     objects = 200_000 // per_object
     data_dir = tmp_path / "data"
     _build_small_objects(data_dir, objects, per_object)
-    python_dir = str(Path(__file__).resolve().parent.parent / "python")
-
-    def reopen() -> dict[str, object]:
-        out = subprocess.run(
-            [sys.executable, "-c", REOPEN_CHILD, str(data_dir), python_dir, _SHIM],
-            check=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": python_dir},
-        )
-        result: dict[str, object] = json.loads(out.stdout)
-        return result
-
-    result = benchmark.pedantic(reopen, rounds=3, iterations=1)  # type: ignore[attr-defined]
+    result = benchmark.pedantic(  # type: ignore[attr-defined]
+        partial(_reopen_in_child, data_dir), rounds=3, iterations=1
+    )
     stats = result["stats"]
     assert isinstance(stats, dict)
     assert stats["objects"] == objects and stats["keys"] == objects * per_object

@@ -550,6 +550,26 @@ class Midway(stead.DurableObject):
     async def _ping(self) -> None:
         await self.env.P.get_by_name("p").ping()
 
+    async def _job_that_rolls_back(
+        self, write: Callable[[], object]
+    ) -> tuple[asyncio.Event, asyncio.Event]:
+        """Start wait_until work whose block makes ``write``, then rolls back once
+        ``fail`` is set; return (fail, rolled) once the block holds the write."""
+        storage = self.ctx.storage
+        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def job() -> None:
+            with contextlib.suppress(ValueError), storage.transaction():
+                write()
+                opened.set()
+                await fail.wait()
+                raise ValueError
+            rolled.set()
+
+        self.ctx.wait_until(job())
+        await opened.wait()
+        return fail, rolled
+
     async def synced_job_then_call_in_block(self) -> str:
         storage = self.ctx.storage
         synced = asyncio.Event()
@@ -569,19 +589,7 @@ class Midway(stead.DurableObject):
 
     async def rollbacks_in_both(self, abort: bool) -> None:
         storage = self.ctx.storage
-        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-        async def job() -> None:
-            with contextlib.suppress(ValueError), storage.transaction():
-                storage.put("k", "job")
-                opened.set()
-                await fail.wait()
-                raise ValueError
-
-            rolled.set()
-
-        self.ctx.wait_until(job())
-        await opened.wait()
+        fail, rolled = await self._job_that_rolls_back(lambda: storage.put("k", "job"))
         with contextlib.suppress(KeyError), storage.transaction():
             storage.put("t", 1)
             await self._ping()  # sends the job's k="job" (another writer's block)
@@ -594,18 +602,7 @@ class Midway(stead.DurableObject):
 
     async def rollback_with_delete_all_pending(self) -> None:
         storage = self.ctx.storage
-        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-        async def job() -> None:
-            with contextlib.suppress(ValueError), storage.transaction():
-                storage.put("k", "job")
-                opened.set()
-                await fail.wait()
-                raise ValueError
-            rolled.set()
-
-        self.ctx.wait_until(job())
-        await opened.wait()
+        fail, rolled = await self._job_that_rolls_back(lambda: storage.put("k", "job"))
         storage.put("t", 1)
         await self._ping()  # commits the job's k="job" too
         storage.delete_all()
@@ -640,18 +637,7 @@ class Midway(stead.DurableObject):
 
     async def held_write_then_others_rollback(self) -> None:
         storage = self.ctx.storage
-        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-        async def job() -> None:
-            with contextlib.suppress(ValueError), storage.transaction():
-                storage.put("k", "job")
-                opened.set()
-                await fail.wait()
-                raise ValueError
-            rolled.set()
-
-        self.ctx.wait_until(job())
-        await opened.wait()
+        fail, rolled = await self._job_that_rolls_back(lambda: storage.put("k", "job"))
         with storage.transaction():
             storage.put("k", "turn")
             await self._ping()  # sends the job's k, holds this block's k back
@@ -661,18 +647,7 @@ class Midway(stead.DurableObject):
 
     async def synced_delete_then_others_rollback(self) -> None:
         storage = self.ctx.storage
-        opened, fail, rolled = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-        async def job() -> None:
-            with contextlib.suppress(ValueError), storage.transaction():
-                storage.delete("k")
-                opened.set()
-                await fail.wait()
-                raise ValueError
-            rolled.set()
-
-        self.ctx.wait_until(job())
-        await opened.wait()
+        fail, rolled = await self._job_that_rolls_back(lambda: storage.delete("k"))
         await self._ping()  # commits the job's delete too
         storage.delete("k")
         with storage.transaction():
